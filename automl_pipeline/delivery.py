@@ -1,0 +1,79 @@
+"""The anytime output: the best model so far, its predictions on disk, replaced atomically."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from automl_pipeline.training.metrics import classification_metrics
+from submission import write_model, write_predictions
+
+
+@dataclass
+class Candidate:
+    """A finished model offered for delivery.
+
+    predict_labels: class indices for the images predictions.npy is written for.
+    heldout_predictions: class indices for the held-out test images. Only predictions are kept
+    here; the held-out labels are compared with them once, by `Delivery.heldout_metrics`.
+    """
+
+    source: str
+    val_macro_f1: float
+    predict_labels: np.ndarray
+    heldout_predictions: np.ndarray
+    architecture: dict | None = None
+    config: dict | None = None
+    epochs: int = 0
+    train_s: float = 0.0
+    state_dict: dict | None = None
+
+    def summary(self) -> dict:
+        """The report.json `final` section."""
+        return {
+            "source": self.source,
+            "architecture": self.architecture,
+            "config": self.config,
+            "epochs": self.epochs,
+            "train_s": round(self.train_s, 3),
+            "val_macro_f1": self.val_macro_f1,
+        }
+
+
+class Delivery:
+    """Keeps the best candidate by validation macro-F1 and its files in OUT/.
+
+    Thread-safe: the watchdog and signal handlers read `best` while the main thread offers.
+    """
+
+    def __init__(self, out_dir: Path, *, predict_ids, class_names, log: Callable[[str], None]):
+        self._out_dir = out_dir
+        self._predict_ids = tuple(predict_ids)
+        self._class_names = tuple(class_names)
+        self._log = log
+        self._lock = threading.Lock()
+        self.best: Candidate | None = None
+
+    def offer(self, candidate: Candidate) -> bool:
+        """Deliver `candidate` if it beats the current best on validation macro-F1."""
+        with self._lock:
+            if self.best is not None and not candidate.val_macro_f1 > self.best.val_macro_f1:
+                self._log(f"kept {self.best.source} (val macro-F1 {self.best.val_macro_f1:.4f}) over "
+                          f"{candidate.source} ({candidate.val_macro_f1:.4f})")
+                return False
+            write_predictions(self._out_dir, candidate.predict_labels, self._predict_ids, self._class_names)
+            if candidate.state_dict is not None:
+                write_model(self._out_dir, candidate.state_dict, candidate.architecture or {}, candidate.config or {})
+            self.best = candidate
+        self._log(f"predictions written from {candidate.source} (val macro-F1 {candidate.val_macro_f1:.4f})")
+        return True
+
+    def heldout_metrics(self, heldout_labels: np.ndarray, n_classes: int) -> dict | None:
+        """Metrics of the delivered model on the held-out test: the one use of those labels."""
+        best = self.best
+        if best is None:
+            return None
+        return classification_metrics(heldout_labels, best.heldout_predictions, n_classes)

@@ -1,0 +1,140 @@
+"""One function per phase of the run; each takes the data, a time_left callable and settings.
+
+The pipeline (pipeline.py) decides which phases run and how much time each gets; the functions
+here do the work and return plain results. None of them reads a clock directly.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from automl_pipeline.delivery import Candidate
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, NetworkSpec, build_network
+from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_loss, predict, train_model
+
+TimeLeft = Callable[[], float]
+
+
+@dataclass
+class RunData:
+    """The splits as tensors on the training device, plus what the phases need to know about them."""
+
+    train: TensorData
+    val: TensorData
+    heldout: TensorData
+    predict: TensorData | None      # None when predictions are for the held-out images themselves
+    n_classes: int
+    in_channels: int
+    image_side: int
+    train_counts: np.ndarray
+    device: torch.device
+
+    @property
+    def batch_size(self) -> int:
+        """Default batch size: smaller for small sets so an epoch still has several steps."""
+        return 64 if len(self.train) < 5000 else 128
+
+
+def measure_epoch_seconds(model: torch.nn.Module, data: RunData, batch_size: int, *, n_batches: int = 3) -> float:
+    """Seconds for one training epoch plus one validation pass of `model`, timed on a copy.
+
+    One warm-up step, then `n_batches` timed steps; validation is costed at a third of a
+    training step per image (forward only).
+    """
+    probe = copy.deepcopy(model).to(data.device).train()
+    optimiser = torch.optim.SGD(probe.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch = min(batch_size, len(data.train))
+    x, y = data.train.x[:batch], data.train.y[:batch]
+    timings = []
+    for step in range(n_batches + 1):
+        started = time.perf_counter()
+        optimiser.zero_grad(set_to_none=True)
+        loss_fn(probe(x), y).backward()
+        optimiser.step()
+        if data.device.type == "cuda":
+            torch.cuda.synchronize(data.device)
+        if step > 0:
+            timings.append(time.perf_counter() - started)
+    per_image = float(np.median(timings)) / batch
+    return per_image * (len(data.train) + len(data.val) / 3.0)
+
+
+def epochs_that_fit(seconds: float, epoch_seconds: float, *, low: int = 1, high: int = 200) -> int:
+    """How many epochs fit into `seconds` (90 % of it, leaving room for noise), clamped to [low, high]."""
+    if epoch_seconds <= 0:
+        return high
+    return int(max(low, min(high, (0.9 * seconds) // epoch_seconds)))
+
+
+def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: RunData,
+                    time_left: TimeLeft, *, log: Callable[[str], None]) -> tuple[Candidate, TrainResult]:
+    """Build `spec`, train it with `config` until done or out of time, and predict with its best weights."""
+    torch.manual_seed(config.seed)
+    model = build_network(spec).to(data.device)
+
+    def on_epoch(row: dict) -> None:
+        log(f"{source}: epoch {row['epoch']}/{config.epochs} val macro-F1 {row.get('val_macro_f1', float('nan')):.4f}")
+
+    result = train_model(model, data.train, data.val, config, time_left=time_left,
+                         n_classes=data.n_classes, on_epoch=on_epoch)
+    model.load_state_dict(result.state_dict)
+    heldout_predictions = predict(model, data.heldout.x)
+    predict_labels = heldout_predictions if data.predict is None else predict(model, data.predict.x)
+    candidate = Candidate(
+        source=source,
+        val_macro_f1=float(result.best_val_macro_f1),
+        predict_labels=predict_labels,
+        heldout_predictions=heldout_predictions,
+        architecture=spec.to_json(),
+        config=_config_json(config),
+        epochs=result.epochs_done,
+        train_s=result.seconds,
+        state_dict={k: v.detach().cpu() for k, v in result.state_dict.items()},
+    )
+    return candidate, result
+
+
+def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
+    """The fallback written before any training: every image gets the most frequent training class."""
+    from automl_pipeline.training import classification_metrics
+
+    majority = int(np.argmax(data.train_counts))
+    val_f1 = classification_metrics(val_labels, np.full_like(val_labels, majority), data.n_classes)["macro_f1"]
+    n_predict = len(data.heldout) if data.predict is None else len(data.predict)
+    return Candidate(
+        source="majority-class fallback",
+        val_macro_f1=float(val_f1),
+        predict_labels=np.full(n_predict, majority, dtype=np.int64),
+        heldout_predictions=np.full(len(data.heldout), majority, dtype=np.int64),
+        config={"majority_class": majority},
+    )
+
+
+def first_model_spec(data: RunData) -> NetworkSpec:
+    """The fixed default network trained first, so that good predictions exist early."""
+    return NetworkSpec(genotype=DEFAULT_GENOTYPE, in_channels=data.in_channels, n_classes=data.n_classes,
+                       image_side=data.image_side, n_cells=3, base_channels=16)
+
+
+def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int) -> TrainConfig:
+    """Training settings used where no search chose them: AdamW + OneCycle; focal loss for ours."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=3e-3, weight_decay=5e-4,
+                       optimizer="adamw", schedule="onecycle",
+                       loss="ce" if baseline else "focal", focal_gamma=3.0, class_weight_smoothing=0.8,
+                       augment=True, seed=seed)
+
+
+def _config_json(config: TrainConfig) -> dict:
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(config).items()}
+
+
+__all__ = ["RunData", "measure_epoch_seconds", "epochs_that_fit", "train_candidate", "majority_candidate",
+           "first_model_spec", "default_train_config", "make_loss"]

@@ -1,0 +1,116 @@
+"""run.py as a user runs it: a subprocess on the digits demo and on small built files."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT_KEYS = {"settings", "time_limit_s", "wall_s", "phases", "data", "test_metrics", "final", "environment",
+               "events", "status"}
+
+
+def run_cli(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    return proc, time.monotonic() - started
+
+
+def check_outputs(out: Path, n_expected: int | None = None) -> dict:
+    predictions = np.load(out / "predictions.npy", allow_pickle=False)
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report), REPORT_KEYS - set(report)
+    n_classes = report["data"]["n_classes"]
+    assert predictions.dtype == np.int64 and predictions.ndim == 1
+    assert predictions.min() >= 0 and predictions.max() < n_classes
+    if n_expected is not None:
+        assert len(predictions) == n_expected
+    lines = (out / "predictions.csv").read_text().strip().splitlines()
+    assert lines[0] == "image_file_name,label" and len(lines) == len(predictions) + 1
+    metrics = report["test_metrics"]
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    assert len(metrics["confusion_matrix"]) == n_classes
+    return report
+
+
+def test_digits_demo_finishes_inside_30_seconds(tmp_path):
+    out = tmp_path / "out"
+    proc, wall = run_cli("--time-limit", "30", "--output-dir", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert wall < 30, f"took {wall:.1f}s"
+    report = check_outputs(out)
+    assert report["status"] == "complete"
+    assert report["wall_s"] < 30
+    # a trained network, not the fallback, and it learned the digits
+    assert report["final"]["source"] != "majority-class fallback"
+    assert report["test_metrics"]["macro_f1"] > 0.5
+    model = torch.load(out / "model.pt", weights_only=True)
+    assert {"state_dict", "spec", "config"} <= set(model)
+    splits = json.loads((out / "splits.json").read_text())
+    ids = [set(splits[name]["ids"]) for name in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+
+
+def test_sigterm_halfway_leaves_valid_predictions(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--time-limit", "60", "--output-dir", str(out),
+                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while not (out / "predictions.npy").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    report = check_outputs(out)
+    assert report["status"] == "stopped_by_signal"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--time-limit", "-5"], "--time-limit"),
+    (["--time-limit", "30", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
+])
+def test_bad_arguments_exit_2_with_message(tmp_path, args, fragment):
+    proc, _ = run_cli(*args, "--output-dir", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path):
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    proc, _ = run_cli("--time-limit", "30", "--output-dir", str(blocker))
+    assert proc.returncode == 2
+    assert str(blocker) in proc.stderr and "Traceback" not in proc.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("fmt", ["npz", "competition", "imagefolder"])
+def test_each_format_runs_end_to_end(tmp_path, fmt):
+    from tests import data_builders
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    builder = {"npz": data_builders.make_npz, "competition": data_builders.make_competition,
+               "imagefolder": data_builders.make_imagefolder}[fmt]
+    builder(data_dir)
+    out = tmp_path / "out"
+    proc, wall = run_cli("--time-limit", "25", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert wall < 25
+    report = check_outputs(out, n_expected=report_predict_count(out))
+    assert report["data"]["format"] == fmt
+
+
+def report_predict_count(out: Path) -> int:
+    return json.loads((out / "report.json").read_text())["data"]["n_predict"]
