@@ -1,0 +1,73 @@
+"""Class-imbalance aware losses: class weights, focal loss, and the loss factory."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LOSS_KINDS = ("ce", "weighted_ce", "focal")
+
+
+def class_weights(counts: np.ndarray, smoothing: float) -> np.ndarray:
+    """Per-class weights w_c = ((1/freq_c) / mean(1/freq)) ** smoothing, normalised to mean 1.
+
+    smoothing 0 -> all ones; 1 -> inverse frequency. A class with count 0 is treated as
+    count 1 (it never occurs as a target, so its weight only matters for the normalisation;
+    this keeps every weight finite). Returns float32 of shape (n_classes,).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D array, got shape {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError("counts must be non-negative")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
+    safe = np.maximum(counts, 1.0)
+    inv = safe.sum() / safe                      # 1 / frequency
+    w = (inv / inv.mean()) ** smoothing
+    return (w / w.mean()).astype(np.float32)
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss: -w_y (1 - p_y)^gamma log p_y.
+
+    Mean-reduced like torch's weighted cross-entropy: sum(w_y * loss) / sum(w_y)
+    (plain mean without weights), so gamma=0 is exactly F.cross_entropy(weight=...).
+    Computed in float32 whatever the logits' dtype.
+    """
+
+    def __init__(self, gamma: float = 3.0, weight: torch.Tensor | None = None):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.gamma == 0.0:
+            return F.cross_entropy(logits, target, weight=self.weight)
+        logp_y = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1.0 - logp_y.exp()).clamp_min(0.0) ** self.gamma) * logp_y
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight[target]
+        return (w * loss).sum() / w.sum()
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, weighted={self.weight is not None}"
+
+
+def make_loss(kind: str, counts: np.ndarray, *, gamma: float = 3.0, smoothing: float = 0.8,
+              device: torch.device | str = "cpu") -> nn.Module:
+    """"ce" (unweighted) | "weighted_ce" | "focal"; the last two weight classes with
+    class_weights(counts, smoothing) (smoothing 0 = no weighting)."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSS_KINDS}")
+    weight = None
+    if kind != "ce" and smoothing > 0:
+        weight = torch.as_tensor(class_weights(counts, smoothing), device=device)
+    if kind == "focal":
+        return FocalLoss(gamma, weight).to(device)
+    return nn.CrossEntropyLoss(weight=weight).to(device)

@@ -1,0 +1,302 @@
+"""The deadline-aware training loop and batched prediction.
+
+Trains any nn.Module on TensorData that already lives on the training device.
+Deadline policy: `time_left()` is asked before every batch; a running estimate of
+the batch time (and of one validation pass) decides whether the next batch can still
+finish, so no batch is started that is expected to overrun.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .device import autocast_context
+from .losses import LOSS_KINDS, make_loss
+from .metrics import classification_metrics
+from .tensors import TensorData, augment_batch
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "none")
+NAN_CHECK_EVERY = 20          # batches between finite-loss checks (each check is one device sync)
+DEADLINE_FACTOR = 1.5         # start a batch only if time_left() >= 1.5 x the batch-time estimate (+ eval)
+_EMA = 0.3                    # weight of the newest batch time in the running estimate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one network. Validated on construction.
+
+    grad_clip <= 0 disables clipping. `flip` (an addition to the contract) turns the
+    horizontal flip of the batch augmentation off, for digits/text-like images.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    loss: str = "focal"
+    focal_gamma: float = 3.0
+    class_weight_smoothing: float = 0.8
+    augment: bool = True
+    surrogate_beta0: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        if self.focal_gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
+        if not 0.0 <= self.class_weight_smoothing <= 1.0:
+            raise ValueError(f"class_weight_smoothing must be in [0, 1], got {self.class_weight_smoothing}")
+        if self.surrogate_beta0 < 0:
+            raise ValueError(f"surrogate_beta0 must be >= 0, got {self.surrogate_beta0}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    epochs_done: full epochs completed (a deadline-cut epoch is not counted, but is in history).
+    best_val_macro_f1 / best_epoch: best validation macro-F1 and its 1-based epoch;
+      0.0 / 0 when nothing was evaluated (val None, or no time for any evaluation).
+    history: one dict per (possibly partial) epoch: epoch, train_loss, val_macro_f1,
+      val_accuracy (None when not evaluated), seconds, batches, partial.
+    state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
+    """
+
+    epochs_done: int
+    best_val_macro_f1: float
+    best_epoch: int
+    history: list[dict]
+    seconds: float
+    stopped_by_deadline: bool
+    state_dict: dict = field(repr=False)
+
+
+def surrogate_beta(beta0: float, epoch: int, epochs: int) -> float:
+    """DARTS- schedule: beta at the start of 0-based `epoch`, linear from beta0 towards 0."""
+    return beta0 * (1.0 - epoch / epochs)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v)
+            for k, v in model.state_dict().items()}
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    """Per-batch LR schedule over all planned steps, or None."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return None
+
+
+def _batches_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches plus the remainder, unless the remainder is a single image (dropped)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 else 0)
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
+    value = float(loss_sum)                                     # one device sync
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {'nan' if math.isnan(value) else 'inf'} at epoch {epoch}")
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y_true: np.ndarray, n_classes: int, batch_size: int) -> dict:
+    return classification_metrics(y_true, predict(model, x, batch_size=batch_size), n_classes)
+
+
+def train_model(model: nn.Module, train: TensorData, val: TensorData | None, config: TrainConfig, *,
+                time_left: Callable[[], float], n_classes: int,
+                on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train `model` in place on `train` (data and model on the same device) until
+    config.epochs are done or the deadline says stop.
+
+    - Loss from make_loss(config.loss, training-set class counts); AdamW or SGD (nesterov,
+      momentum 0.9); OneCycle / cosine schedule stepped per batch; gradient clipping;
+      bf16 autocast on CUDA only; seeded shuffling and augmentation (config.seed).
+    - batch_size is clamped to [2, N]; a last batch of one image is dropped (BatchNorm
+      cannot train on it) - shuffling changes which image each epoch.
+    - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
+      surrogate_beta(beta0, e, epochs) at each epoch start and to 0 for every evaluation
+      and at the end: the returned weights are judged and used with the surrogate off.
+    - Deadline: before every batch, stop if time_left() < 1.5 x batch-time estimate
+      (+ the validation-pass estimate when val is given). An epoch cut short is still
+      evaluated if time_left() covers the validation estimate.
+    - Non-finite loss (checked every 20 batches and at each epoch end) raises
+      FloatingPointError("loss became nan at epoch E").
+    The model ends holding the returned state_dict, in its original train/eval mode.
+    """
+    if train.y is None:
+        raise ValueError("train_model needs labelled training data")
+    if val is not None and val.y is None:
+        raise ValueError("validation data must be labelled")
+    n = len(train)
+    if n < 2:
+        raise ValueError(f"need at least 2 training images, got {n}")
+    start = time.perf_counter()
+    was_training = model.training
+    device = train.x.device
+    counts = np.bincount(train.y.cpu().numpy(), minlength=n_classes)
+    if counts.size > n_classes:
+        raise ValueError(f"training labels go up to {counts.size - 1} but n_classes is {n_classes}")
+
+    batch_size = min(max(config.batch_size, 2), n)
+    n_batches = _batches_per_epoch(n, batch_size)
+    loss_fn = make_loss(config.loss, counts, gamma=config.focal_gamma,
+                        smoothing=config.class_weight_smoothing, device=device)
+    optimizer = _make_optimizer(model, config)
+    schedule = _make_schedule(optimizer, config, config.epochs * n_batches)
+    generator = torch.Generator().manual_seed(config.seed)
+    use_beta = config.surrogate_beta0 > 0 and hasattr(model, "set_surrogate_beta")
+    params = [p for p in model.parameters() if p.requires_grad]
+    y_val = None if val is None else val.y.cpu().numpy()
+
+    batch_est: float | None = None             # seconds per training batch (running estimate)
+    eval_est: float | None = None              # seconds per validation pass (measured)
+    history: list[dict] = []
+    best_f1, best_epoch, best_state = 0.0, 0, None
+    epochs_done, stopped = 0, False
+
+    def eval_reserve() -> float:
+        if val is None:
+            return 0.0
+        if eval_est is not None:
+            return eval_est
+        # before the first evaluation: forward only is ~1/3 of a training step; 1.5x for safety
+        return 0.0 if batch_est is None else batch_est * len(val) / batch_size * 0.5
+
+    for epoch in range(1, config.epochs + 1):
+        epoch_t0 = time.perf_counter()
+        if use_beta:
+            model.set_surrogate_beta(surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs))
+        model.train()
+        perm = torch.randperm(n, generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        done = 0
+        for b in range(n_batches):
+            remaining = time_left()
+            need = DEADLINE_FACTOR * batch_est + eval_reserve() if batch_est is not None else 0.0
+            if remaining <= 0 or remaining < need:
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            idx = perm[b * batch_size:(b + 1) * batch_size]
+            xb, yb = train.x[idx], train.y[idx]
+            if config.augment:
+                xb = augment_batch(xb, generator, flip=config.flip)
+            with autocast_context(device):
+                logits = model(xb)
+            loss = loss_fn(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            loss_sum += loss.detach()
+            done += 1
+            if done % NAN_CHECK_EVERY == 0:
+                _check_finite(loss_sum, epoch)
+            dt = time.perf_counter() - t0
+            batch_est = dt if batch_est is None else (1 - _EMA) * batch_est + _EMA * dt
+        if done == 0:
+            break
+        _check_finite(loss_sum, epoch)                      # syncs: the epoch's work is done
+        batch_est = (time.perf_counter() - epoch_t0) / done  # synced average corrects async timings
+        train_loss = float(loss_sum) / done
+        if not stopped:
+            epochs_done = epoch
+        if use_beta:
+            model.set_surrogate_beta(0.0)
+        entry = {"epoch": epoch, "train_loss": train_loss, "val_macro_f1": None, "val_accuracy": None,
+                 "seconds": 0.0, "batches": done, "partial": done < n_batches}
+        if val is not None and time_left() >= eval_reserve():
+            e0 = time.perf_counter()
+            metrics = _evaluate(model, val.x, y_val, n_classes, max(batch_size, 256))
+            eval_est = time.perf_counter() - e0
+            entry["val_macro_f1"], entry["val_accuracy"] = metrics["macro_f1"], metrics["accuracy"]
+            if best_state is None or metrics["macro_f1"] > best_f1:
+                best_f1, best_epoch, best_state = metrics["macro_f1"], epoch, _cpu_state(model)
+        elif val is not None:
+            stopped = True
+        entry["seconds"] = time.perf_counter() - epoch_t0
+        history.append(entry)
+        if on_epoch is not None:
+            on_epoch(dict(entry))
+        if stopped:
+            break
+
+    if use_beta:
+        model.set_surrogate_beta(0.0)
+    if best_state is None:
+        best_state = _cpu_state(model)
+    else:
+        model.load_state_dict(best_state)
+    model.train(was_training)
+    return TrainResult(epochs_done=epochs_done, best_val_macro_f1=float(best_f1), best_epoch=best_epoch,
+                       history=history, seconds=time.perf_counter() - start,
+                       stopped_by_deadline=stopped, state_dict=best_state)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Float32 logits for all of x, in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = []
+        with autocast_context(x.device):
+            for i in range(0, x.shape[0], batch_size):
+                outs.append(model(x[i:i + batch_size]).float())
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise ValueError("cannot predict on an empty tensor")
+    return torch.cat(outs)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Class indices, int64 (N,)."""
+    return _logits(model, x, batch_size).argmax(dim=1).cpu().numpy().astype(np.int64)
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """Softmax probabilities, float32 (N, n_classes)."""
+    return torch.softmax(_logits(model, x, batch_size), dim=1).cpu().numpy().astype(np.float32)

@@ -1,0 +1,390 @@
+"""Tests for automl_pipeline.training: weights, losses, metrics, augmentation, the loop, prediction."""
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from automl_pipeline.training import (
+    FocalLoss, TensorData, TrainConfig, augment_batch, autocast_context, class_weights,
+    classification_metrics, configure_threads, make_loss, predict, predict_proba, resolve_device,
+    surrogate_beta, train_model, warm_up,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test machine is shared: keep torch on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def forever() -> float:
+    return 1e9
+
+
+# ---------------------------------------------------------------- synthetic data / models
+
+def make_patterns(n_per_class: int, seed: int) -> TensorData:
+    """3 separable classes of 1x8x8 images: horizontal stripes, vertical stripes, checkerboard."""
+    g = torch.Generator().manual_seed(seed)
+    i = torch.arange(8)
+    templates = torch.stack([
+        (i[:, None] % 2).expand(8, 8), (i[None, :] % 2).expand(8, 8), (i[:, None] + i[None, :]) % 2,
+    ]).float() * 2 - 1
+    y = torch.arange(3).repeat_interleave(n_per_class)
+    x = templates[y][:, None] + 0.3 * torch.randn(len(y), 1, 8, 8, generator=g)
+    return TensorData(x=x, y=y)
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, n_classes)
+        self.train_forwards = 0
+        self.broken = False
+        self.modes: list[bool] = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        if self.training:
+            self.train_forwards += 1
+        h = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        out = self.fc(h)
+        return out * 0.0 if self.broken else out
+
+
+class BetaRecorder(TinyCNN):
+    def __init__(self):
+        super().__init__()
+        self.betas: list[float] = []
+
+    def set_surrogate_beta(self, beta: float) -> None:
+        self.betas.append(beta)
+
+
+def quick_config(**kw) -> TrainConfig:
+    base = dict(epochs=6, batch_size=16, lr=0.03, loss="ce", augment=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------- device
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_configure_threads_sets_torch_threads():
+    before = torch.get_num_threads()
+    try:
+        n = configure_threads()
+        assert n >= 1 and torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_warm_up_returns_seconds():
+    assert warm_up(CPU) >= 0.0
+
+
+def test_autocast_is_noop_on_cpu():
+    assert isinstance(autocast_context(CPU), contextlib.nullcontext)
+
+
+# ---------------------------------------------------------------- class weights and losses
+
+def test_class_weights_hand_example():
+    counts = np.array([10, 30, 60])
+    np.testing.assert_allclose(class_weights(counts, 0.0), [1, 1, 1])
+    # inverse frequency is proportional to 1/10 : 1/30 : 1/60 = 6 : 2 : 1, mean 3
+    np.testing.assert_allclose(class_weights(counts, 1.0), [2.0, 2 / 3, 1 / 3], rtol=1e-6)
+    half = class_weights(counts, 0.5)
+    np.testing.assert_allclose(half, np.sqrt([6, 2, 1]) / np.sqrt([6, 2, 1]).mean(), rtol=1e-6)
+    assert half.dtype == np.float32 and abs(half.mean() - 1) < 1e-6
+
+
+def test_class_weights_zero_count_is_finite():
+    w = class_weights(np.array([0, 5, 20]), 1.0)
+    assert np.all(np.isfinite(w)) and abs(w.mean() - 1) < 1e-6
+    assert w[0] > w[1] > w[2]          # count 0 is treated as count 1: the rarest class
+    with pytest.raises(ValueError):
+        class_weights(np.array([1, 2]), 1.5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_focal_gamma_zero_is_cross_entropy(weighted):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 5, generator=g)
+    target = torch.randint(0, 5, (32,), generator=g)
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.2]) if weighted else None
+    expected = F.cross_entropy(logits, target, weight=weight)
+    assert torch.equal(FocalLoss(0.0, weight)(logits, target), expected)
+    # the general formula agrees too (gamma tiny but not the gamma=0 shortcut)
+    torch.testing.assert_close(FocalLoss(1e-12, weight)(logits, target), expected)
+
+
+def test_focal_down_weights_easy_examples():
+    target = torch.tensor([0])
+    easy, hard = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 1.0]])
+    focal, ce = FocalLoss(2.0), nn.CrossEntropyLoss()
+    ratio_easy = focal(easy, target) / ce(easy, target)
+    ratio_hard = focal(hard, target) / ce(hard, target)
+    assert ratio_easy < 0.01 < ratio_hard < 1.0
+
+
+def test_make_loss_kinds():
+    counts = np.array([10, 30, 60])
+    assert isinstance(make_loss("ce", counts, device=CPU), nn.CrossEntropyLoss)
+    assert make_loss("ce", counts, device=CPU).weight is None
+    wce = make_loss("weighted_ce", counts, smoothing=1.0, device=CPU)
+    np.testing.assert_allclose(wce.weight.numpy(), class_weights(counts, 1.0))
+    focal = make_loss("focal", counts, gamma=2.0, smoothing=0.8, device=CPU)
+    assert isinstance(focal, FocalLoss) and focal.gamma == 2.0
+    np.testing.assert_allclose(focal.weight.numpy(), class_weights(counts, 0.8))
+    assert make_loss("focal", counts, smoothing=0.0, device=CPU).weight is None
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("hinge", counts, device=CPU)
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_metrics_hand_example_with_absent_class():
+    y_true = [0, 0, 1, 1, 2]
+    y_pred = [0, 1, 1, 1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y_true, y_pred, n_classes=4)    # class 3 never occurs
+    # class 0: P=1/2 R=1/2 F=.5; class 1: P=2/3 R=1 F=.8; class 2: 0; class 3: 0
+    np.testing.assert_allclose(m["per_class_f1"], [0.5, 0.8, 0.0, 0.0])
+    assert m["macro_f1"] == pytest.approx(np.mean(m["per_class_f1"])) == pytest.approx(0.325)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    json.dumps(m)   # plain Python numbers only
+
+
+# ---------------------------------------------------------------- augmentation
+
+def _is_crop_of(img: torch.Tensor, padded: torch.Tensor) -> bool:
+    _, h, w = img.shape
+    ph, pw = padded.shape[1] - h, padded.shape[2] - w
+    return any(torch.equal(padded[:, dy:dy + h, dx:dx + w], img)
+               for dy in range(ph + 1) for dx in range(pw + 1))
+
+
+def test_augment_batch_shape_determinism_and_change():
+    x = torch.randn(16, 3, 16, 16)
+    a = augment_batch(x, torch.Generator().manual_seed(1))
+    b = augment_batch(x, torch.Generator().manual_seed(1))
+    c = augment_batch(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and a.dtype == x.dtype and a.device == x.device
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x)
+    assert (a != x).flatten(1).any(dim=1).float().mean() > 0.5     # most images changed
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_augment_batch_is_crop_of_padded_image(flip):
+    x = torch.randn(12, 2, 8, 8)
+    out = augment_batch(x, torch.Generator().manual_seed(0), flip=flip, padding_mode="zeros")
+    padded = F.pad(x, (1, 1, 1, 1))                                 # pad = max(1, 8 // 8)
+    for img, pad in zip(out, padded):
+        ok = _is_crop_of(img, pad) or (flip and _is_crop_of(img, pad.flip(-1)))
+        assert ok
+    if flip:     # some image was mirrored: only a mirrored crop explains it
+        assert any(not _is_crop_of(img, pad) for img, pad in zip(out, padded))
+
+
+# ---------------------------------------------------------------- training loop
+
+def test_train_model_learns_separable_problem():
+    torch.manual_seed(0)
+    train, val = make_patterns(30, seed=0), make_patterns(15, seed=1)
+    seen = []
+    result = train_model(TinyCNN(), train, val, quick_config(augment=True, loss="focal"),
+                         time_left=forever, n_classes=3, on_epoch=seen.append)
+    assert result.epochs_done == 6 and not result.stopped_by_deadline
+    assert result.best_val_macro_f1 >= 0.9
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    assert seen == result.history
+    assert {"epoch", "train_loss", "val_macro_f1", "val_accuracy", "seconds"} <= set(result.history[0])
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert all(v.device == CPU for v in result.state_dict.values())
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "cosine"), ("adamw", "none"), ("sgd", "onecycle")])
+def test_train_model_optimizer_schedule_combinations(optimizer, schedule):
+    torch.manual_seed(0)
+    result = train_model(TinyCNN(), make_patterns(10, 0), None,
+                         quick_config(epochs=2, optimizer=optimizer, schedule=schedule),
+                         time_left=forever, n_classes=3)
+    assert result.epochs_done == 2 and result.best_epoch == 0
+
+
+def test_deadline_stops_mid_epoch_and_runs_no_more_batches():
+    model = TinyCNN()
+    calls = {"n": 0, "forwards_at_zero": None}
+
+    def time_left():
+        calls["n"] += 1
+        if calls["n"] <= 4:
+            return 1e9
+        if calls["forwards_at_zero"] is None:
+            calls["forwards_at_zero"] = model.train_forwards
+        return 0.0
+
+    train = make_patterns(30, 0)       # 90 images / 16 = 6 batches per epoch
+    result = train_model(model, train, make_patterns(5, 1), quick_config(epochs=3),
+                         time_left=time_left, n_classes=3)
+    assert result.stopped_by_deadline
+    assert result.epochs_done == 0
+    assert model.train_forwards == calls["forwards_at_zero"] == 4
+    assert result.history[-1]["partial"] and result.history[-1]["batches"] == 4
+    assert result.history[-1]["val_macro_f1"] is None        # no time left for evaluation
+
+
+def test_deadline_uses_batch_time_estimate():
+    """A batch is not started when time_left() is below 1.5x the measured batch time."""
+    model = TinyCNN()
+    # plenty for the first batch, then a tiny but positive amount: the estimate must stop it
+    answers = iter([1e9, 1e-9])
+    result = train_model(model, make_patterns(30, 0), None, quick_config(epochs=2),
+                         time_left=lambda: next(answers, 1e-9), n_classes=3)
+    assert result.stopped_by_deadline and model.train_forwards == 1
+
+
+def test_no_time_at_all_returns_initial_weights():
+    model = TinyCNN()
+    result = train_model(model, make_patterns(5, 0), make_patterns(5, 1), quick_config(),
+                         time_left=lambda: 0.0, n_classes=3)
+    assert result.stopped_by_deadline and result.history == [] and model.train_forwards == 0
+    assert result.best_epoch == 0 and set(result.state_dict) == set(model.state_dict())
+
+
+def test_nan_loss_raises():
+    class NanNet(TinyCNN):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="loss became nan at epoch 1"):
+        train_model(NanNet(), make_patterns(10, 0), None, quick_config(), time_left=forever, n_classes=3)
+
+
+def test_best_state_is_best_by_val():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    train, val = make_patterns(30, 0), make_patterns(15, 1)
+
+    def break_after_epoch_3(entry):
+        if entry["epoch"] == 3:
+            model.broken = True            # later epochs predict a constant class
+
+    result = train_model(model, train, val, quick_config(epochs=5), time_left=forever,
+                         n_classes=3, on_epoch=break_after_epoch_3)
+    f1s = [h["val_macro_f1"] for h in result.history]
+    assert max(f1s[3:]) < 0.5 < result.best_val_macro_f1 == max(f1s)
+    assert result.best_epoch == 1 + f1s.index(max(f1s)) <= 3
+    fresh = TinyCNN()
+    fresh.load_state_dict(result.state_dict)
+    score = classification_metrics(val.y.numpy(), predict(fresh, val.x), 3)["macro_f1"]
+    assert score == pytest.approx(result.best_val_macro_f1)
+    for k, v in model.state_dict().items():   # the trained model itself holds the best weights
+        assert torch.equal(v, result.state_dict[k])
+
+
+def test_without_val_keeps_last_state():
+    torch.manual_seed(0)
+    model = TinyCNN()
+    result = train_model(model, make_patterns(10, 0), None, quick_config(epochs=2),
+                         time_left=forever, n_classes=3)
+    assert result.best_epoch == 0 and result.history[-1]["val_macro_f1"] is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, result.state_dict[k])
+
+
+def test_batch_size_capped_and_singleton_last_batch_dropped():
+    data = make_patterns(11, 0)            # 33 images
+    r = train_model(TinyCNN(), data, None, quick_config(epochs=1, batch_size=1000),
+                    time_left=forever, n_classes=3)
+    assert r.history[0]["batches"] == 1
+    r = train_model(TinyCNN(), data, None, quick_config(epochs=1, batch_size=16),
+                    time_left=forever, n_classes=3)   # 16 + 16 + 1 -> the single image is dropped
+    assert r.history[0]["batches"] == 2
+
+
+def test_surrogate_beta_decays_per_epoch():
+    model = BetaRecorder()
+    train_model(model, make_patterns(10, 0), make_patterns(5, 1), quick_config(epochs=4, surrogate_beta0=1.0),
+                time_left=forever, n_classes=3)
+    starts = [b for b in model.betas if b > 0]
+    assert starts == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert model.betas[-1] == 0.0           # evaluated and returned with the surrogate off
+    assert surrogate_beta(2.0, 1, 4) == pytest.approx(1.5)
+
+
+def test_surrogate_beta_not_called_when_beta0_zero():
+    model = BetaRecorder()
+    train_model(model, make_patterns(5, 0), None, quick_config(epochs=2), time_left=forever, n_classes=3)
+    assert model.betas == []
+
+
+def test_train_config_validates():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(epochs=1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(epochs=1, loss="mse")
+
+
+# ---------------------------------------------------------------- prediction
+
+@pytest.mark.parametrize("was_training", [True, False])
+def test_predict_shapes_and_mode_restored(was_training):
+    model = TinyCNN(n_classes=4)
+    model.train(was_training)
+    x = torch.randn(37, 1, 8, 8)
+    pred = predict(model, x, batch_size=10)
+    proba = predict_proba(model, x, batch_size=10)
+    assert pred.shape == (37,) and pred.dtype == np.int64 and pred.min() >= 0 and pred.max() < 4
+    assert proba.shape == (37, 4) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.array_equal(proba.argmax(axis=1), pred)
+    assert model.training == was_training
+    assert not any(model.modes)            # every forward ran in eval mode
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_and_augment_on_cuda():
+    cuda = resolve_device("cuda")
+    x = torch.randn(8, 3, 16, 16, device=cuda)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.device == x.device and out.shape == x.shape
+    torch.manual_seed(0)
+    train, val = make_patterns(30, 0), make_patterns(15, 1)
+    train, val = (TensorData(d.x.to(cuda), d.y.to(cuda)) for d in (train, val))
+    model = TinyCNN().to(cuda)
+    result = train_model(model, train, val, quick_config(augment=True, loss="focal"),
+                         time_left=forever, n_classes=3)
+    assert result.best_val_macro_f1 >= 0.9
+    assert all(v.device.type == "cpu" for v in result.state_dict.values())
+    assert predict(model, val.x).shape == (45,)
