@@ -79,7 +79,9 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
     model = build_network(spec).to(data.device)
 
     def on_epoch(row: dict) -> None:
-        log(f"{source}: epoch {row['epoch']}/{config.epochs} val macro-F1 {row.get('val_macro_f1', float('nan')):.4f}")
+        score = row.get("val_macro_f1")
+        log(f"{source}: epoch {row['epoch']}/{config.epochs} val macro-F1 "
+            + ("-" if score is None else f"{score:.4f}"))
 
     result = train_model(model, data.train, data.val, config, time_left=time_left,
                          n_classes=data.n_classes, on_epoch=on_epoch)

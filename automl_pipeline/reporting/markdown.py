@@ -1,0 +1,446 @@
+"""The human report, ``OUT/report.md``, written from the ``report.json`` dict.
+
+Headline first (held-out macro-F1, accuracy, balanced accuracy, wall used /
+limit, status), then the chosen model in words, then one section per report
+section that is present. Sections that are missing are skipped; only plot
+files that exist are linked. No torch, no matplotlib import here (plots are
+made by :mod:`automl_pipeline.reporting.plots`, imported lazily).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+PLOT_CAPTIONS = {
+    "timeline": "Phases: planned vs actual time against the limit",
+    "class_counts": "Images per class and split",
+    "darts_alphas": "DARTS architecture weights per edge and skip count per epoch",
+    "bohb": "BOHB: best validation macro-F1 over time and losses per budget",
+    "confusion": "Held-out test confusion matrix",
+    "per_class_f1": "Held-out test F1 per class",
+}
+MAX_EVENTS = 60
+
+
+# --------------------------------------------------------------------------- formatting helpers
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    x = _num(value)
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _s(value: Any, digits: int = 1) -> str:
+    """Seconds."""
+    x = _num(value)
+    return "n/a" if x is None else f"{x:.{digits}f} s"
+
+
+def _cell(value: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _line(value: Any) -> str:
+    """Text on one markdown line (outside tables)."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _dict(report: dict, key: str) -> dict | None:
+    value = report.get(key)
+    return value if isinstance(value, dict) and value else None
+
+
+def _class_names(report: dict, n: int) -> list[str]:
+    names = [str(x) for x in ((_dict(report, "data") or {}).get("class_names") or [])][:n]
+    return names + [str(i) for i in range(len(names), n)]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _headline(report: dict) -> list[str]:
+    lines = ["# AutoML run report", ""]
+    m = _dict(report, "test_metrics")
+    if m is not None:
+        lines.append(f"**Held-out test macro-F1: {_f(m.get('macro_f1'))}** · accuracy {_f(m.get('accuracy'))} · "
+                     f"balanced accuracy {_f(m.get('balanced_accuracy'))}")
+    else:
+        lines.append("**No held-out test metrics** were recorded for this run.")
+    wall, limit = _num(report.get("wall_s")), _num(report.get("time_limit_s"))
+    used = f"{_s(wall)} of a {_s(limit, 0)} limit" if limit is not None else _s(wall)
+    if wall is not None and limit:
+        used += f" ({100 * wall / limit:.0f} %)"
+    lines += ["", f"Wall time used: {used} · status: **{report.get('status', 'unknown')}**", ""]
+    splits = ((_dict(report, "data") or {}).get("splits") or {})
+    test = splits.get("test") if isinstance(splits, dict) else None
+    if isinstance(test, dict) and test.get("count") is not None:
+        src = splits.get("heldout_source") or (_dict(report, "data") or {}).get("heldout_source")
+        lines.append(f"Held-out test images: {test['count']}" + (f" ({src})" if src else "")
+                     + "; touched once, by the final model.")
+    return lines + [""]
+
+
+def _node_words(pairs: list) -> list[str]:
+    """[[op, input], ...] two per node -> one line per node."""
+    out = []
+    for node, start in enumerate(range(0, len(pairs), 2)):
+        parts = []
+        for pair in pairs[start:start + 2]:
+            if isinstance(pair, (list, tuple)) and len(pair) >= 2:
+                parts.append(f"`{pair[0]}`(state {pair[1]})")
+            else:
+                parts.append(f"`{pair}`")
+        out.append(f"node {node + 2} = " + " + ".join(parts))
+    return out
+
+
+def describe_architecture(arch: dict) -> list[str]:
+    """A NetworkSpec JSON in words (markdown lines)."""
+    lines = []
+    side, ch = arch.get("image_side"), arch.get("in_channels")
+    size = f"{side}×{side}×{ch}" if side is not None and ch is not None else "the working resolution"
+    head = arch.get("head_hidden")
+    head_text = "-".join(str(h) for h in head) if isinstance(head, (list, tuple)) and head else None
+    lines.append(f"A stack of **{arch.get('n_cells', '?')} cells** on {size} inputs, "
+                 f"{arch.get('base_channels', '?')} base channels growing with depth, global pooling, "
+                 + (f"an MLP head {head_text}" if head_text else "a linear head")
+                 + (f" with dropout {arch['dropout']}" if arch.get("dropout") is not None else "")
+                 + f", {arch.get('n_classes', '?')} outputs.")
+    genotype = arch.get("genotype")
+    if isinstance(genotype, dict):
+        lines.append("")
+        lines.append("Cells (DARTS convention: states 0 and 1 are the cell's inputs, the outputs of the two "
+                     "previous cells; state k ≥ 2 is intermediate node k; node inputs are summed):")
+        lines.append("")
+        for cell in ("normal", "reduce"):
+            pairs = genotype.get(cell)
+            if not isinstance(pairs, list):
+                continue
+            concat = genotype.get(f"{cell}_concat")
+            lines.append(f"- **{cell} cell**: " + "; ".join(_node_words(pairs))
+                         + (f"; output = concat of states {list(concat)}" if concat else ""))
+    return lines
+
+
+def _final(report: dict) -> list[str]:
+    final = _dict(report, "final")
+    if final is None:
+        return []
+    lines = ["## Chosen model", ""]
+    facts = [f"source: **{final.get('source', 'unknown')}**"]
+    if final.get("epochs") is not None:
+        facts.append(f"trained {final['epochs']} epochs")
+    if final.get("train_s") is not None:
+        facts.append(f"in {_s(final['train_s'])}")
+    if final.get("val_macro_f1") is not None:
+        facts.append(f"validation macro-F1 {_f(final['val_macro_f1'])}")
+    lines += ["; ".join(facts) + ".", ""]
+    arch = final.get("architecture")
+    if isinstance(arch, dict) and arch:
+        lines += describe_architecture(arch) + [""]
+    else:
+        lines += ["No network architecture (not a trained network).", ""]
+    config = final.get("config")
+    if isinstance(config, dict) and config:
+        lines += ["Configuration:", ""]
+        lines += _table(["setting", "value"], [[k, v] for k, v in config.items()])
+    return lines
+
+
+def _data(report: dict, links: list[str]) -> list[str]:
+    data = _dict(report, "data")
+    if data is None:
+        return []
+    lines = ["## Data", ""]
+    n = data.get("n_classes")
+    facts = [f"format: **{data.get('format', 'unknown')}**"]
+    if data.get("source"):
+        facts.append(f"source: `{data['source']}`")
+    if n is not None:
+        facts.append(f"{n} classes")
+    if data.get("image_size") is not None:
+        facts.append(f"working image size {data['image_size']}")
+    if data.get("native_side") is not None:
+        facts.append(f"native side {data['native_side']} px")
+    lines += ["- " + "\n- ".join(facts), ""]
+    names = data.get("class_names") or []
+    if names:
+        shown = ", ".join(str(x) for x in names[:50]) + (f", … ({len(names)} in all)" if len(names) > 50 else "")
+        lines += [f"Classes: {shown}", ""]
+    splits = data.get("splits")
+    if isinstance(splits, dict):
+        present = [s for s in ("train", "val", "test") if isinstance(splits.get(s), dict)]
+        if present:
+            lines += _table(["split", "images"], [[s, splits[s].get("count", "n/a")] for s in present])
+            per = {s: splits[s].get("per_class") for s in present if splits[s].get("per_class")}
+            if per:
+                k = max(len(v) for v in per.values())
+                if k <= 50:
+                    cls = _class_names(report, k)
+                    rows = [[cls[i]] + [(per[s][i] if i < len(per[s]) else "") for s in per] for i in range(k)]
+                    lines += _table(["class"] + list(per), rows)
+    notes = data.get("notes") or []
+    if notes:
+        lines += ["Notes:", ""] + [f"- {_line(n)}" for n in notes] + [""]
+    return lines + links
+
+
+def _phases(report: dict, links: list[str]) -> list[str]:
+    phases = [p for p in report.get("phases") or [] if isinstance(p, dict)]
+    if not phases:
+        return []
+    rows = []
+    for p in phases:
+        start, end = _num(p.get("start_s")), _num(p.get("end_s"))
+        used = _s(end - start) if start is not None and end is not None else "n/a"
+        note = f"skipped: {p['skipped']}" if p.get("skipped") else ""
+        rows.append([p.get("name", "?"), _s(p.get("planned_s")), _s(start), _s(end), used, note])
+    return ["## Phases", ""] + _table(["phase", "planned", "start", "end", "used", "note"], rows) + links
+
+
+def _darts(report: dict, links: list[str]) -> list[str]:
+    darts = _dict(report, "darts")
+    if darts is None:
+        return []
+    lines = ["## DARTS search", ""]
+    run, planned = darts.get("epochs_run"), darts.get("epochs_planned")
+    text = f"Epochs run: **{run if run is not None else 'n/a'}** of {planned if planned is not None else 'n/a'} planned"
+    if darts.get("stopped_early"):
+        text += " — stopped early"
+    if darts.get("stop_reason"):
+        text += f" (reason: {darts['stop_reason']})"
+    if darts.get("seconds") is not None:
+        text += f"; {_s(darts['seconds'])}"
+    lines += [text + ".", ""]
+    skips = darts.get("skip_count_per_epoch") or []
+    if skips:
+        limit = darts.get("skip_limit", 2)
+        lines += [f"Skip count per epoch (edges whose skip weight exceeds the threshold"
+                  + (f" {darts['skip_threshold']}" if darts.get("skip_threshold") is not None else "")
+                  + f"; termination when above {limit}): {', '.join(str(s) for s in skips)}", ""]
+    genotype = darts.get("genotype")
+    if isinstance(genotype, dict):
+        lines += ["Derived genotype:", ""]
+        for cell in ("normal", "reduce"):
+            if isinstance(genotype.get(cell), list):
+                lines.append(f"- **{cell}**: " + "; ".join(_node_words(genotype[cell])))
+        lines.append("")
+    return lines + links
+
+
+def _bohb(report: dict, links: list[str]) -> list[str]:
+    bohb = _dict(report, "bohb")
+    if bohb is None:
+        return []
+    lines = ["## BOHB search", ""]
+    trials = [t for t in bohb.get("trials") or [] if isinstance(t, dict)]
+    n_trials = bohb.get("n_trials", len(trials) if trials else None)
+    facts = []
+    if n_trials is not None:
+        facts.append(f"{n_trials} trials")
+    failed = bohb.get("n_failed")
+    if failed is None and trials:
+        failed = sum(1 for t in trials if t.get("error"))
+    if failed:
+        facts.append(f"{failed} failed (counted as loss 1)")
+    budgets = bohb.get("budgets")
+    if not budgets and trials:
+        budgets = sorted({t["budget"] for t in trials if _num(t.get("budget")) is not None})
+    if budgets:
+        facts.append("budgets (epochs): " + ", ".join(f"{_num(b):g}" if _num(b) is not None else str(b) for b in budgets))
+    elif bohb.get("min_budget") is not None:
+        facts.append(f"budgets {bohb['min_budget']}–{bohb.get('max_budget', '?')} epochs")
+    if bohb.get("seconds") is not None:
+        facts.append(_s(bohb["seconds"]))
+    if facts:
+        lines += ["; ".join(facts) + ".", ""]
+
+    inc = bohb.get("incumbent") if isinstance(bohb.get("incumbent"), dict) else {}
+    inc_config = bohb.get("incumbent_config", inc.get("config"))
+    inc_f1 = bohb.get("incumbent_val_macro_f1", inc.get("val_macro_f1"))
+    inc_budget = bohb.get("incumbent_budget", inc.get("budget"))
+    if inc_f1 is not None or inc_config:
+        lines.append(f"Incumbent: validation macro-F1 **{_f(inc_f1)}** at budget {inc_budget if inc_budget is not None else 'n/a'}.")
+        lines.append("")
+        if isinstance(inc_config, dict) and inc_config:
+            lines += _table(["hyperparameter", "value"], [[k, v] for k, v in inc_config.items()])
+
+    picks = bohb.get("model_based_picks")
+    if picks is None and trials and any("model_based_pick" in t for t in trials):
+        picks = sum(1 for t in trials if t.get("model_based_pick"))
+    if picks is not None and n_trials:
+        if int(picks) == 0:
+            lines += [f"> **Warning:** none of the {n_trials} configurations was proposed by BOHB's model "
+                      "(all were random samples). The model needs more finished trials per budget than "
+                      "this run had, so this search behaved like Hyperband (random search with successive "
+                      "halving).", ""]
+        else:
+            lines += [f"Model-based picks: {picks} of {n_trials} configurations.", ""]
+    return lines + links
+
+
+def _per_class(report: dict, links: list[str]) -> list[str]:
+    m = _dict(report, "test_metrics")
+    if m is None:
+        return []
+    f1 = m.get("per_class_f1") or []
+    lines = ["## Held-out test results per class", ""]
+    if f1:
+        names = _class_names(report, len(f1))
+        test = (((_dict(report, "data") or {}).get("splits") or {}).get("test") or {})
+        support = test.get("per_class") if isinstance(test, dict) else None
+        rows = []
+        for i, v in enumerate(f1):
+            row = [names[i], _f(v)]
+            if support:
+                row.append(support[i] if i < len(support) else "")
+            rows.append(row)
+        lines += _table(["class", "F1"] + (["test images"] if support else []), rows)
+    if not f1 and not links:
+        return []
+    return lines + links
+
+
+def _environment(report: dict) -> list[str]:
+    env = _dict(report, "environment")
+    settings = _dict(report, "settings")
+    if env is None and settings is None:
+        return []
+    lines = ["## Environment and settings", ""]
+    if env:
+        lines += ["- " + "\n- ".join(f"{k}: {_line(v)}" for k, v in env.items()), ""]
+    if settings:
+        lines += ["```json", json.dumps(settings, indent=2, sort_keys=True, default=str), "```", ""]
+    return lines
+
+
+def _events(report: dict) -> list[str]:
+    events = [e for e in report.get("events") or [] if isinstance(e, dict)]
+    if not events:
+        return []
+    rows = [[_s(e.get("t_s")), e.get("kind", ""), e.get("message", "")] for e in events[:MAX_EVENTS]]
+    lines = ["## Events", ""] + _table(["time", "kind", "message"], rows)
+    if len(events) > MAX_EVENTS:
+        lines += [f"… and {len(events) - MAX_EVENTS} more in report.json.", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _plot_links(out_dir: Path, plots: dict[str, str | Path], names: tuple[str, ...]) -> list[str]:
+    lines = []
+    for name in names:
+        rel = plots.get(name)
+        if rel is None:
+            continue
+        rel_path = Path(rel)
+        if rel_path.is_absolute():
+            try:
+                rel_path = rel_path.relative_to(out_dir)
+            except ValueError:
+                continue  # outside OUT/: a link would not travel with the report
+        if not (out_dir / rel_path).is_file():
+            continue
+        lines += [f"![{PLOT_CAPTIONS.get(name, name)}]({rel_path.as_posix()})", ""]
+    return lines
+
+
+def render_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] | None = None) -> str:
+    """The report.md text. ``plots`` maps plot names to paths relative to ``out_dir``."""
+    out_dir = Path(out_dir)
+    plots = plots or {}
+    link = lambda *names: _plot_links(out_dir, plots, names)  # noqa: E731
+    lines: list[str] = []
+    lines += _headline(report)
+    lines += _final(report)
+    lines += _data(report, link("class_counts"))
+    lines += _phases(report, link("timeline"))
+    lines += _darts(report, link("darts_alphas"))
+    lines += _bohb(report, link("bohb"))
+    lines += _per_class(report, link("per_class_f1", "confusion"))
+    lines += _environment(report)
+    lines += _events(report)
+    known = set(PLOT_CAPTIONS)
+    extra = link(*[n for n in plots if n not in known])
+    if extra:
+        lines += ["## Other plots", ""] + extra
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] | None = None) -> Path:
+    """Write OUT/report.md (atomically) and return its path. May raise on I/O errors."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    _atomic_write_text(path, render_report_md(report, out_dir, plots))
+    return path
+
+
+def _make_plots(report: dict, out_dir: Path, log: Callable[[str], Any]) -> dict[str, str]:
+    """Every plot that can be made, as links relative to out_dir; {} when plotting fails."""
+    try:
+        from automl_pipeline.reporting.plots import write_plots
+
+        made = write_plots(report, out_dir / "plots", log=log)
+        return {name: Path(p).relative_to(out_dir).as_posix() for name, p in made.items()}
+    except Exception as exc:
+        _safe_log(log, f"report plots failed: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def _safe_log(log: Callable[[str], Any], message: str) -> None:
+    try:
+        log(message)
+    except Exception:
+        pass
+
+
+def write_run_report(report: dict, out_dir: Path, log: Callable[[str], Any] = print, *,
+                     plots: bool = True) -> Path | None:
+    """The one call the pipeline makes: plots under OUT/plots (unless `plots` is False, for runs
+    with no time left to draw them), then OUT/report.md.
+
+    Never raises: a failure in plotting is logged and report.md is still written
+    without plots; a failure writing report.md is logged and None is returned.
+    """
+    out_dir = Path(out_dir)
+    links = _make_plots(report, out_dir, log) if plots else {}
+    try:
+        return write_report_md(report, out_dir, links)
+    except Exception as exc:
+        _safe_log(log, f"report.md with plots failed: {type(exc).__name__}: {exc}")
+    try:
+        return write_report_md(report, out_dir, {})
+    except Exception as exc:
+        _safe_log(log, f"report.md failed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+        return None
