@@ -1,0 +1,306 @@
+"""Shared helpers of the benchmark scripts (no torch at import time).
+
+- `run_pipeline`: `python run.py ...` as a subprocess under a limit (killed, with its process
+  group, after limit + slack), read back its report.json; never raises for a bad run, the
+  returned row says what went wrong.
+- `fashion_npz`: build (once, cached) a MedMNIST-style Fashion-MNIST npz with
+  `benchmarks/make_fashion_npz.py`, or say how to install the data and return None.
+- `summarize`, `markdown_table`, `summary_table`: result rows -> mean/std per method, markdown.
+- `machine_info`, `write_results`: the JSON written to benchmarks/out/*.json.
+
+Rows are plain dicts with at least `method`, `seed`, `status` and metric keys
+(`macro_f1`, `accuracy`, `wall_s`); a metric is None when the run failed.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "benchmarks"
+DEFAULT_OUT = BENCH_DIR / "out"
+FASHION_PACKAGE = "dataset-fashion-mnist"
+DEFAULT_SLACK_S = 60.0
+
+
+def ensure_repo_on_path() -> None:
+    """Make `import automl_pipeline` work when a script is started as `python benchmarks/x.py`."""
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+# --------------------------------------------------------------------------- numbers and json
+
+
+def num(value: Any) -> float | None:
+    """A finite float, or None (bools, strings, NaN, missing)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def write_results(path: Path, payload: dict) -> Path:
+    """Write `payload` as indented JSON, atomically (temp file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that started this process, shell-quoted (for the results file)."""
+    argv = sys.argv if argv is None else argv
+    return " ".join(shlex.quote(str(a)) for a in [Path(sys.executable).name, *argv])
+
+
+def now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def machine_info(device: str | None = None) -> dict:
+    """Platform, CPU count and (when torch is importable) the torch device's name."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "processor": platform.processor() or platform.machine(),
+                            "cpu_count": os.cpu_count()}
+    if hasattr(os, "sched_getaffinity"):
+        info["usable_cores"] = len(os.sched_getaffinity(0))
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return info
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    info["cuda_available"] = torch.cuda.is_available()
+    if device is not None:
+        info["device"] = str(device)
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            info["device_name"] = torch.cuda.get_device_name(torch.device(str(device)))
+        else:
+            info["device_name"] = info["processor"] or "cpu"
+    return info
+
+
+# --------------------------------------------------------------------------- run.py as a subprocess
+
+
+def pipeline_command(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None,
+                     device: str = "auto", extra: Sequence[str] = ()) -> list[str]:
+    argv = [sys.executable, str(REPO_ROOT / "run.py"), "--time-limit", f"{time_limit_s:g}",
+            "--output-dir", str(output_dir), "--seed", str(seed), "--device", device, "--quiet"]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return argv + [str(a) for a in extra]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover - non-POSIX
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+
+
+def _tail(path: Path, n: int = 12) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(ln for ln in lines[-n:] if ln.strip())
+
+
+def run_subprocess(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tuple[int | None, str, float]:
+    """Run argv in its own session with stdout/stderr in run_dir/{stdout,stderr}.log.
+
+    Returns (exit code or None, outcome, seconds); outcome is "exited", "timeout" or "not_started: why".
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
+        try:
+            proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    cwd=str(REPO_ROOT), start_new_session=hasattr(os, "killpg"))
+        except OSError as exc:
+            return None, f"not_started: {type(exc).__name__}: {exc}", time.monotonic() - start
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return proc.returncode, "timeout", time.monotonic() - start
+        except BaseException:   # Ctrl-C of the benchmark: end the run too
+            _kill_group(proc)
+            raise
+    return code, "exited", time.monotonic() - start
+
+
+def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None,
+                 device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
+                 argv: Sequence[str] | None = None) -> dict:
+    """One `python run.py` run; returns a result dict (never raises for a failed run).
+
+    Keys: status ("complete" | report status | "failed" | "timeout"), exit_code, error (None or a
+    message with the last stderr line), seconds (measured outside), macro_f1, accuracy,
+    balanced_accuracy, wall_s (the report's own, else the measured seconds), report (the parsed
+    report.json or None), command. `argv` overrides the command (tests).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report_path = output_dir / "report.json"
+    if report_path.exists():   # a stale report from an earlier run must not be read as this one's
+        os.replace(report_path, output_dir / "report.previous.json")
+    if argv is None:
+        argv = pipeline_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
+                                device=device, extra=extra)
+    code, outcome, seconds = run_subprocess(argv, output_dir, time_limit_s + slack_s)
+    report = read_json(report_path)
+    tail = _tail(output_dir / "stderr.log")
+    metrics = (report or {}).get("test_metrics")
+    metrics = metrics if isinstance(metrics, dict) else {}
+    error = None
+    if outcome == "timeout":
+        status, error = "timeout", f"killed after {seconds:.0f} s (limit {time_limit_s:g} s + {slack_s:g} s slack)"
+    elif outcome.startswith("not_started"):
+        status, error = "failed", outcome
+    elif code != 0:
+        status, error = "failed", f"exit code {code}"
+    elif report is None:
+        status, error = "failed", "no readable report.json"
+    elif num(metrics.get("macro_f1")) is None:
+        status, error = "failed", "report.json has no held-out test metrics"
+    else:
+        status = str(report.get("status", "complete"))
+    if error is not None and tail:
+        error = f"{error}: {tail.splitlines()[-1].strip()}"
+    wall = num((report or {}).get("wall_s"))
+    return {"status": status, "exit_code": code, "error": error, "seconds": round(seconds, 3),
+            "macro_f1": num(metrics.get("macro_f1")), "accuracy": num(metrics.get("accuracy")),
+            "balanced_accuracy": num(metrics.get("balanced_accuracy")),
+            "wall_s": wall if wall is not None else round(seconds, 3), "report": report,
+            "command": " ".join(shlex.quote(str(a)) for a in argv), "stderr_tail": tail if error else None}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def fashion_npz(*, imbalance_ratio: float = 1.0, n_train: int = 5000, n_test: int = 2000, seed: int = 0,
+                cache_dir: Path | None = None, log=print) -> Path | None:
+    """A Fashion-MNIST npz built with make_fashion_npz.py (cached under benchmarks/out/data/).
+
+    Returns None, after printing how to install the data, when the Debian package is missing.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "data"
+    tag = "fmnist" if imbalance_ratio == 1 else f"fmnist_lt{imbalance_ratio:g}"
+    path = cache_dir / f"{tag}_n{n_train}_t{n_test}_s{seed}.npz"
+    if path.is_file():
+        return path
+    ensure_bench_on_path()
+    import make_fashion_npz as maker   # noqa: PLC0415 (benchmarks/ script)
+
+    if maker.find_source_dir(None) is None:
+        log(f"Fashion-MNIST is not installed (Debian package {FASHION_PACKAGE}). Install it with:\n"
+            f"    sudo apt-get install {FASHION_PACKAGE}\n"
+            f"and run this benchmark again; skipping this dataset.")
+        return None
+    code = maker.main(["--out", str(path), "--n-train", str(n_train), "--n-test", str(n_test),
+                       "--imbalance-ratio", f"{imbalance_ratio:g}", "--seed", str(seed)])
+    return path if code == 0 and path.is_file() else None
+
+
+def ensure_bench_on_path() -> None:
+    bench = str(BENCH_DIR)
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def mean_std(values: Iterable[Any]) -> dict:
+    """{"mean", "std", "n"} over the finite values; std is the sample std (n - 1), 0.0 for one value,
+    mean/std None for none."""
+    xs = [x for x in (num(v) for v in values) if x is not None]
+    if not xs:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def summarize(rows: Sequence[dict], metrics: Sequence[str] = ("macro_f1", "accuracy", "wall_s"),
+              key: str = "method") -> dict:
+    """{method: {metric: mean_std(...), "runs": n, "failed": n}} in first-seen method order."""
+    out: dict[str, dict] = {}
+    for method in dict.fromkeys(r[key] for r in rows):
+        mine = [r for r in rows if r[key] == method]
+        out[method] = {m: mean_std(r.get(m) for r in mine) for m in metrics}
+        out[method]["runs"] = len(mine)
+        out[method]["failed"] = sum(1 for r in mine if r.get("error"))
+    return out
+
+
+def _cell(value: Any, digits: int) -> str:
+    x = num(value)
+    if x is None:
+        return "-" if value is None else str(value)
+    return f"{x:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, int]]) -> str:
+    """columns: (row key, header, decimals for numbers). Failed rows get their error in a last column."""
+    has_err = any(r.get("error") for r in rows)
+    headers = [h for _, h, _ in columns] + (["note"] if has_err else [])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for r in rows:
+        cells = [_cell(r.get(k), d) for k, _, d in columns]
+        if has_err:
+            cells.append(str(r.get("error") or "").replace("|", "/").replace("\n", " ")[:120])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fmt_mean_std(stats: dict, digits: int = 3) -> str:
+    if stats.get("mean") is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def summary_table(summary: dict, metrics: Sequence[tuple[str, str, int]]) -> str:
+    """Mean ± std per method: metrics are (key, header, decimals)."""
+    headers = ["method", "runs", "failed"] + [h for _, h, _ in metrics]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    for method, stats in summary.items():
+        cells = [method, str(stats.get("runs", 0)), str(stats.get("failed", 0))]
+        cells += [fmt_mean_std(stats[k], d) + (f" (n={stats[k]['n']})" if stats[k]["n"] != stats.get("runs") else "")
+                  for k, _, d in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
