@@ -1,0 +1,126 @@
+"""NetworkSpec -> nn.Module: a stem, a stack of cells and an MLP head.
+
+Layout rules (shared with the DARTS supernet):
+- Stem: conv3x3 (stride 1) + BN, in_channels -> base_channels.
+- Reduction cells (`reduction_cells`): n_cells == 1 -> no reduction; n_cells == 2 ->
+  the second cell reduces; n_cells >= 3 -> cells n//3 and 2n//3 (DARTS' rule:
+  3 cells -> cells 1 and 2, 6 cells -> cells 2 and 4). A planned reduction is
+  dropped (the cell stays a normal cell) when it would take the spatial side
+  below 2 (side after = ceil(side / 2)).
+- Width: the cell width starts at base_channels and doubles at every reduction
+  cell, so 3 cells with base 32 have widths 32/64/128 (the poster's channels).
+  The width is the cell's output channels: each of the len(concat) nodes gets
+  `node_channels(width, len(concat)) = max(2, width // len(concat))` channels.
+- Head: global average pool -> [Linear -> ReLU -> Dropout] per entry of
+  head_hidden -> Linear(n_classes) logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from automl_pipeline.search_space.cells import Cell, Edge
+from automl_pipeline.search_space.genotype import Genotype, validate_genotype
+
+
+def reduction_cells(n_cells: int, image_side: int) -> tuple[bool, ...]:
+    """Which of the n_cells cells reduce (see the module docstring for the rule)."""
+    if n_cells < 1:
+        raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+    wanted = set() if n_cells == 1 else {1} if n_cells == 2 else {n_cells // 3, 2 * n_cells // 3}
+    side, layout = image_side, []
+    for i in range(n_cells):
+        reduce = i in wanted and -(-side // 2) >= 2
+        if reduce:
+            side = -(-side // 2)
+        layout.append(reduce)
+    return tuple(layout)
+
+
+def node_channels(width: int, n_concat: int) -> int:
+    """Channels per intermediate node for a cell of the given output width."""
+    return max(2, width // n_concat)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    genotype: Genotype
+    in_channels: int
+    n_classes: int
+    image_side: int
+    n_cells: int = 3
+    base_channels: int = 32
+    dropout: float = 0.3
+    head_hidden: tuple[int, ...] = (64, 32, 16)
+
+    def __post_init__(self):
+        validate_genotype(self.genotype)
+        if self.in_channels < 1 or self.n_classes < 2 or self.image_side < 1:
+            raise ValueError(f"bad shapes in {self}")
+        if self.n_cells < 1 or self.base_channels < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"bad network sizes in {self}")
+        object.__setattr__(self, "head_hidden", tuple(int(h) for h in self.head_hidden))
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["genotype"] = self.genotype.to_json()
+        d["head_hidden"] = list(self.head_hidden)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "NetworkSpec":
+        d = dict(d)
+        d["genotype"] = Genotype.from_json(d["genotype"])
+        d["head_hidden"] = tuple(d.get("head_hidden", (64, 32, 16)))
+        return cls(**d)
+
+
+def mlp_head(C_in: int, hidden: tuple[int, ...], n_classes: int, dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(C_in, h), nn.ReLU(), nn.Dropout(dropout)]
+        C_in = h
+    return nn.Sequential(*layers, nn.Linear(C_in, n_classes))
+
+
+class Network(nn.Module):
+    """The stacked-cell classifier; see the module docstring."""
+
+    def __init__(self, spec: NetworkSpec):
+        super().__init__()
+        g = spec.genotype
+        C = spec.base_channels
+        self.stem = nn.Sequential(nn.Conv2d(spec.in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
+        self.layout = reduction_cells(spec.n_cells, spec.image_side)
+        self.cells = nn.ModuleList()
+        C_pp = C_p = width = C
+        reduction_prev = False
+        for reduction in self.layout:
+            if reduction:
+                width *= 2
+            edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
+            cell = Cell(edges, concat, C_pp, C_p, node_channels(width, len(concat)), reduction, reduction_prev)
+            self.cells.append(cell)
+            C_pp, C_p, reduction_prev = C_p, cell.out_channels, reduction
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = mlp_head(C_p, spec.head_hidden, spec.n_classes, spec.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1)
+        return self.head(torch.flatten(self.pool(s1), 1))
+
+    def set_surrogate_beta(self, beta: float) -> None:
+        """Auxiliary beta * x skip on every stride-1 edge (0 = off)."""
+        for m in self.modules():
+            if isinstance(m, Edge):
+                m.beta = float(beta)
+
+
+def build_network(spec: NetworkSpec) -> Network:
+    """Build the classifier described by `spec` (logits of shape (N, n_classes))."""
+    return Network(spec)
