@@ -6,6 +6,7 @@ here do the work and return plain results. None of them reads a clock directly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -13,9 +14,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from automl_pipeline.darts import DartsConfig, DartsResult, estimate_epoch_seconds, run_darts, steps_per_epoch
 from automl_pipeline.delivery import Candidate
-from automl_pipeline.search_space import DEFAULT_GENOTYPE, NetworkSpec, build_network
-from automl_pipeline.training import TensorData, TrainConfig, TrainResult, predict, train_model
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network
+from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_loss, predict, train_model
+
+# DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
+# the search runs on a random subset instead, never below MIN_DARTS_IMAGES_PER_CLASS on average.
+MAX_DARTS_EPOCHS = 15
+MIN_DARTS_EPOCHS = 6
+MIN_DARTS_IMAGES_PER_CLASS = 20
 
 TimeLeft = Callable[[], float]
 
@@ -94,7 +102,7 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
         predict_labels=predict_labels,
         heldout_predictions=heldout_predictions,
         architecture=spec.to_json(),
-        config=_config_json(config),
+        config=config.to_json(),
         epochs=result.epochs_done,
         train_s=result.seconds,
         state_dict={k: v.detach().cpu() for k, v in result.state_dict.items()},
@@ -118,14 +126,62 @@ def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
     )
 
 
+def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int,
+                        log: Callable[[str], None]) -> tuple[DartsResult | None, str]:
+    """The DARTS phase: (result, "") or (None, why it was skipped).
+
+    Epochs are planned from a timed supernet step; when fewer than MIN_DARTS_EPOCHS fit, the
+    search runs on a seeded random subset of train and val sized so that they do.
+    """
+    loss = make_loss("focal", data.train_counts, gamma=3.0, smoothing=0.8, device=data.device)
+    config = DartsConfig(epochs=MAX_DARTS_EPOCHS, batch_size=64, n_cells=3, base_channels=16, seed=seed)
+    epoch_s = estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss, n_batches=2)
+    available = time_left()
+    train, val = data.train, data.val
+    fraction = min(1.0, available / (MIN_DARTS_EPOCHS * epoch_s))
+    if fraction < 1.0:
+        n_train = int(len(train) * fraction)
+        if n_train < MIN_DARTS_IMAGES_PER_CLASS * data.n_classes or n_train < 2 * config.batch_size:
+            return None, (f"a supernet epoch takes ~{epoch_s:.1f}s; {available:.0f}s leaves too few images "
+                          f"for {MIN_DARTS_EPOCHS} epochs")
+        train, val = _random_subset(train, n_train, seed), _random_subset(val, int(len(val) * fraction), seed)
+        log(f"DARTS: searching on {len(train)} of {len(data.train)} training images to fit "
+            f"{MIN_DARTS_EPOCHS}+ epochs")
+        epoch_s *= fraction
+    epochs = epochs_that_fit(available, epoch_s, high=MAX_DARTS_EPOCHS)
+    config = dataclasses.replace(config, epochs=epochs)
+    log(f"DARTS: ~{epoch_s:.1f}s per supernet epoch, {epochs} epochs planned")
+
+    def on_epoch(row: dict) -> None:
+        log(f"DARTS epoch {row['epoch']}/{epochs}: skips {row['skip_count']}, beta {row['beta']:.2f}, "
+            f"val acc {row['val_acc']:.3f}")
+
+    result = run_darts(train, val, data.n_classes, config, time_left=time_left, loss=loss, on_epoch=on_epoch,
+                       step_seconds=epoch_s / steps_per_epoch(len(train), config))
+    log(f"DARTS: {result.stop_reason} after {result.epochs_run} epochs; genotype {result.genotype}")
+    return result, ""
+
+
+def _random_subset(data: TensorData, n: int, seed: int) -> TensorData:
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(data), generator=generator)[:max(1, n)].to(data.x.device)
+    return TensorData(x=data.x[keep], y=None if data.y is None else data.y[keep])
+
+
+def network_spec(data: RunData, genotype: Genotype, *, n_cells: int = 3, base_channels: int = 16) -> NetworkSpec:
+    """A stacked network for this data from a genotype, with a linear head (see first_model_spec)."""
+    return NetworkSpec(genotype=genotype, in_channels=data.in_channels, n_classes=data.n_classes,
+                       image_side=data.image_side, n_cells=n_cells, base_channels=base_channels,
+                       head_hidden=(), dropout=0.0)
+
+
 def first_model_spec(data: RunData) -> NetworkSpec:
     """The fixed default network trained first, so that good predictions exist early.
 
     A linear head: the poster's 64-32-16 MLP head with dropout learned far slower on short budgets
     (digits, 6 epochs: val macro-F1 0.47 with it, 0.96 without).
     """
-    return NetworkSpec(genotype=DEFAULT_GENOTYPE, in_channels=data.in_channels, n_classes=data.n_classes,
-                       image_side=data.image_side, n_cells=3, base_channels=16, head_hidden=(), dropout=0.0)
+    return network_spec(data, DEFAULT_GENOTYPE)
 
 
 def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int) -> TrainConfig:
@@ -139,11 +195,6 @@ def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: 
                        augment=True, flip=False, seed=seed)
 
 
-def _config_json(config: TrainConfig) -> dict:
-    import dataclasses
-
-    return {k: v for k, v in dataclasses.asdict(config).items()}
-
 
 __all__ = ["RunData", "measure_epoch_seconds", "epochs_that_fit", "train_candidate", "majority_candidate",
-           "first_model_spec", "default_train_config"]
+           "first_model_spec", "default_train_config", "search_architecture", "network_spec"]

@@ -26,6 +26,9 @@ from submission import OutputDirError, check_output_dir, write_json
 # Seconds kept back at the end for report.md and its plots, on runs long enough to afford them.
 PLOTS_RESERVE_S = 10.0
 PLOTS_MIN_LIMIT_S = 120.0
+# Relative weights of the phases; each phase gets its share of the time left when it starts.
+PLAN_OURS = [("first_model", 0.12), ("darts", 0.35), ("final_fit", 0.53)]
+PLAN_BASELINE = [("first_model", 0.12), ("final_fit", 0.88)]
 # The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
 WATCHDOG_GRACE_S = 1.5
 
@@ -135,8 +138,7 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     delivery.offer(phases.majority_candidate(data, splits.val.labels))
 
     baseline = settings.method == "baseline"
-    plan = [("first_model", 0.12), ("final_fit", 0.88)]
-    budget.plan(plan)
+    budget.plan(PLAN_BASELINE if baseline else PLAN_OURS)
     with budget.start_phase("first_model") as phase:
         spec = phases.first_model_spec(data)
         epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
@@ -146,9 +148,22 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
                                              seed=settings.seed)
         candidate, _ = phases.train_candidate("first model", spec, config, data, phase.remaining, log=log)
         delivery.offer(candidate)
+
+    genotype = spec.genotype
+    if not baseline:
+        with budget.start_phase("darts") as phase:
+            darts, why_not = phases.search_architecture(data, phase.remaining, seed=settings.seed, log=log)
+        if darts is None:
+            log.event("darts_skipped", why_not)
+        else:
+            report.sections["darts"] = darts.report()
+            genotype = darts.genotype
+
     with budget.start_phase("final_fit") as phase:
-        spec = phases.first_model_spec(data)
+        spec = phases.network_spec(data, genotype)
+        epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
         epochs = phases.epochs_that_fit(phase.remaining(), epoch_s)
+        log(f"final fit: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
         config = phases.default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline,
                                              seed=settings.seed + 1)
         candidate, _ = phases.train_candidate("final fit", spec, config, data, phase.remaining, log=log)

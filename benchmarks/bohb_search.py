@@ -1,0 +1,109 @@
+"""BOHB phase throughput: trials per minute and best val macro-F1 over time, 1 vs 2 workers.
+
+    python benchmarks/bohb_search.py [--seconds 60] [--workers 1 2] [--n-train 800] [--device cpu]
+
+Data: scikit-learn digits (8x8 grey, 10 classes), a seeded train/val subset.
+Space: ours without DARTS (default genotype; focal loss, class weights, surrogate
+skip searchable). Budgets come from choose_budgets() with a measured epoch time.
+Local workers are threads in this process (hpbandster workers over Pyro4).
+Prints a table and writes benchmarks/out/bohb_search.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from automl_pipeline.bohb import TrialContext, run_bohb  # noqa: E402
+from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data  # noqa: E402
+
+
+def digits_context(n_train: int, n_val: int, seed: int, device: torch.device) -> TrialContext:
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16)).astype(np.uint8)[..., None]
+    order = np.random.default_rng(seed).permutation(len(images))
+    tr, va = order[:n_train], order[n_train:n_train + n_val]
+    mean, std = channel_stats(images[tr])
+    return TrialContext(train=to_tensor_data(images[tr], digits.target[tr], device, mean, std),
+                        val=to_tensor_data(images[va], digits.target[va], device, mean, std),
+                        n_classes=10, in_channels=1, image_side=8, device=device, seed=seed, flip=False)
+
+
+def best_at(trajectory: list, t: float) -> float:
+    best = 0.0
+    for t_s, f1 in trajectory:
+        if t_s <= t:
+            best = f1
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="phase length per run")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--n-train", type=int, default=800)
+    parser.add_argument("--n-val", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "bohb_search.json")
+    args = parser.parse_args(argv)
+
+    threads = configure_threads()
+    device = resolve_device(args.device)
+    ctx = digits_context(args.n_train, args.n_val, args.seed, device)
+    rows = []
+    for n_workers in args.workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.monotonic()
+            result = run_bohb(ctx, time_left=lambda: max(0.0, args.seconds - (time.monotonic() - start)),
+                              out_dir=Path(tmp), seed=args.seed, n_local_workers=n_workers,
+                              run_id=f"bench{n_workers}", log=lambda s: None)
+            wall = time.monotonic() - start
+        report = result.report()
+        marks = [args.seconds * f for f in (0.25, 0.5, 0.75, 1.0)]
+        rows.append({
+            "workers": n_workers, "phase_s": args.seconds, "wall_s": round(wall, 2),
+            "overrun_s": round(max(0.0, wall - args.seconds), 3),
+            "epoch_s": result.epoch_seconds, "budgets": report["budgets"],
+            "trials": report["n_trials"], "trials_per_min": round(60.0 * report["n_trials"] / wall, 2),
+            "trials_per_budget": report["trials_per_budget"], "failed": report["failed_trials"],
+            "deadline_cut": report["deadline_cut_trials"], "model_based_picks": report["model_based_picks"],
+            "best_val_macro_f1": round(max([f for _, f in report["trajectory"]], default=0.0), 4),
+            "incumbent_val_macro_f1": round(result.incumbent_val_macro_f1, 4),
+            "incumbent_budget": result.incumbent_budget,
+            "best_f1_at": {f"{m:g}s": round(best_at(report["trajectory"], m), 4) for m in marks},
+            "trajectory": report["trajectory"], "clean_shutdown": report["clean_shutdown"],
+        })
+
+    head = f"{'workers':>7} {'wall s':>7} {'trials':>6} {'/min':>6} {'budgets':>14} {'best F1':>8} " \
+           f"{'inc F1':>7} {'inc b':>5} {'cut':>4} {'fail':>4}  best F1 at 25/50/75/100%"
+    print(f"BOHB on digits ({args.n_train} train / {args.n_val} val, 8x8), {args.seconds:g}s phases, "
+          f"{device}, torch threads {threads}")
+    print(head)
+    for r in rows:
+        budgets = "/".join(f"{b:.3g}" for b in r["budgets"])
+        at = " ".join(f"{v:.3f}" for v in r["best_f1_at"].values())
+        print(f"{r['workers']:>7} {r['wall_s']:>7.1f} {r['trials']:>6} {r['trials_per_min']:>6.1f} {budgets:>14} "
+              f"{r['best_val_macro_f1']:>8.4f} {r['incumbent_val_macro_f1']:>7.4f} {r['incumbent_budget']:>5.3g} "
+              f"{r['deadline_cut']:>4} {r['failed']:>4}  {at}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"dataset": "sklearn digits", "n_train": args.n_train, "n_val": args.n_val,
+                                    "seed": args.seed, "device": str(device), "torch_threads": threads,
+                                    "python": platform.python_version(), "torch": torch.__version__,
+                                    "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

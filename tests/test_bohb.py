@@ -1,0 +1,434 @@
+"""BOHB phase: space, trial worker, time-bounded phase, distributed workers, serialisation fix.
+
+CPU-only and small: digits subsets at 8x8, one- or two-cell networks, phases of ~20 s.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import serpent
+import torch
+from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, Integer
+
+from automl_pipeline.bohb import worker as worker_module
+from automl_pipeline.bohb.phase import (BohbResult, TrialRecord, choose_budgets, hpbandster_budgets, run_bohb,
+                                        select_incumbent)
+from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
+from automl_pipeline.bohb.space import build_config_space
+from automl_pipeline.bohb.worker import (TrialContext, config_to_network_spec, config_to_train_config,
+                                         evaluate_config)
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+# Builds a small digits TrialContext; exec'd here and in the worker subprocesses.
+DIGITS_CONTEXT_CODE = textwrap.dedent("""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from automl_pipeline.bohb.worker import TrialContext
+    from automl_pipeline.training import channel_stats, to_tensor_data
+
+    def digits_context(n_train=300, n_val=150, seed=0):
+        digits = load_digits()
+        images = np.rint(digits.images * (255.0 / 16)).astype(np.uint8)[..., None]
+        order = np.random.default_rng(seed).permutation(len(images))
+        tr, va = order[:n_train], order[n_train:n_train + n_val]
+        mean, std = channel_stats(images[tr])
+        return TrialContext(train=to_tensor_data(images[tr], digits.target[tr], "cpu", mean, std),
+                            val=to_tensor_data(images[va], digits.target[va], "cpu", mean, std),
+                            n_classes=10, in_channels=1, image_side=8, seed=seed, flip=False)
+""")
+_namespace: dict = {}
+exec(DIGITS_CONTEXT_CODE, _namespace)
+digits_context = _namespace["digits_context"]
+
+
+def tiny_space(seed: int = 0) -> ConfigurationSpace:
+    """Our space's hyperparameters with ranges narrowed to networks a shared CPU trains in ~1 s/epoch."""
+    cs = ConfigurationSpace(seed=seed)
+    cs.add([Integer("batch_size", (32, 128), log=True, default=64), Integer("n_cells", (1, 2), default=1),
+            Categorical("lr_schedule", ["onecycle", "none"]), Float("lr", (3e-3, 3e-2), log=True, default=1e-2),
+            Float("weight_decay", (1e-6, 1e-3), log=True), Categorical("optimizer", ["adamw", "sgd"]),
+            Categorical("base_channels", [8, 16]), Float("dropout", (0.0, 0.2)),
+            Float("focal_gamma", (0.0, 3.0)), Float("class_weight_smoothing", (0.0, 1.0))])
+    return cs
+
+
+@pytest.fixture(scope="module")
+def ctx() -> TrialContext:
+    torch.set_num_threads(2)
+    return digits_context()
+
+
+def good_config() -> dict:
+    cfg = to_plain(dict(build_config_space(seed=0, darts_available=False, baseline=False)
+                        .get_default_configuration()))
+    return dict(cfg, n_cells=1, base_channels=16, batch_size=64, lr=1e-2)
+
+
+def fake_darts(seed: int = 0):
+    """A DartsResult stand-in: softmaxed alphas over the template ops plus a derived genotype."""
+    rng = np.random.default_rng(seed)
+    n_edges = 14                                   # 4 nodes: 2 + 3 + 4 + 5 edges
+    alphas = [rng.dirichlet(np.ones(len(TEMPLATE_OPS)), size=n_edges) for _ in range(2)]
+    from automl_pipeline.darts import derive_genotype
+    genotype = derive_genotype(alphas[0], alphas[1], TEMPLATE_OPS)
+    return SimpleNamespace(genotype=genotype, alphas_normal=alphas[0], alphas_reduce=alphas[1])
+
+
+# --------------------------------------------------------------------------- space
+
+@pytest.mark.parametrize("darts_available,baseline", [(True, False), (False, False), (True, True), (False, True)])
+def test_space_variants_sample_valid_configurations(darts_available, baseline):
+    cs = build_config_space(seed=3, darts_available=darts_available, baseline=baseline)
+    names = set(cs.keys())
+    common = {"batch_size", "n_cells", "lr_schedule", "lr", "weight_decay", "optimizer", "base_channels", "dropout"}
+    assert common <= names
+    ours = {"focal_gamma", "class_weight_smoothing", "surrogate_skip", "beta0"}
+    cells = {"cell_source", "temperature", "cell_seed"}
+    assert (ours <= names) is (not baseline) and not (ours & names and baseline)
+    assert (cells <= names) is (darts_available and not baseline)
+    if not baseline:
+        assert cs["focal_gamma"].default_value == 3.0 and cs["class_weight_smoothing"].default_value == 0.8
+    for config in cs.sample_configuration(40):
+        plain = to_plain(dict(config))
+        Configuration(cs, values=plain)                      # plain values are valid in the space
+        assert all(type(v) in (int, float, str, bool) for v in plain.values()), plain
+        assert 16 <= plain["batch_size"] <= 256 and 1 <= plain["n_cells"] <= 6
+        assert 1e-5 <= plain["lr"] <= 1e-1 and plain["base_channels"] in (16, 24, 32, 48)
+        assert ("temperature" in plain) == ("cell_seed" in plain) == (plain.get("cell_source") == "sampled")
+        assert ("beta0" in plain) == bool(plain.get("surrogate_skip", False))
+        spec = config_to_network_spec(plain, darts=fake_darts() if "cell_source" in plain else None,
+                                      in_channels=1, n_classes=10, image_side=8)
+        assert spec.n_cells == plain["n_cells"]
+        train = config_to_train_config(plain, epochs=3, seed=0)
+        assert train.loss == ("ce" if baseline else "focal")
+
+
+def test_space_is_seeded():
+    a = [dict(c) for c in build_config_space(seed=7, darts_available=True, baseline=False).sample_configuration(5)]
+    b = [dict(c) for c in build_config_space(seed=7, darts_available=True, baseline=False).sample_configuration(5)]
+    assert a == b
+
+
+# --------------------------------------------------------------------------- pure config mappings
+
+def test_config_to_train_config_maps_loss_and_surrogate():
+    base = {"batch_size": 32, "n_cells": 2, "lr_schedule": "none", "lr": 1e-3, "weight_decay": 1e-4,
+            "optimizer": "sgd", "base_channels": 24, "dropout": 0.1}
+    baseline = config_to_train_config(base, epochs=5, seed=11)
+    assert (baseline.loss, baseline.focal_gamma, baseline.class_weight_smoothing) == ("ce", 0.0, 0.0)
+    assert (baseline.epochs, baseline.seed, baseline.schedule, baseline.optimizer) == (5, 11, "none", "sgd")
+    assert baseline.surrogate_beta0 == 0.0
+    ours = config_to_train_config(dict(base, focal_gamma=2.0, class_weight_smoothing=0.0, surrogate_skip=True,
+                                       beta0=0.7), epochs=4, seed=0)
+    assert (ours.loss, ours.focal_gamma, ours.class_weight_smoothing, ours.surrogate_beta0) == ("focal", 2.0, 0.0, 0.7)
+    off = config_to_train_config(dict(base, focal_gamma=2.0, class_weight_smoothing=0.5, surrogate_skip=False),
+                                 epochs=4, seed=0)
+    assert off.surrogate_beta0 == 0.0
+
+
+def test_config_genotype_sources():
+    darts = fake_darts(1)
+    base = {"n_cells": 2, "base_channels": 16, "dropout": 0.0}
+    kw = dict(in_channels=1, n_classes=10, image_side=8)
+    assert config_to_network_spec(base, darts=None, **kw).genotype == DEFAULT_GENOTYPE
+    assert config_to_network_spec(dict(base, cell_source="darts_genotype"), darts=darts, **kw).genotype \
+        == darts.genotype
+    sampled = dict(base, cell_source="sampled", temperature=0.5, cell_seed=42)
+    g1 = config_to_network_spec(sampled, darts=darts, **kw).genotype
+    g2 = config_to_network_spec(sampled, darts=darts, **kw).genotype
+    assert isinstance(g1, Genotype) and g1 == g2
+    others = {config_to_network_spec(dict(sampled, cell_seed=s), darts=darts, **kw).genotype for s in range(8)}
+    assert len(others) > 1                                   # the seed matters
+    with pytest.raises(ValueError):
+        config_to_network_spec(dict(base, cell_source="sampled", temperature=0.5, cell_seed=1), darts=None, **kw)
+
+
+def test_same_configuration_builds_the_same_network(ctx):
+    config = dict(good_config(), n_cells=2)
+    a = worker_module.build_trial_network(config, ctx).eval()
+    b = worker_module.build_trial_network(config, ctx).eval()
+    assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters()) > 0
+    with torch.no_grad():
+        assert torch.equal(a(ctx.val.x[:16]), b(ctx.val.x[:16]))
+    bigger = worker_module.build_trial_network(dict(config, base_channels=32), ctx)
+    assert sum(p.numel() for p in bigger.parameters()) > sum(p.numel() for p in a.parameters())
+
+
+# --------------------------------------------------------------------------- trials
+
+def test_evaluate_config_good_trial_on_digits(ctx):
+    result = evaluate_config(good_config(), 2, ctx, time_left=lambda: 120.0)
+    info = result["info"]
+    assert info["error"] is None and info["evaluated"] and info["epochs_done"] == 2
+    assert math.isfinite(result["loss"]) and 0.0 <= result["loss"] < 1.0
+    assert result["loss"] == pytest.approx(1.0 - info["val_macro_f1"])
+    assert len(info["per_class_f1"]) == 10 and 0.0 < info["val_accuracy"] <= 1.0
+    assert info["n_params"] > 0 and info["seconds"] > 0 and info["stopped_by_deadline"] is False
+    json.dumps(result)                                       # plain Python all the way down
+
+
+@pytest.mark.parametrize("where,exc", [("build_network", RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")),
+                                       ("train_model", FloatingPointError("loss became nan at epoch 1"))])
+def test_evaluate_config_failing_trial_is_a_result(ctx, monkeypatch, where, exc):
+    def boom(*args, **kwargs):
+        raise exc
+    monkeypatch.setattr(worker_module, where, boom)
+    result = evaluate_config(good_config(), 2, ctx, time_left=lambda: 60.0)
+    assert result["loss"] == 1.0
+    assert result["info"]["error"] == f"{type(exc).__name__}: {exc}"
+    assert result["info"]["evaluated"] is False
+
+
+def test_evaluate_config_bad_hyperparameter_value_is_a_result(ctx):
+    result = evaluate_config(dict(good_config(), optimizer="adagrad"), 1, ctx, time_left=lambda: 60.0)
+    assert result["loss"] == 1.0 and result["info"]["error"].startswith("ValueError: optimizer")
+
+
+def test_evaluate_config_without_time_reports_no_evaluation(ctx):
+    result = evaluate_config(good_config(), 2, ctx, time_left=lambda: 0.0)
+    assert result["loss"] == 1.0 and result["info"]["evaluated"] is False
+    assert result["info"]["error"] is None and result["info"]["stopped_by_deadline"] is True
+
+
+# --------------------------------------------------------------------------- budgets and incumbent
+
+def test_choose_budgets():
+    assert choose_budgets(1.0, 10_000) == pytest.approx((20 / 3, 20))      # hpbandster's grid for 5/20
+    assert choose_budgets(10.0, 30.0) == (1.0, 3.0)                         # almost no time: two rungs
+    assert choose_budgets(1.0, 0.0) == (1.0, 3.0)
+    previous = (0.0, 0.0)
+    for phase in (10, 40, 80, 160, 320, 1000, 10_000):
+        lo, hi = choose_budgets(2.0, phase)
+        assert 1.0 <= lo < hi <= 20 and hi / lo >= 3 - 1e-9
+        assert hi >= previous[1]                             # more time never shrinks the max budget
+        assert len(hpbandster_budgets(lo, hi, 3)) >= 2
+        assert hpbandster_budgets(lo, hi, 3)[0] == pytest.approx(lo)
+        previous = (lo, hi)
+    lo, hi = choose_budgets(1.0, 40.0)                       # 40 epochs fit: first bracket 3*lo + hi <= 40
+    assert 3 * lo + hi <= 40
+    with pytest.raises(ValueError):
+        choose_budgets(0.0, 100.0)
+
+
+def _record(budget, f1, t, *, error=None, cut=False, evaluated=True):
+    return TrialRecord(config_id=(0, 0, int(t)), config={"t": t}, budget=budget, loss=1 - f1, val_macro_f1=f1,
+                       evaluated=evaluated, error=error, epochs_done=int(budget), stopped_by_deadline=cut,
+                       seconds=1.0, worker="w", t_s=t, model_based_pick=False)
+
+
+def test_select_incumbent_prefers_largest_completed_budget():
+    assert select_incumbent([]) is None
+    trials = [_record(1, 0.9, 1), _record(3, 0.7, 2), _record(3, 0.8, 3), _record(9, 0.95, 4, cut=True),
+              _record(9, 0.0, 5, error="RuntimeError: x", evaluated=False)]
+    assert select_incumbent(trials).t_s == 3                 # budget 3 is the largest completed one
+    assert select_incumbent(trials + [_record(9, 0.6, 6)]).t_s == 6
+    assert select_incumbent([_record(3, 0.5, 1, cut=True), _record(1, 0.4, 2, cut=True)]).t_s == 1
+    assert select_incumbent([_record(3, 0.8, 7), _record(3, 0.8, 2)]).t_s == 2    # ties: earlier
+
+
+# --------------------------------------------------------------------------- serialisation fix
+
+def test_numpy_serializers_convert_numpy_scalars():
+    register_numpy_serializers()
+    register_numpy_serializers()                             # idempotent
+    values = {"s": np.str_("sampled"), "b": np.True_, "i": np.int64(3), "f": np.float32(0.5),
+              "d": np.float64(2.5), "a": np.arange(3)}
+    back = serpent.loads(serpent.dumps(values))
+    assert back == {"s": "sampled", "b": True, "i": 3, "f": 0.5, "d": 2.5, "a": [0, 1, 2]}
+    assert type(back["b"]) is bool and type(back["i"]) is int
+    assert to_plain({"x": (np.int8(1), [np.bool_(False)])}) == {"x": [1, [False]]}
+
+
+STOCK_BOHB_SCRIPT = textwrap.dedent("""
+    import logging, warnings
+    warnings.simplefilter("ignore")
+    import numpy as np
+    from automl_pipeline.bohb.serialization import register_numpy_serializers
+    register_numpy_serializers()
+    from hpbandster.core.nameserver import NameServer
+    from hpbandster.core.worker import Worker
+    from hpbandster.optimizers.bohb import BOHB
+    from automl_pipeline.bohb.space import build_config_space
+
+    class Dummy(Worker):
+        def compute(self, config_id, config, budget, working_directory, **kwargs):
+            assert type(config["optimizer"]) is str        # arrived as plain Python
+            return {"loss": float(config["lr"]), "info": {"lr": np.float32(config["lr"]), "n": np.int64(1)}}
+
+    quiet = logging.getLogger("quiet"); quiet.setLevel(logging.ERROR)
+    ns = NameServer(run_id="np", host="127.0.0.1", port=0); host, port = ns.start()
+    w = Dummy(run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1", logger=quiet)
+    w.run(background=True)
+    space = build_config_space(seed=0, darts_available=True, baseline=False)
+    config = space.sample_configuration()
+    assert any(isinstance(v, np.generic) for v in dict(config).values())   # the trap is armed
+    m = BOHB(configspace=space, run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1",
+             min_budget=1, max_budget=3, logger=quiet)
+    runs = m.run(n_iterations=1).get_all_runs()
+    m.shutdown(shutdown_workers=True); ns.shutdown()
+    print("FINISHED", len(runs), sum(r.loss is not None for r in runs))
+""")
+
+
+def test_stock_bohb_with_numpy_configurations_finishes():
+    """Regression: without register_numpy_serializers this run hangs forever (the dispatcher's
+    job-runner thread dies on a numpy.str_); run in a subprocess so a hang fails instead of blocking."""
+    proc = subprocess.run([sys.executable, "-c", STOCK_BOHB_SCRIPT], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FINISHED 4 4" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- the phase
+
+def _phase_clock(seconds: float):
+    start = time.monotonic()
+    return start, (lambda: max(0.0, seconds - (time.monotonic() - start)))
+
+
+def test_phase_stops_slow_trials_at_the_deadline(tmp_path):
+    """Trials that would run forever stop at their deadline and still report (no torch)."""
+    def slow(config, budget, ctx, time_left):
+        while time_left() > 0:
+            time.sleep(0.02)
+        return {"loss": 0.5, "info": {"val_macro_f1": 0.5, "evaluated": True, "error": None,
+                                      "epochs_done": 0, "stopped_by_deadline": True, "seconds": 1.0}}
+    start, time_left = _phase_clock(4.0)
+    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
+                      n_local_workers=2, config_space=tiny_space(), evaluate=slow, wrapup_s=1.0, log=lambda s: None)
+    elapsed = time.monotonic() - start
+    assert elapsed <= 4.0 + 0.5, elapsed
+    assert len(result.trials) == 2 and all(t.stopped_by_deadline for t in result.trials)   # no job after the deadline
+    assert all(t.t_s <= 4.0 for t in result.trials)          # reported before the phase ended
+    assert result.clean_shutdown
+    assert result.incumbent_config is not None and result.report()["deadline_cut_trials"] == 2
+
+
+def _quick(config, budget, ctx, time_left):
+    f1 = 1.0 - abs(math.log10(config["lr"]) + 2.0) / 3.0            # best at lr = 1e-2
+    return {"loss": 1.0 - f1, "info": {"val_macro_f1": f1, "evaluated": True, "error": None,
+                                       "epochs_done": int(budget), "stopped_by_deadline": False}}
+
+
+def test_phase_warm_starts_from_a_previous_run(tmp_path):
+    first = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path / "a", min_budget=1, max_budget=9,
+                     config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, log=lambda s: None)
+    assert len(first.trials) >= 5 and first.hpbandster_result is not None
+    # enough cheap trials for BOHB's KDE (2 * (10 + 1) on one budget): model-based picks happen
+    assert first.model_based_picks > 0 and first.report()["warning"] is None, first.report()["trials_per_budget"]
+    lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
+    assert len(lines) == len(first.trials)
+    second = run_bohb(None, time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", min_budget=1, max_budget=9,
+                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, previous_result=tmp_path / "a" / "bohb",
+                      log=lambda s: None)
+    runs = second.hpbandster_result.get_all_runs()
+    assert len(runs) == len(second.trials) + len(first.trials)         # old runs are part of the result
+
+
+def test_phase_without_time_returns_at_once_without_incumbent(tmp_path):
+    def never(*args):
+        raise AssertionError("no trial should start")
+    start, time_left = _phase_clock(1.0)
+    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, epoch_seconds=2.0, config_space=tiny_space(),
+                      evaluate=never, wrapup_s=1.0, log=lambda s: None)
+    assert time.monotonic() - start <= 1.5
+    assert (result.min_budget, result.max_budget) == (1.0, 3.0)          # choose_budgets with no time
+    assert result.trials == [] and result.incumbent_config is None and result.clean_shutdown
+    report = result.report()
+    assert report["incumbent"] is None and report["n_trials"] == 0 and report["warning"] is None
+    assert not (tmp_path / "bohb" / "incumbent.json").exists()
+
+
+def test_bohb_phase_on_digits_ends_by_deadline(tmp_path):
+    ctx = digits_context(n_train=200, n_val=100)
+    phase_s = 25.0
+    logs: list[str] = []
+    start, time_left = _phase_clock(phase_s)
+    result = run_bohb(ctx, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3, seed=0,
+                      config_space=tiny_space(), run_id="digits", log=logs.append)
+    elapsed = time.monotonic() - start
+    assert elapsed <= phase_s + 1.0, elapsed
+    assert isinstance(result, BohbResult) and result.clean_shutdown
+    report = result.report()
+    json.dumps(report)
+    assert len(report["trials_per_budget"]) >= 2, report["trials_per_budget"]     # both budgets tried
+    assert report["n_trials"] >= 4 and report["failed_trials"] == 0, report
+    assert 1 <= report["configs_sampled"] <= report["n_trials"] + 1   # promoted configs run again
+    if report["model_based_picks"] == 0:                     # too few trials for BOHB's KDE: said so
+        assert "random search" in report["warning"]
+    else:
+        assert report["warning"] is None
+    inc = report["incumbent"]
+    assert inc["budget"] in (1.0, 3.0) and 0.1 < inc["val_macro_f1"] <= 1.0
+    assert [f1 for _, f1 in report["trajectory"]] == sorted(f1 for _, f1 in report["trajectory"])
+    files = tmp_path / "bohb"
+    assert len((files / "results.json").read_text().splitlines()) == report["n_trials"]
+    assert (files / "configs.json").read_text().strip()
+    on_disk = json.loads((files / "incumbent.json").read_text())
+    assert on_disk["config"] == inc["config"] and on_disk["val_macro_f1"] == inc["val_macro_f1"]
+    assert any("trial" in line for line in logs)
+
+
+WORKER_SCRIPT = DIGITS_CONTEXT_CODE + textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from automl_pipeline.bohb.remote import run_remote_worker
+    port = int(sys.argv[1])
+    start = time.monotonic()
+    summary = run_remote_worker("shared", "127.0.0.1", port, digits_context(),
+                                lambda: 90.0 - (time.monotonic() - start), host="127.0.0.1", log=lambda s: None)
+    print("SUMMARY", summary["trials"], summary["reason"])
+""")
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_worker_processes_share_one_run(tmp_path):
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(port)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(OMP_NUM_THREADS="1"))
+             for _ in range(2)]
+    try:
+        phase_s = 40.0                                       # includes the workers' start-up (torch import)
+        start, time_left = _phase_clock(phase_s)
+        result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
+                          n_local_workers=0, min_n_workers=2, nameserver_port=port, run_id="shared",
+                          config_space=tiny_space(1), log=lambda s: None)
+        assert time.monotonic() - start <= phase_s + 1.0
+        outs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    workers = {t.worker for t in result.trials}
+    pids = {str(p.pid) for p in procs}
+    assert len(workers) == 2, result.report()
+    for pid in pids:                                         # hpbandster.run_<id>.worker.<host>.<pid>
+        assert sum(w.endswith(f".{pid}") for w in workers) == 1, (workers, pids)
+    assert all(t.error is None for t in result.trials), [t.error for t in result.trials]
+    served = sorted(int(o[0].split("SUMMARY")[1].split()[0]) for o in outs)
+    assert sum(served) >= len(result.trials) and min(served) >= 1
+    assert all("shut down by the master" in o[0] for o in outs)
