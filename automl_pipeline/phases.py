@@ -14,9 +14,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, config_to_network_spec,
+                                  config_to_train_config, run_bohb, to_plain)
+from automl_pipeline.bohb.worker import build_trial_network
 from automl_pipeline.darts import DartsConfig, DartsResult, estimate_epoch_seconds, run_darts, steps_per_epoch
 from automl_pipeline.delivery import Candidate
-from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype, NetworkSpec, build_network
 from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_loss, predict, train_model
 
 # DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
@@ -24,6 +27,11 @@ from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_
 MAX_DARTS_EPOCHS = 15
 MIN_DARTS_EPOCHS = 6
 MIN_DARTS_IMAGES_PER_CLASS = 20
+# BOHB runs only when this many 1-epoch trials of its default configuration fit, plus start-up.
+MIN_BOHB_TRIALS = 6
+BOHB_STARTUP_S = 5.0
+# The final fit retrains with the measured epoch time while that at least doubles the epochs.
+MAX_FINAL_ROUNDS = 3
 
 TimeLeft = Callable[[], float]
 
@@ -162,6 +170,70 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int,
     return result, ""
 
 
+def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, baseline: bool,
+                           seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
+                           log: Callable[[str], None]) -> tuple[BohbResult | None, str]:
+    """The BOHB phase: (result, "") or (None, why it was skipped)."""
+    ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
+                       image_side=data.image_side, darts=None if baseline else darts, device=data.device,
+                       seed=seed, baseline=baseline, darts_ops=darts.ops if darts is not None else TEMPLATE_OPS)
+    space = build_config_space(seed=seed, darts_available=ctx.darts is not None, baseline=baseline)
+    default = to_plain(dict(space.get_default_configuration()))
+    epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), data, int(default["batch_size"]))
+    needed = MIN_BOHB_TRIALS * epoch_s + BOHB_STARTUP_S
+    if time_left() < needed:
+        return None, f"{time_left():.0f}s left, {needed:.0f}s needed for {MIN_BOHB_TRIALS} short trials"
+    log(f"BOHB: ~{epoch_s:.2f}s per epoch of the default configuration, {workers} worker(s)")
+    result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, seed=seed, n_local_workers=workers,
+                      nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
+                      config_space=space, log=log)
+    if result.warning():
+        log(f"BOHB: {result.warning()}")
+    return result, ""
+
+
+def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, baseline: bool,
+                 seed: int) -> tuple[str, NetworkSpec, Callable[[int], TrainConfig]]:
+    """What the final fit trains: BOHB's incumbent, else DARTS' genotype, else the default network.
+
+    Returns (source name, network spec, epochs -> TrainConfig).
+    """
+    if bohb is not None and bohb.incumbent_config is not None:
+        config = bohb.incumbent_config
+        spec = config_to_network_spec(config, darts=None if baseline else darts, in_channels=data.in_channels,
+                                      n_classes=data.n_classes, image_side=data.image_side,
+                                      ops=darts.ops if darts is not None else TEMPLATE_OPS)
+        return "final fit of the BOHB incumbent", spec, lambda epochs: config_to_train_config(config, epochs, seed)
+    genotype = darts.genotype if darts is not None and not baseline else DEFAULT_GENOTYPE
+    source = "final fit of the DARTS genotype" if genotype is not DEFAULT_GENOTYPE else "final fit of the default network"
+    spec = network_spec(data, genotype)
+    return source, spec, lambda epochs: default_train_config(epochs=epochs, batch_size=data.batch_size,
+                                                             baseline=baseline, seed=seed)
+
+
+def fit_for_the_time_left(source: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig], data: RunData,
+                          time_left: TimeLeft, *, log: Callable[[str], None]):
+    """Train `spec` with as many epochs as fit; yield each finished candidate.
+
+    The epoch count comes from a timed probe; when a round ends early (the probe overestimated,
+    e.g. on a machine whose load dropped) and the measured epoch time allows at least twice the
+    epochs, it trains again from scratch with the longer schedule, up to MAX_FINAL_ROUNDS rounds.
+    """
+    batch_size = config_for(1).batch_size
+    epoch_s = measure_epoch_seconds(build_network(spec), data, batch_size)
+    last_epochs = 0
+    for round_index in range(MAX_FINAL_ROUNDS):
+        epochs = epochs_that_fit(time_left(), epoch_s)
+        if round_index and epochs < 2 * last_epochs:
+            return
+        log(f"{source}: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
+        candidate, result = train_candidate(source, spec, config_for(epochs), data, time_left, log=log)
+        yield candidate
+        if result.stopped_by_deadline or result.epochs_done == 0:
+            return
+        epoch_s, last_epochs = result.seconds / result.epochs_done, epochs
+
+
 def _random_subset(data: TensorData, n: int, seed: int) -> TensorData:
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(data), generator=generator)[:max(1, n)].to(data.x.device)
@@ -197,4 +269,5 @@ def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: 
 
 
 __all__ = ["RunData", "measure_epoch_seconds", "epochs_that_fit", "train_candidate", "majority_candidate",
-           "first_model_spec", "default_train_config", "search_architecture", "network_spec"]
+           "first_model_spec", "default_train_config", "search_architecture", "network_spec",
+           "search_hyperparameters", "final_choice", "fit_for_the_time_left"]

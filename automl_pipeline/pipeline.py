@@ -27,8 +27,8 @@ from submission import OutputDirError, check_output_dir, write_json
 PLOTS_RESERVE_S = 10.0
 PLOTS_MIN_LIMIT_S = 120.0
 # Relative weights of the phases; each phase gets its share of the time left when it starts.
-PLAN_OURS = [("first_model", 0.12), ("darts", 0.35), ("final_fit", 0.53)]
-PLAN_BASELINE = [("first_model", 0.12), ("final_fit", 0.88)]
+PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit", 0.25)]
+PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
 # The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
 WATCHDOG_GRACE_S = 1.5
 
@@ -149,7 +149,7 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
         candidate, _ = phases.train_candidate("first model", spec, config, data, phase.remaining, log=log)
         delivery.offer(candidate)
 
-    genotype = spec.genotype
+    darts = None
     if not baseline:
         with budget.start_phase("darts") as phase:
             darts, why_not = phases.search_architecture(data, phase.remaining, seed=settings.seed, log=log)
@@ -157,17 +157,23 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
             log.event("darts_skipped", why_not)
         else:
             report.sections["darts"] = darts.report()
-            genotype = darts.genotype
+
+    with budget.start_phase("bohb") as phase:
+        bohb, why_not = phases.search_hyperparameters(
+            data, darts, phase.remaining, baseline=baseline, seed=settings.seed, out_dir=out_dir,
+            workers=settings.workers, nameserver_host=settings.nameserver_host,
+            nameserver_port=settings.nameserver_port, log=log)
+    if bohb is None:
+        log.event("bohb_skipped", why_not)
+    else:
+        report.sections["bohb"] = bohb.report()
+        for error in report.sections["bohb"]["errors"]:
+            log.event("failed_trial", error)
 
     with budget.start_phase("final_fit") as phase:
-        spec = phases.network_spec(data, genotype)
-        epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
-        epochs = phases.epochs_that_fit(phase.remaining(), epoch_s)
-        log(f"final fit: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
-        config = phases.default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline,
-                                             seed=settings.seed + 1)
-        candidate, _ = phases.train_candidate("final fit", spec, config, data, phase.remaining, log=log)
-        delivery.offer(candidate)
+        source, spec, config_for = phases.final_choice(data, darts, bohb, baseline=baseline, seed=settings.seed)
+        for candidate in phases.fit_for_the_time_left(source, spec, config_for, data, phase.remaining, log=log):
+            delivery.offer(candidate)
 
 
 def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> phases.RunData:

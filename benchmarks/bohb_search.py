@@ -36,7 +36,7 @@ def digits_context(n_train: int, n_val: int, seed: int, device: torch.device) ->
     mean, std = channel_stats(images[tr])
     return TrialContext(train=to_tensor_data(images[tr], digits.target[tr], device, mean, std),
                         val=to_tensor_data(images[va], digits.target[va], device, mean, std),
-                        n_classes=10, in_channels=1, image_side=8, device=device, seed=seed, flip=False)
+                        n_classes=10, in_channels=1, image_side=8, device=device, seed=seed)
 
 
 def best_at(trajectory: list, t: float) -> float:

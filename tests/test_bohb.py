@@ -50,7 +50,7 @@ DIGITS_CONTEXT_CODE = textwrap.dedent("""
         mean, std = channel_stats(images[tr])
         return TrialContext(train=to_tensor_data(images[tr], digits.target[tr], "cpu", mean, std),
                             val=to_tensor_data(images[va], digits.target[va], "cpu", mean, std),
-                            n_classes=10, in_channels=1, image_side=8, seed=seed, flip=False)
+                            n_classes=10, in_channels=1, image_side=8, seed=seed)
 """)
 _namespace: dict = {}
 exec(DIGITS_CONTEXT_CODE, _namespace)

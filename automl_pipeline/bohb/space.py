@@ -41,6 +41,10 @@ def build_config_space(*, seed: int, darts_available: bool, baseline: bool) -> C
         Categorical("optimizer", ["adamw", "sgd"], default="adamw"),
         Categorical("base_channels", list(BASE_CHANNELS), default=32),
         Float("dropout", (0.0, 0.5), default=0.3),
+        # linear head, or the poster's 64-32-16 MLP head (it learned far slower on short budgets)
+        Categorical("head", ["linear", "mlp"], default="linear"),
+        # horizontal flips in the augmentation: right for photos, wrong for digits and characters
+        Categorical("flip", [False, True], default=False),
     ])
     if baseline:
         return cs

@@ -34,6 +34,7 @@ from automl_pipeline.search_space.ops import TEMPLATE_OPS
 from automl_pipeline.training import TensorData, TrainConfig, classification_metrics, predict, train_model
 
 WORST_LOSS = 1.0
+HEADS = {"linear": (), "mlp": (64, 32, 16)}   # the `head` hyperparameter -> NetworkSpec.head_hidden
 _BUILD_LOCK = threading.Lock()   # seeding + building is atomic, so in-process workers build reproducibly
 
 
@@ -46,7 +47,6 @@ class TrialContext:
     darts_ops: the op names of the alphas' columns (DartsConfig.ops).
     seed: one seed for every trial (weights init, shuffling, augmentation), so
       trials differ by their configuration only.
-    flip: horizontal flips in the batch augmentation (off for digits/text-like data).
     """
 
     train: TensorData
@@ -59,7 +59,6 @@ class TrialContext:
     seed: int = 0
     baseline: bool = False
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
-    flip: bool = True
 
 
 def n_epochs(budget: float) -> int:
@@ -92,10 +91,11 @@ def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: 
     """Configuration -> NetworkSpec (pure; the sampled genotype depends only on config and alphas)."""
     return NetworkSpec(genotype=config_genotype(config, darts=darts, ops=ops), in_channels=int(in_channels),
                        n_classes=int(n_classes), image_side=int(image_side), n_cells=int(config["n_cells"]),
-                       base_channels=int(config["base_channels"]), dropout=float(config["dropout"]))
+                       base_channels=int(config["base_channels"]), dropout=float(config["dropout"]),
+                       head_hidden=HEADS[str(config.get("head", "mlp"))])
 
 
-def config_to_train_config(config: dict, epochs: int, seed: int, *, flip: bool = True) -> TrainConfig:
+def config_to_train_config(config: dict, epochs: int, seed: int) -> TrainConfig:
     """Configuration -> TrainConfig (pure).
 
     A baseline configuration (no `focal_gamma` key) trains with plain cross-entropy;
@@ -112,7 +112,7 @@ def config_to_train_config(config: dict, epochs: int, seed: int, *, flip: bool =
         loss="ce" if baseline else "focal",
         focal_gamma=0.0 if baseline else float(config["focal_gamma"]),
         class_weight_smoothing=0.0 if baseline else float(config["class_weight_smoothing"]),
-        surrogate_beta0=beta0, seed=int(seed), flip=flip)
+        surrogate_beta0=beta0, seed=int(seed), flip=bool(config.get("flip", False)))
 
 
 def build_trial_network(config: dict, ctx: TrialContext) -> torch.nn.Module:
@@ -149,7 +149,7 @@ def evaluate_config(config: dict, budget_epochs: float, ctx: TrialContext,
     try:
         model = build_trial_network(config, ctx)
         info["n_params"] = int(sum(p.numel() for p in model.parameters()))
-        train_config = config_to_train_config(config, n_epochs(budget_epochs), ctx.seed, flip=ctx.flip)
+        train_config = config_to_train_config(config, n_epochs(budget_epochs), ctx.seed)
         result = train_model(model, ctx.train, ctx.val, train_config, time_left=time_left,
                              n_classes=ctx.n_classes)
         info["epochs_done"] = int(result.epochs_done)
