@@ -27,6 +27,8 @@ from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_
 MAX_DARTS_EPOCHS = 15
 MIN_DARTS_EPOCHS = 6
 MIN_DARTS_IMAGES_PER_CLASS = 20
+# A search phase shorter than this is skipped without even timing it (timing costs seconds).
+MIN_SEARCH_PHASE_S = 20.0
 # BOHB runs only when this many 1-epoch trials of its default configuration fit, plus start-up.
 MIN_BOHB_TRIALS = 6
 BOHB_STARTUP_S = 5.0
@@ -141,6 +143,8 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int,
     Epochs are planned from a timed supernet step; when fewer than MIN_DARTS_EPOCHS fit, the
     search runs on a seeded random subset of train and val sized so that they do.
     """
+    if time_left() < MIN_SEARCH_PHASE_S:
+        return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
     loss = make_loss("focal", data.train_counts, gamma=3.0, smoothing=0.8, device=data.device)
     config = DartsConfig(epochs=MAX_DARTS_EPOCHS, batch_size=64, n_cells=3, base_channels=16, seed=seed)
     epoch_s = estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss, n_batches=2)
@@ -174,6 +178,8 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
                            seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
                            log: Callable[[str], None]) -> tuple[BohbResult | None, str]:
     """The BOHB phase: (result, "") or (None, why it was skipped)."""
+    if time_left() < MIN_SEARCH_PHASE_S:
+        return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
     ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                        image_side=data.image_side, darts=None if baseline else darts, device=data.device,
                        seed=seed, baseline=baseline, darts_ops=darts.ops if darts is not None else TEMPLATE_OPS)

@@ -5,6 +5,7 @@ the phases and the time each gets; the work of each phase lives in phases.py, da
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import threading
@@ -31,6 +32,8 @@ PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit
 PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
 # The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
 WATCHDOG_GRACE_S = 1.5
+# Exit code when the run was stopped (limit or signal) before any prediction existed.
+NO_PREDICTIONS_EXIT_CODE = 3
 
 
 def default_max_side(device: torch.device) -> int:
@@ -89,7 +92,8 @@ class RunReport:
 
 
 def run(settings: Settings) -> int:
-    """Run the whole job; returns the process exit code (0 ok, 2 bad input or output folder)."""
+    """Run the whole job; returns the process exit code (0 ok, 2 bad input or output folder;
+    3 when stopped by the limit or a signal before any prediction was written)."""
     with_plots = settings.time_limit_s >= PLOTS_MIN_LIMIT_S
     margin = default_margin_s(settings.time_limit_s) + (PLOTS_RESERVE_S if with_plots else 0.0)
     budget = Budget(settings.time_limit_s, already_elapsed_s=process_elapsed_s(), margin_s=margin)
@@ -100,9 +104,18 @@ def run(settings: Settings) -> int:
         return 2
     log = RunLog(out_dir / "run.log", quiet=settings.quiet, elapsed=budget.elapsed, remaining=budget.remaining)
     report = RunReport(settings, budget, out_dir, log, with_plots=with_plots)
-    watchdog = Watchdog(budget, on_timeout=lambda: report.finish("stopped_by_watchdog"), grace_s=WATCHDOG_GRACE_S)
+
+    def stop_early(status: str) -> None:
+        """Watchdog or signal: write the report; with no predictions at all, exit with an error."""
+        report.finish(status)
+        if report.delivery is None or report.delivery.best is None:
+            log.error(f"no predictions could be written before the {status.removeprefix('stopped_by_')} "
+                      f"stopped the run ({budget.elapsed():.1f}s of {settings.time_limit_s:g}s used)")
+            os._exit(NO_PREDICTIONS_EXIT_CODE)
+
+    watchdog = Watchdog(budget, on_timeout=lambda: stop_early("stopped_by_watchdog"), grace_s=WATCHDOG_GRACE_S)
     watchdog.start()
-    install_signal_handlers(lambda signum: report.finish("stopped_by_signal"))
+    install_signal_handlers(lambda signum: stop_early("stopped_by_signal"))
     try:
         _execute(settings, budget, out_dir, log, report)
         report.finish("complete")

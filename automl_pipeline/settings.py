@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("ours", "baseline")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+# Below this no run can deliver: starting Python and torch alone takes seconds (about 4-5 s measured
+# on a 2-core machine), then the data must load and the predictions be written.
+MIN_TIME_LIMIT_S = 10.0
 
 
 class SettingsError(ValueError):
@@ -35,8 +41,11 @@ class Settings:
     max_image_side: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.time_limit_s > 0):
+        if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):
             raise SettingsError(f"--time-limit must be a positive number of seconds, got {self.time_limit_s}")
+        if self.time_limit_s < MIN_TIME_LIMIT_S:
+            raise SettingsError(f"--time-limit {self.time_limit_s:g} is too short: at least {MIN_TIME_LIMIT_S:g} s "
+                                "are needed to start torch, load the data and write predictions")
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.method not in METHODS:

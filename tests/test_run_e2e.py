@@ -77,6 +77,8 @@ def test_sigterm_halfway_leaves_valid_predictions(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--time-limit", "-5"], "--time-limit"),
+    (["--time-limit", "nan"], "--time-limit"),
+    (["--time-limit", "5"], "too short"),
     (["--time-limit", "30", "--data-dir", "/nonexistent/data"], "/nonexistent/data"),
 ])
 def test_bad_arguments_exit_2_with_message(tmp_path, args, fragment):
@@ -84,6 +86,19 @@ def test_bad_arguments_exit_2_with_message(tmp_path, args, fragment):
     assert proc.returncode == 2
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_image_is_refused_naming_the_file(tmp_path):
+    from tests import data_builders
+
+    data_dir = data_builders.make_imagefolder(tmp_path / "data")
+    victim = sorted(p for p in (tmp_path / "data").rglob("*") if p.is_file())[0]
+    victim.write_bytes(victim.read_bytes()[:20])
+    out = tmp_path / "out"
+    proc, _ = run_cli("--time-limit", "30", "--data-dir", str(data_dir), "--output-dir", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert victim.name in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "predictions.npy").exists()
 
 
 def test_output_dir_that_is_a_file_is_refused(tmp_path):
