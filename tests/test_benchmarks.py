@@ -111,3 +111,15 @@ def test_onecycle_plan_fits_the_time_left():
     # steps when not even an epoch fitted in the probe: 6 s of 12 s epochs -> half an epoch
     assert qvr.plan_onecycle_steps(6.0, 1.0, 2.0, 10, False) == 5
     assert qvr.plan_onecycle_steps(0.0, 1.0, 2.0, 10, True) == 0
+
+
+def test_budget_adherence_reads_first_prediction_times(tmp_path):
+    import budget_adherence
+
+    log = tmp_path / "run.log"
+    log.write_text("[    5.0s |    20.0s left] loading\n"
+                   "[    7.6s |    18.0s left] predictions written from majority-class fallback (val macro-F1 0.0182)\n"
+                   "[   12.5s |    10.0s left] predictions written from first model (val macro-F1 0.9000)\n"
+                   "[   20.0s |     2.0s left] predictions written from final fit (val macro-F1 0.9500)\n")
+    assert budget_adherence.first_predictions(log) == (7.6, 12.5)
+    assert budget_adherence.first_predictions(tmp_path / "missing.log") == (None, None)
