@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from automl_pipeline.settings import MIN_TIME_LIMIT_S
+
 METHODS = ("ours", "baseline")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
@@ -456,6 +458,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def _argument_problem(args: argparse.Namespace) -> str | None:
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
         return f"--time-limit must be a positive number of seconds, got {args.time_limit:g}"
+    if args.time_limit < MIN_TIME_LIMIT_S:
+        return f"--time-limit {args.time_limit:g} is too short: each run needs at least {MIN_TIME_LIMIT_S:g} s"
     if not (math.isfinite(args.baseline_time_factor) and args.baseline_time_factor > 0):
         return f"--baseline-time-factor must be positive, got {args.baseline_time_factor:g}"
     if not args.seeds:

@@ -385,18 +385,6 @@ def test_bohb_phase_on_digits_ends_by_deadline(tmp_path):
     assert any("trial" in line for line in logs)
 
 
-WORKER_SCRIPT = DIGITS_CONTEXT_CODE + textwrap.dedent("""
-    import sys, time, torch
-    torch.set_num_threads(1)
-    from automl_pipeline.bohb.remote import run_remote_worker
-    port = int(sys.argv[1])
-    start = time.monotonic()
-    summary = run_remote_worker("shared", "127.0.0.1", port, digits_context(),
-                                lambda: 90.0 - (time.monotonic() - start), host="127.0.0.1", log=lambda s: None)
-    print("SUMMARY", summary["trials"], summary["reason"])
-""")
-
-
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -406,8 +394,10 @@ def _free_port() -> int:
 
 def test_two_worker_processes_share_one_run(tmp_path):
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(port)], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    worker_cli = [sys.executable, str(REPO / "run.py"), "worker", "--run-id", "shared", "--nameserver", "127.0.0.1",
+                  "--nameserver-port", str(port), "--max-image-side", "8", "--host", "127.0.0.1",
+                  "--device", "cpu", "--time-limit", "90"]
+    procs = [subprocess.Popen(worker_cli, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=_env(OMP_NUM_THREADS="1"))
              for _ in range(2)]
     try:
@@ -429,6 +419,6 @@ def test_two_worker_processes_share_one_run(tmp_path):
     for pid in pids:                                         # hpbandster.run_<id>.worker.<host>.<pid>
         assert sum(w.endswith(f".{pid}") for w in workers) == 1, (workers, pids)
     assert all(t.error is None for t in result.trials), [t.error for t in result.trials]
-    served = sorted(int(o[0].split("SUMMARY")[1].split()[0]) for o in outs)
+    served = sorted(int(o[1].split("worker done: ")[1].split()[0]) for o in outs)
     assert sum(served) >= len(result.trials) and min(served) >= 1
-    assert all("shut down by the master" in o[0] for o in outs)
+    assert all("shut down by the master" in o[1] for o in outs)

@@ -199,3 +199,22 @@ def test_compare_main_exit_codes(tmp_path, capsys):
     args = parse(["--time-limit", "5", "--seeds", "0", "--output-dir", str(tmp_path / "b")])
     assert compare_main(args, run_command=fake_command(marker, {("ours", 0): "crash"}), log=lambda m: None) == 1
     assert "ours seed 0 (failed)" in capsys.readouterr().err
+
+
+def test_real_compare_on_the_digits_demo(tmp_path):
+    """`python run.py compare` end to end: real runs of both methods, two seeds, tiny limits."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, str(repo / "run.py"), "compare", "--time-limit", "12", "--seeds", "0", "1",
+                           "--baseline-time-factor", "1", "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=repo)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("baseline", 0), ("baseline", 1), ("ours", 0), ("ours", 1)]
+    for row in rows:  # on a loaded machine a 12 s run may end by its watchdog: still a valid result
+        assert row["status"] in ("complete", "stopped_by_watchdog"), row
+        assert 0 <= row["macro_f1"] <= 1 and row["wall_s"] < 12, row
+    assert "ours" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

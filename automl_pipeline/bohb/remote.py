@@ -8,16 +8,23 @@ shuts it down or its own `time_left()` runs out.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import Pyro4
 import Pyro4.errors
 
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config
+from automl_pipeline.search_space import TEMPLATE_OPS, Genotype
 
 _LOG = logging.getLogger("automl_pipeline.bohb.remote")
 
@@ -85,3 +92,74 @@ def run_remote_worker(run_id: str, nameserver: str, nameserver_port: int, ctx: T
         _LOG.info("worker exit: %s", errors[0])
     log(f"bohb worker {worker.worker_id}: {count[0]} trial(s), stopped ({reason})")
     return {"worker": worker.worker_id, "trials": count[0], "reason": reason}
+
+
+# --------------------------------------------------------------------------- `python run.py worker`
+
+
+@dataclass(frozen=True)
+class DartsCells:
+    """What a worker needs of a DARTS result to build a configuration's cell (see config_genotype)."""
+
+    genotype: Genotype
+    alphas_normal: np.ndarray
+    alphas_reduce: np.ndarray
+    ops: tuple[str, ...]
+
+
+def load_darts_cells(path: Path) -> DartsCells:
+    """Read the DARTS result the main run writes (OUT/darts.json: report.json's `darts` section)."""
+    section = json.loads(Path(path).read_text(encoding="utf-8"))
+    return DartsCells(genotype=Genotype.from_json(section["genotype"]),
+                      alphas_normal=np.asarray(section["alphas_normal"], dtype=np.float64),
+                      alphas_reduce=np.asarray(section["alphas_reduce"], dtype=np.float64),
+                      ops=tuple(section["ops"]))
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of `python run.py worker`: the run to join and the same data settings as the main run."""
+    parser.add_argument("--run-id", required=True, help="the main run's BOHB run id (OUT/bohb/nameserver.json)")
+    parser.add_argument("--nameserver", required=True, help="the main run's name server host")
+    parser.add_argument("--nameserver-port", type=int, required=True, help="the main run's name server port")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the same data as the main run (default: digits)")
+    parser.add_argument("--seed", type=int, default=0, help="the main run's --seed (it fixes the splits)")
+    parser.add_argument("--method", choices=("ours", "baseline"), default="ours", help="the main run's --method")
+    parser.add_argument("--max-image-side", type=int, required=True,
+                        help="the main run's working image side (report.json data.image_size)")
+    parser.add_argument("--darts-result", type=Path, default=None,
+                        help="the main run's OUT/darts.json, needed for DARTS-based cells")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--host", default=None, help="this machine's address the master can reach")
+    parser.add_argument("--time-limit", type=float, default=24 * 3600.0,
+                        help="seconds this worker serves at most (default 24 h)")
+    return parser
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    """Load the data as the main run did, then serve trials until the master shuts this worker down."""
+    from automl_pipeline.data import load_dataset, make_splits
+    from automl_pipeline.errors import InputError
+    from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data
+
+    deadline = time.monotonic() + args.time_limit
+    try:
+        device = resolve_device(args.device)
+        dataset = load_dataset(args.data_dir, max_side=args.max_image_side)
+        darts = load_darts_cells(args.darts_result) if args.darts_result is not None else None
+    except (InputError, ValueError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    configure_threads()
+    splits = make_splits(dataset, seed=args.seed)
+    mean, std = channel_stats(splits.train.images)
+    height, _, channels = dataset.image_shape
+    ctx = TrialContext(train=to_tensor_data(splits.train.images, splits.train.labels, device, mean, std),
+                       val=to_tensor_data(splits.val.images, splits.val.labels, device, mean, std),
+                       n_classes=dataset.n_classes, in_channels=channels, image_side=height, darts=darts,
+                       device=device, seed=args.seed, baseline=args.method == "baseline",
+                       darts_ops=darts.ops if darts is not None else TEMPLATE_OPS)
+    outcome = run_remote_worker(args.run_id, args.nameserver, args.nameserver_port, ctx,
+                                lambda: deadline - time.monotonic(), host=args.host,
+                                log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(f"worker done: {outcome['trials']} trials ({outcome['reason']})", file=sys.stderr)
+    return 0
