@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from automl_pipeline.reporting.numbers import finite
 from automl_pipeline.settings import MIN_TIME_LIMIT_S
+from submission import atomic_write_bytes, write_json
 
 METHODS = ("ours", "baseline")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,28 +72,12 @@ def default_run_command(spec: RunSpec) -> list[str]:
 # --------------------------------------------------------------------------- one run
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _is_finished(report: dict | None) -> bool:
@@ -155,9 +141,9 @@ def _execute(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tuple[int 
 def _row(spec: RunSpec, report: dict | None, *, status: str, exit_code: int | None, error: str | None,
          seconds: float | None, resumed: bool) -> dict:
     metrics = (report or {}).get("test_metrics") or {}
-    wall = _num((report or {}).get("wall_s"))
+    wall = finite((report or {}).get("wall_s"))
     row = {"seed": spec.seed, "method": spec.method, "status": status}
-    row.update({k: _num(metrics.get(k)) if isinstance(metrics, dict) else None for k in METRICS})
+    row.update({k: finite(metrics.get(k)) if isinstance(metrics, dict) else None for k in METRICS})
     row.update({"wall_s": wall if wall is not None else (round(seconds, 3) if seconds is not None else None),
                 "limit_s": spec.time_limit_s, "exit_code": exit_code, "error": error, "resumed": resumed,
                 "run_dir": str(spec.output_dir)})
@@ -194,11 +180,11 @@ def run_one(spec: RunSpec, run_command: RunCommand, *, timeout_slack_s: float = 
         status, error = "failed", _with_tail(f"exit code {code}", stderr_tail)
     elif report is None:
         status, error = "failed", _with_tail("no readable report.json", stderr_tail)
-    elif not isinstance(report.get("test_metrics"), dict) or _num(report["test_metrics"].get("macro_f1")) is None:
+    elif not isinstance(report.get("test_metrics"), dict) or finite(report["test_metrics"].get("macro_f1")) is None:
         status, error = "failed", "report.json has no held-out test metrics"
     else:
         status, error = str(report.get("status", "complete")), None
-    _write_json(record_path, {"outcome": "ok" if error is None else status, "exit_code": code,
+    write_json(record_path, {"outcome": "ok" if error is None else status, "exit_code": code,
                               "seconds": round(seconds, 3), "error": error, "command": argv})
     log(f"{spec.method} seed {spec.seed}: {status}" + (f" ({error.splitlines()[0]})" if error else
                                                         f", test macro-F1 {report['test_metrics']['macro_f1']:.3f}"))
@@ -206,7 +192,7 @@ def run_one(spec: RunSpec, run_command: RunCommand, *, timeout_slack_s: float = 
 
 
 def succeeded(row: dict) -> bool:
-    return row.get("status") not in ("failed", "timeout") and _num(row.get("macro_f1")) is not None
+    return row.get("status") not in ("failed", "timeout") and finite(row.get("macro_f1")) is not None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -224,7 +210,7 @@ def summarise(rows: list[dict]) -> dict:
         ok = [r for r in rows if r["method"] == method and succeeded(r)]
         out[method] = {"n_runs": sum(1 for r in rows if r["method"] == method), "n_ok": len(ok)}
         for key in METRICS + ("wall_s",):
-            out[method][key] = _mean_std([r[key] for r in ok if _num(r.get(key)) is not None])
+            out[method][key] = _mean_std([r[key] for r in ok if finite(r.get(key)) is not None])
     return out
 
 
@@ -268,7 +254,7 @@ def paired(rows: list[dict]) -> dict:
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
-    v = _num(x)
+    v = finite(x)
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
@@ -342,7 +328,7 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
     colors = {"ours": "tab:orange", "baseline": "tab:blue"}
     for ax, key, title in zip(axes, ("macro_f1", "accuracy"), ("test macro-F1", "test accuracy")):
         for x, method in enumerate(METHODS):
-            pts = [(r["seed"], r[key]) for r in rows if r["method"] == method and succeeded(r) and _num(r.get(key)) is not None]
+            pts = [(r["seed"], r[key]) for r in rows if r["method"] == method and succeeded(r) and finite(r.get(key)) is not None]
             if not pts:
                 ax.text(x, 0.5, "no run\nsucceeded", ha="center", va="center", fontsize=8, transform=ax.get_xaxis_transform())
                 continue
@@ -356,7 +342,7 @@ def plot_comparison(rows: list[dict], path: Path) -> Path:
             ax.text(x + 0.27, mean, f"{mean:.3f}", va="center", fontsize=8)
         limits = {r["method"]: r.get("limit_s") for r in rows}
         ax.set_xticks(range(len(METHODS)))
-        ax.set_xticklabels([f"{m}\n({_num(limits.get(m)):g} s limit)" if _num(limits.get(m)) is not None else m
+        ax.set_xticklabels([f"{m}\n({finite(limits.get(m)):g} s limit)" if finite(limits.get(m)) is not None else m
                             for m in METHODS])
         ax.set_xlim(-0.6, len(METHODS) - 0.4)
         ax.set_title(title)
@@ -408,7 +394,7 @@ def run_comparison(data_dir: Path | str | None, time_limit_s: float, seeds: Sequ
 
     def save() -> None:
         result["summary"], result["paired"] = summarise(result["rows"]), paired(result["rows"])
-        _write_json(out / "comparison.json", result)
+        write_json(out / "comparison.json", result)
 
     for seed in seeds:
         for method in METHODS:
@@ -430,9 +416,7 @@ def run_comparison(data_dir: Path | str | None, time_limit_s: float, seeds: Sequ
     except Exception as exc:
         log(f"comparison plot failed: {type(exc).__name__}: {exc}")
     save()
-    tmp = out / f".comparison.md.{os.getpid()}.tmp"
-    tmp.write_text(render_markdown(result), encoding="utf-8")
-    os.replace(tmp, out / "comparison.md")
+    atomic_write_bytes(out / "comparison.md", render_markdown(result).encode("utf-8"))
     log(f"comparison written to {out / 'comparison.md'}")
     return out / "comparison.json"
 

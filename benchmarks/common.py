@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import shlex
@@ -41,18 +40,14 @@ def ensure_repo_on_path() -> None:
         sys.path.insert(0, root)
 
 
+ensure_repo_on_path()
+from automl_pipeline.reporting.numbers import finite  # noqa: E402  (needs the repo on sys.path)
+from submission import write_json  # noqa: E402
+
 # --------------------------------------------------------------------------- numbers and json
 
 
-def num(value: Any) -> float | None:
-    """A finite float, or None (bools, strings, NaN, missing)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
+num = finite   # kept as the benchmarks' short name
 
 
 def read_json(path: Path) -> dict | None:
@@ -64,12 +59,10 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_results(path: Path, payload: dict) -> Path:
-    """Write `payload` as indented JSON, atomically (temp file in the same folder + os.replace)."""
+    """Write `payload` as indented JSON, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, payload)
     return path
 
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 import common
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from submission.atomic import atomic_write_bytes, to_jsonable, write_json
 
@@ -50,6 +49,8 @@ def write_model(out_dir: Path | str, state_dict: Mapping[str, Any], spec_json: d
     Tensors are detached and moved to CPU; ``spec_json`` and ``config`` are
     reduced to plain JSON types (numpy scalars become Python numbers).
     """
+    import torch  # here, not at import: reporting and compare use submission without torch
+
     tensors = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
@@ -65,6 +66,8 @@ def write_model(out_dir: Path | str, state_dict: Mapping[str, Any], spec_json: d
 
 def load_model_file(path: Path | str) -> dict:
     """Read a ``model.pt`` written by ``write_model`` (``weights_only=True``, tensors on CPU)."""
+    import torch
+
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or any(key not in payload for key in MODEL_KEYS):
         raise ValueError(f"{path}: not a model file (expected a dict with keys {MODEL_KEYS})")

@@ -194,9 +194,9 @@ def test_empty_seeds_exit_2():
 
 def test_compare_main_exit_codes(tmp_path, capsys):
     marker = tmp_path / "calls.txt"
-    args = parse(["--time-limit", "5", "--seeds", "0", "--output-dir", str(tmp_path / "a")])
+    args = parse(["--time-limit", "10", "--seeds", "0", "--output-dir", str(tmp_path / "a")])
     assert compare_main(args, run_command=fake_command(marker), log=lambda m: None) == 0
-    args = parse(["--time-limit", "5", "--seeds", "0", "--output-dir", str(tmp_path / "b")])
+    args = parse(["--time-limit", "10", "--seeds", "0", "--output-dir", str(tmp_path / "b")])
     assert compare_main(args, run_command=fake_command(marker, {("ours", 0): "crash"}), log=lambda m: None) == 1
     assert "ours seed 0 (failed)" in capsys.readouterr().err
 

@@ -31,11 +31,8 @@ port}) for workers started elsewhere (`remote.run_remote_worker`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 import traceback
@@ -53,6 +50,7 @@ from hpbandster.optimizers.config_generators.bohb import BOHB as BOHBConfigGener
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
 from automl_pipeline.bohb.space import build_config_space
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config, n_epochs
+from submission import write_json
 
 POSTER_MIN_BUDGET = 5.0
 POSTER_MAX_BUDGET = 20.0
@@ -214,21 +212,6 @@ class BohbResult:
         })
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(to_plain(obj), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class TrialLog(json_result_logger):
     """hpbandster's json_result_logger (configs.json, results.json) plus our trial
     records, the trajectory and incumbent.json after every finished trial.
@@ -296,7 +279,7 @@ class TrialLog(json_result_logger):
         self.log(f"bohb: trial {list(config_id)} budget {rec.budget:g} ({rec.epochs_done} epochs, "
                  f"{rec.seconds:.1f}s{', cut by deadline' if rec.stopped_by_deadline else ''}): {status}")
         if incumbent is not None:
-            _atomic_write_json(self.directory / "incumbent.json", {
+            write_json(self.directory / "incumbent.json", {
                 "config": incumbent.config, "val_macro_f1": incumbent.val_macro_f1, "budget": incumbent.budget,
                 "epochs": n_epochs(incumbent.budget), "config_id": list(incumbent.config_id),
                 "t_s": round(incumbent.t_s, 3), "n_trials": len(self.trials), "rule": INCUMBENT_RULE})
@@ -477,7 +460,7 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
     name_server = NameServer(run_id=run_id, host=nameserver_host, port=nameserver_port)
     ns_host, ns_port = name_server.start()
     trial_log = TrialLog(bohb_dir, t0=t0, log=log)
-    _atomic_write_json(bohb_dir / "nameserver.json", {"run_id": run_id, "host": ns_host, "port": ns_port})
+    write_json(bohb_dir / "nameserver.json", {"run_id": run_id, "host": ns_host, "port": ns_port})
     workers: list[TrialWorker] = []
     master: DeadlineBOHB | None = None
     master_errors: list[str] = []

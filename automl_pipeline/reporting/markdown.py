@@ -9,11 +9,12 @@ made by :mod:`automl_pipeline.reporting.plots`, imported lazily).
 from __future__ import annotations
 
 import json
-import math
-import os
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+
+from automl_pipeline.reporting.numbers import finite
+from submission import atomic_write_bytes
 
 PLOT_CAPTIONS = {
     "timeline": "Phases: planned vs actual time against the limit",
@@ -29,24 +30,14 @@ MAX_EVENTS = 60
 # --------------------------------------------------------------------------- formatting helpers
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
 def _f(value: Any, digits: int = 3) -> str:
-    x = _num(value)
+    x = finite(value)
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def _s(value: Any, digits: int = 1) -> str:
     """Seconds."""
-    x = _num(value)
+    x = finite(value)
     return "n/a" if x is None else f"{x:.{digits}f} s"
 
 
@@ -89,7 +80,7 @@ def _headline(report: dict) -> list[str]:
                      f"balanced accuracy {_f(m.get('balanced_accuracy'))}")
     else:
         lines.append("**No held-out test metrics** were recorded for this run.")
-    wall, limit = _num(report.get("wall_s")), _num(report.get("time_limit_s"))
+    wall, limit = finite(report.get("wall_s")), finite(report.get("time_limit_s"))
     used = f"{_s(wall)} of a {_s(limit, 0)} limit" if limit is not None else _s(wall)
     if wall is not None and limit:
         used += f" ({100 * wall / limit:.0f} %)"
@@ -214,7 +205,7 @@ def _phases(report: dict, links: list[str]) -> list[str]:
         return []
     rows = []
     for p in phases:
-        start, end = _num(p.get("start_s")), _num(p.get("end_s"))
+        start, end = finite(p.get("start_s")), finite(p.get("end_s"))
         used = _s(end - start) if start is not None and end is not None else "n/a"
         note = f"skipped: {p['skipped']}" if p.get("skipped") else ""
         rows.append([p.get("name", "?"), _s(p.get("planned_s")), _s(start), _s(end), used, note])
@@ -238,7 +229,7 @@ def _darts(report: dict, links: list[str]) -> list[str]:
     skips = darts.get("skip_count_per_epoch") or []
     if skips:
         limit = darts.get("skip_limit", 2)
-        lines += [f"Skip count per epoch (edges whose skip weight exceeds the threshold"
+        lines += ["Skip count per epoch (edges whose skip weight exceeds the threshold"
                   + (f" {darts['skip_threshold']}" if darts.get("skip_threshold") is not None else "")
                   + f"; termination when above {limit}): {', '.join(str(s) for s in skips)}", ""]
     genotype = darts.get("genotype")
@@ -268,9 +259,9 @@ def _bohb(report: dict, links: list[str]) -> list[str]:
         facts.append(f"{failed} failed (counted as loss 1)")
     budgets = bohb.get("budgets")
     if not budgets and trials:
-        budgets = sorted({t["budget"] for t in trials if _num(t.get("budget")) is not None})
+        budgets = sorted({t["budget"] for t in trials if finite(t.get("budget")) is not None})
     if budgets:
-        facts.append("budgets (epochs): " + ", ".join(f"{_num(b):g}" if _num(b) is not None else str(b) for b in budgets))
+        facts.append("budgets (epochs): " + ", ".join(f"{finite(b):g}" if finite(b) is not None else str(b) for b in budgets))
     elif bohb.get("min_budget") is not None:
         facts.append(f"budgets {bohb['min_budget']}–{bohb.get('max_budget', '?')} epochs")
     if bohb.get("seconds") is not None:
@@ -391,18 +382,12 @@ def render_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] |
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] | None = None) -> Path:
     """Write OUT/report.md (atomically) and return its path. May raise on I/O errors."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.md"
-    _atomic_write_text(path, render_report_md(report, out_dir, plots))
+    atomic_write_bytes(path, render_report_md(report, out_dir, plots).encode("utf-8"))
     return path
 
 

@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from automl_pipeline.reporting.numbers import finite  # noqa: E402
+
 DEFAULT_SKIP_LIMIT = 2
 # DARTS ops in search order when report["darts"] does not name them.
 DEFAULT_OPS = ("none", "skip_connect", "conv_3x3", "res_basic", "res_bottleneck")
@@ -39,17 +41,6 @@ Plotter = Callable[[dict, Path], "Path | None"]
 def _section(report: dict, key: str) -> dict | None:
     value = report.get(key) if isinstance(report, dict) else None
     return value if isinstance(value, dict) and value else None
-
-
-def _num(value: Any) -> float | None:
-    """A finite float, or None for anything else (None, NaN, strings)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def class_names(report: dict, n: int) -> list[str]:
@@ -81,15 +72,15 @@ def plot_timeline(report: dict, path: Path) -> Path | None:
     phases = [p for p in report.get("phases") or [] if isinstance(p, dict) and p.get("name")]
     if not phases:
         return None
-    limit = _num(report.get("time_limit_s"))
-    wall = _num(report.get("wall_s"))
+    limit = finite(report.get("time_limit_s"))
+    wall = finite(report.get("wall_s"))
 
     fig, ax = plt.subplots(figsize=(9, 0.7 * len(phases) + 1.8))
     y = np.arange(len(phases))
     x_max = 0.0
     labelled = {"planned": False, "actual": False}
     for i, p in enumerate(phases):
-        start, end, planned = _num(p.get("start_s")), _num(p.get("end_s")), _num(p.get("planned_s"))
+        start, end, planned = finite(p.get("start_s")), finite(p.get("end_s")), finite(p.get("planned_s"))
         if p.get("skipped"):
             ax.text(0, i, f"  skipped: {p['skipped']}", va="center", fontsize=8, color="0.35")
             continue
@@ -151,7 +142,7 @@ def plot_darts_alphas(report: dict, path: Path) -> Path | None:
     if darts is None:
         return None
     histories = {c: h for c in ("normal", "reduce") if (h := _alpha_history(darts, c)) is not None}
-    skips = [_num(s) for s in darts.get("skip_count_per_epoch") or []]
+    skips = [finite(s) for s in darts.get("skip_count_per_epoch") or []]
     if not histories and not skips:
         return None
 
@@ -195,7 +186,7 @@ def plot_darts_alphas(report: dict, path: Path) -> Path | None:
 
     if skips:
         ax = fig.add_subplot(grid[n_rows - 1, :])
-        limit = _num(darts.get("skip_limit"))
+        limit = finite(darts.get("skip_limit"))
         limit = DEFAULT_SKIP_LIMIT if limit is None else limit
         epochs = np.arange(1, len(skips) + 1)
         values = [np.nan if s is None else s for s in skips]
@@ -204,7 +195,7 @@ def plot_darts_alphas(report: dict, path: Path) -> Path | None:
         ax.set_xlabel("DARTS epoch")
         ax.set_ylabel("skip count")
         ax.set_xticks(epochs)
-        betas = [_num(b) for b in darts.get("beta_per_epoch") or []]
+        betas = [finite(b) for b in darts.get("beta_per_epoch") or []]
         if betas and any(b is not None for b in betas):
             ax2 = ax.twinx()
             ax2.plot(np.arange(1, len(betas) + 1), [np.nan if b is None else b for b in betas],
@@ -235,12 +226,12 @@ def trajectory_points(trajectory: Sequence[Any]) -> list[tuple[float, float]]:
     for entry in trajectory or []:
         t = score = None
         if isinstance(entry, dict):
-            t = next((_num(entry[k]) for k in ("t_s", "time_s", "t") if k in entry), None)
-            score = next((_num(entry[k]) for k in ("val_macro_f1", "macro_f1", "score") if k in entry), None)
-            if score is None and _num(entry.get("loss")) is not None:
-                score = 1.0 - _num(entry["loss"])
+            t = next((finite(entry[k]) for k in ("t_s", "time_s", "t") if k in entry), None)
+            score = next((finite(entry[k]) for k in ("val_macro_f1", "macro_f1", "score") if k in entry), None)
+            if score is None and finite(entry.get("loss")) is not None:
+                score = 1.0 - finite(entry["loss"])
         elif isinstance(entry, (list, tuple)) and len(entry) >= 2:
-            t, score = _num(entry[0]), _num(entry[1])
+            t, score = finite(entry[0]), finite(entry[1])
         if t is not None and score is not None:
             points.append((t, score))
     points.sort()
@@ -258,7 +249,7 @@ def plot_bohb(report: dict, path: Path) -> Path | None:
         return None
     traj = trajectory_points(bohb.get("trajectory") or [])
     trials = [t for t in bohb.get("trials") or [] if isinstance(t, dict)
-              and _num(t.get("budget")) is not None and _num(t.get("loss")) is not None]
+              and finite(t.get("budget")) is not None and finite(t.get("loss")) is not None]
     if not traj and not trials:
         return None
     n = (1 if traj else 0) + (1 if trials else 0)
@@ -275,9 +266,9 @@ def plot_bohb(report: dict, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     if trials:
         ax = axes.pop(0)
-        budgets = np.array([_num(t["budget"]) for t in trials])
-        losses = np.array([_num(t["loss"]) for t in trials])
-        times = [_num(t.get("t_s")) for t in trials]
+        budgets = np.array([finite(t["budget"]) for t in trials])
+        losses = np.array([finite(t["loss"]) for t in trials])
+        times = [finite(t.get("t_s")) for t in trials]
         if all(x is not None for x in times):
             sc = ax.scatter(budgets, losses, c=times, cmap="viridis", s=22, alpha=0.85)
             fig.colorbar(sc, ax=ax, label="finished at (s)")
@@ -328,7 +319,7 @@ def plot_confusion(report: dict, path: Path) -> Path | None:
     ax.set_yticklabels(names, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    f1 = _num(metrics.get("macro_f1"))
+    f1 = finite(metrics.get("macro_f1"))
     ax.set_title("Held-out test confusion matrix" + (f" (macro-F1 {f1:.3f})" if f1 is not None else ""))
     fig.tight_layout()
     return _save(fig, path)
@@ -339,7 +330,7 @@ def plot_per_class_f1(report: dict, path: Path) -> Path | None:
     metrics = _section(report, "test_metrics")
     if metrics is None or not metrics.get("per_class_f1"):
         return None
-    f1 = np.array([np.nan if _num(x) is None else _num(x) for x in metrics["per_class_f1"]])
+    f1 = np.array([np.nan if finite(x) is None else finite(x) for x in metrics["per_class_f1"]])
     n = len(f1)
     names = class_names(report, n)
     fig, ax = plt.subplots(figsize=(min(max(5.0, 0.5 * n + 2), 18.0), 4))
@@ -347,7 +338,7 @@ def plot_per_class_f1(report: dict, path: Path) -> Path | None:
     for i, v in enumerate(f1):
         ax.text(i, (0 if np.isnan(v) else v) + 0.01, "n/a" if np.isnan(v) else f"{v:.2f}",
                 ha="center", va="bottom", fontsize=7)
-    macro = _num(metrics.get("macro_f1"))
+    macro = finite(metrics.get("macro_f1"))
     if macro is not None:
         ax.axhline(macro, color="red", linestyle="--", label=f"macro-F1 {macro:.3f}")
         ax.legend(fontsize=8, loc="lower right")
@@ -375,8 +366,8 @@ def plot_class_counts(report: dict, path: Path) -> Path | None:
     width = 0.8 / len(per_split)
     fig, ax = plt.subplots(figsize=(min(max(5.5, 0.6 * n + 2), 18.0), 4))
     for k, (split, counts) in enumerate(per_split.items()):
-        counts = [(_num(c) or 0.0) for c in counts] + [0.0] * (n - len(counts))
-        total = (_num(splits[split].get("count")) or sum(counts))
+        counts = [(finite(c) or 0.0) for c in counts] + [0.0] * (n - len(counts))
+        total = (finite(splits[split].get("count")) or sum(counts))
         ax.bar(np.arange(n) + (k - (len(per_split) - 1) / 2) * width, counts, width=width,
                label=f"{split} ({total:.0f})")
     ax.set_xticks(range(n))
