@@ -1,4 +1,11 @@
-"""Device choice, CPU thread count and mixed-precision context."""
+"""Device choice, CPU thread count, the CUDA fast-path settings and mixed-precision context.
+
+GPU path (issue 7): data lives on the device as tensors (tensors.py), batches are
+augmented there, the forward runs under bf16 autocast on CUDA, optimizers are the
+fused CUDA kernels, and the training/search loops do not read device values back
+per batch (see trainer.py and darts/search.py). `configure_device` turns on cuDNN
+autotuning and TF32 once per process.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -40,19 +47,65 @@ def configure_threads() -> int:
     return n
 
 
-def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op context on CPU (fp32 is faster and safer there)."""
-    if device.type == "cuda":
+# channels_last (NHWC) activations on CUDA: measured by benchmarks/throughput.py for the
+# stacked network and the supernet (see benchmarks/RESULTS.md, "Throughput"); off unless
+# the measurement shows a gain. Callers can force it either way per run.
+CHANNELS_LAST_ON_CUDA = False
+
+def configure_device(device: torch.device) -> None:
+    """Process-wide fast-path switches for `device`; idempotent, cheap to call again.
+
+    CUDA: cudnn.benchmark = True (autotunes conv kernels per input shape; the loops use
+    a handful of shapes: the batch size, the epoch's remainder batch, prediction chunks)
+    and TF32 matmuls/convs for whatever runs outside bf16 autocast. CPU: nothing.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def use_channels_last(device: torch.device, requested: bool | None = None) -> bool:
+    """Whether to run a model in channels_last: `requested` when given, else the measured
+    default for the device (CHANNELS_LAST_ON_CUDA on CUDA, never on CPU)."""
+    if requested is not None:
+        return bool(requested)
+    return device.type == "cuda" and CHANNELS_LAST_ON_CUDA
+
+
+def optimizer_kwargs(device: torch.device) -> dict:
+    """Extra optimizer arguments: the fused (single-kernel) AdamW/SGD/Adam step on CUDA."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def autocast_context(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (unless enabled=False); a no-op context on CPU (fp32 is faster
+    and safer there)."""
+    if device.type == "cuda" and enabled:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# What a device allocation failure raises (torch.OutOfMemoryError; the same class as
+# torch.cuda.OutOfMemoryError on current torch, and importable on CPU-only builds).
+OutOfMemory = torch.cuda.OutOfMemoryError
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back after an OOM (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def warm_up(device: torch.device) -> float:
     """Pay one-time costs up front (the first optimizer construction imports torch._dynamo,
     ~6 s measured; CUDA/cuDNN kernel loading); call once during setup. Returns seconds spent."""
     start = time.perf_counter()
+    configure_device(device)
     conv = torch.nn.Conv2d(1, 2, 3).to(device)
-    for opt in (torch.optim.AdamW(conv.parameters()), torch.optim.SGD(conv.parameters(), lr=0.1)):
+    extra = optimizer_kwargs(device)
+    for opt in (torch.optim.AdamW(conv.parameters(), **extra), torch.optim.SGD(conv.parameters(), lr=0.1, **extra)):
         with autocast_context(device):
             out = conv(torch.zeros(2, 1, 4, 4, device=device))
         out.float().sum().backward()

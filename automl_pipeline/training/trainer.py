@@ -4,6 +4,13 @@ Trains any nn.Module on TensorData that already lives on the training device.
 Deadline policy: `time_left()` is asked before every batch; a running estimate of
 the batch time (and of one validation pass) decides whether the next batch can still
 finish, so no batch is started that is expected to overrun.
+
+GPU path: no host-device synchronisation inside the batch loop. The loss is summed on
+the device, the finite-loss check is an asynchronous copy to pinned memory read back
+one check later (`_FiniteWatch`), shuffling and augmentation draw from a generator on
+the data's device, and the optimizer step is the fused CUDA kernel. Syncs happen once
+per epoch (the epoch's loss, the validation pass). Out of memory on a batch halves the
+batch size and retries that batch (see train_model).
 """
 from __future__ import annotations
 
@@ -16,14 +23,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .device import autocast_context
+from .device import (OutOfMemory, autocast_context, configure_device, optimizer_kwargs, release_cached_memory,
+                     use_channels_last)
 from .losses import LOSS_KINDS, make_loss
 from .metrics import classification_metrics
 from .tensors import TensorData, augment_batch
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "none")
-NAN_CHECK_EVERY = 20          # batches between finite-loss checks (each check is one device sync)
+PRECISIONS = ("auto", "fp32")   # auto: bf16 autocast on CUDA, fp32 on CPU
+NAN_CHECK_EVERY = 20          # batches between (asynchronous, non-blocking) finite-loss checks
+MIN_BATCH = 2                 # out of memory below this batch size is re-raised
 DEADLINE_FACTOR = 1.5         # start a batch only if time_left() >= 1.5 x the batch-time estimate (+ eval)
 _EMA = 0.3                    # weight of the newest batch time in the running estimate
 
@@ -34,6 +44,9 @@ class TrainConfig:
 
     grad_clip <= 0 disables clipping. `flip` (an addition to the contract) turns the
     horizontal flip of the batch augmentation off, for digits/text-like images.
+    precision: "auto" (bf16 autocast on CUDA, fp32 on CPU) or "fp32" (no autocast anywhere).
+    channels_last: run the model in channels_last memory format; None = the device default
+    (training.device.use_channels_last).
     """
 
     epochs: int
@@ -50,6 +63,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     flip: bool = True
+    precision: str = "auto"
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -72,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"class_weight_smoothing must be in [0, 1], got {self.class_weight_smoothing}")
         if self.surrogate_beta0 < 0:
             raise ValueError(f"surrogate_beta0 must be >= 0, got {self.surrogate_beta0}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -87,6 +104,8 @@ class TrainResult:
     history: one dict per (possibly partial) epoch: epoch, train_loss, val_macro_f1,
       val_accuracy (None when not evaluated), seconds, batches, partial.
     state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
+    batch_size: the batch size in use at the end (smaller than configured after out-of-memory
+      halvings); oom_halvings: how many times it was halved.
     """
 
     epochs_done: int
@@ -96,6 +115,8 @@ class TrainResult:
     seconds: float
     stopped_by_deadline: bool
     state_dict: dict = field(repr=False)
+    batch_size: int = 0
+    oom_halvings: int = 0
 
 
 def surrogate_beta(beta0: float, epoch: int, epochs: int) -> float:
@@ -108,12 +129,13 @@ def _cpu_state(model: nn.Module) -> dict:
             for k, v in model.state_dict().items()}
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    extra = optimizer_kwargs(device)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=0.9, nesterov=True,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+                               weight_decay=config.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **extra)
 
 
 def _make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
@@ -131,10 +153,47 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest > 1 else 0)
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int) -> None:
-    value = float(loss_sum)                                     # one device sync
+def _check_finite(loss_sum: torch.Tensor, epoch: int) -> float:
+    """The loss sum as a float (one device sync); FloatingPointError when it is not finite."""
+    value = float(loss_sum)
     if not math.isfinite(value):
         raise FloatingPointError(f"loss became {'nan' if math.isnan(value) else 'inf'} at epoch {epoch}")
+    return value
+
+
+class _FiniteWatch:
+    """Finite-loss check without stalling the device.
+
+    `poll` queues a copy of isfinite(loss_sum) into pinned host memory (non-blocking on
+    CUDA, marked by an event) and reads the previous copy only once its event says it
+    has landed, so a NaN is caught a check or two later, never by waiting. On CPU the copy
+    is immediate and read at once. A failed check does the one synced `_check_finite` for
+    the error message.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.flag = torch.ones((), dtype=torch.bool, pin_memory=self.cuda)
+        self.view = self.flag.numpy()              # host view: reading it is no torch call
+        self.event = torch.cuda.Event() if self.cuda else None
+        self.pending = False
+
+    def _read(self, loss_sum: torch.Tensor, epoch: int) -> None:
+        self.pending = False
+        if not bool(self.view):
+            _check_finite(loss_sum, epoch)
+            raise FloatingPointError(f"loss became nan at epoch {epoch}")   # finite again: cannot happen
+
+    def poll(self, loss_sum: torch.Tensor, epoch: int) -> None:
+        if self.pending and self.event.query():
+            self._read(loss_sum, epoch)
+        if not self.pending:
+            self.flag.copy_(torch.isfinite(loss_sum), non_blocking=self.cuda)
+            self.pending = True
+            if self.cuda:
+                self.event.record()
+            else:
+                self._read(loss_sum, epoch)
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y_true: np.ndarray, n_classes: int, batch_size: int) -> dict:
@@ -149,16 +208,25 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
 
     - Loss from make_loss(config.loss, training-set class counts); AdamW or SGD (nesterov,
       momentum 0.9); OneCycle / cosine schedule stepped per batch; gradient clipping;
-      bf16 autocast on CUDA only; seeded shuffling and augmentation (config.seed).
+      bf16 autocast on CUDA only (precision="auto"); fused optimizer kernels on CUDA;
+      channels_last per config.channels_last / the device default; seeded shuffling and
+      augmentation (config.seed, a generator on the data's device).
     - batch_size is clamped to [2, N]; a last batch of one image is dropped (BatchNorm
       cannot train on it) - shuffling changes which image each epoch.
+    - Out of memory (torch.OutOfMemoryError) on a batch: gradients are dropped, the CUDA
+      cache is released, the batch size is halved for the rest of the run and the same
+      images are retried; below 2 images the error is re-raised. The LR schedule keeps
+      its planned length (it advances once per `batch_size` images of the original
+      size), and TrainResult.batch_size / oom_halvings / history "batch_size" record it.
+    - No host-device sync per batch: the loss is summed on the device and read once per
+      epoch; the NaN check between epochs ends is non-blocking (_FiniteWatch).
     - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
       surrogate_beta(beta0, e, epochs) at each epoch start and to 0 for every evaluation
       and at the end: the returned weights are judged and used with the surrogate off.
     - Deadline: before every batch, stop if time_left() < 1.5 x batch-time estimate
       (+ the validation-pass estimate when val is given). An epoch cut short is still
       evaluated if time_left() covers the validation estimate.
-    - Non-finite loss (checked every 20 batches and at each epoch end) raises
+    - Non-finite loss (checked asynchronously every 20 batches and at each epoch end) raises
       FloatingPointError("loss became nan at epoch E").
     The model ends holding the returned state_dict, in its original train/eval mode.
     """
@@ -176,16 +244,25 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
     if counts.size > n_classes:
         raise ValueError(f"training labels go up to {counts.size - 1} but n_classes is {n_classes}")
 
-    batch_size = min(max(config.batch_size, 2), n)
-    n_batches = _batches_per_epoch(n, batch_size)
+    configure_device(device)
+    base_batch = min(max(config.batch_size, MIN_BATCH), n)
+    batch_size, oom_halvings = base_batch, 0
+    n_batches = _batches_per_epoch(n, base_batch)
+    total_steps = config.epochs * n_batches
     loss_fn = make_loss(config.loss, counts, gamma=config.focal_gamma,
                         smoothing=config.class_weight_smoothing, device=device)
-    optimizer = _make_optimizer(model, config)
-    schedule = _make_schedule(optimizer, config, config.epochs * n_batches)
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = _make_optimizer(model, config, device)
+    schedule = _make_schedule(optimizer, config, total_steps)
+    schedule_steps = 0
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     use_beta = config.surrogate_beta0 > 0 and hasattr(model, "set_surrogate_beta")
+    amp = config.precision == "auto"
+    channels_last = use_channels_last(device, config.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     y_val = None if val is None else val.y.cpu().numpy()
+    watch = _FiniteWatch(device)
 
     batch_est: float | None = None             # seconds per training batch (running estimate)
     eval_est: float | None = None              # seconds per validation pass (measured)
@@ -201,52 +278,73 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         # before the first evaluation: forward only is ~1/3 of a training step; 1.5x for safety
         return 0.0 if batch_est is None else batch_est * len(val) / batch_size * 0.5
 
+    def train_step(idx: torch.Tensor) -> torch.Tensor:
+        xb, yb = train.x[idx], train.y[idx]
+        if config.augment:
+            xb = augment_batch(xb, generator, flip=config.flip)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp):
+            logits = model(xb)
+        loss = loss_fn(logits.float(), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        return loss.detach()
+
     for epoch in range(1, config.epochs + 1):
         epoch_t0 = time.perf_counter()
         if use_beta:
             model.set_surrogate_beta(surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs))
         model.train()
-        perm = torch.randperm(n, generator=generator).to(device)
+        perm = torch.randperm(n, generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
-        done = 0
-        for b in range(n_batches):
+        done = pos = 0
+        while n - pos >= MIN_BATCH:                 # a last batch of one image is dropped
             remaining = time_left()
             need = DEADLINE_FACTOR * batch_est + eval_reserve() if batch_est is not None else 0.0
             if remaining <= 0 or remaining < need:
                 stopped = True
                 break
             t0 = time.perf_counter()
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            xb, yb = train.x[idx], train.y[idx]
-            if config.augment:
-                xb = augment_batch(xb, generator, flip=config.flip)
-            with autocast_context(device):
-                logits = model(xb)
-            loss = loss_fn(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            loss_sum += loss.detach()
+            size = min(batch_size, n - pos)
+            out_of_memory = False
+            try:
+                loss = train_step(perm[pos:pos + size])
+            except OutOfMemory:
+                if batch_size // 2 < MIN_BATCH:
+                    raise
+                out_of_memory = True             # handled below, once the failed step's frame is gone
+            if out_of_memory:
+                optimizer.zero_grad(set_to_none=True)
+                release_cached_memory(device)
+                batch_size //= 2
+                oom_halvings += 1
+                continue                         # the same images again, in smaller batches
+            pos += size
+            loss_sum += loss
             done += 1
+            if schedule is not None:             # one step per batch of the planned size
+                due = min(total_steps, (epoch - 1) * n_batches + -(-pos // base_batch))
+                while schedule_steps < due:
+                    schedule.step()
+                    schedule_steps += 1
             if done % NAN_CHECK_EVERY == 0:
-                _check_finite(loss_sum, epoch)
+                watch.poll(loss_sum, epoch)
             dt = time.perf_counter() - t0
             batch_est = dt if batch_est is None else (1 - _EMA) * batch_est + _EMA * dt
         if done == 0:
             break
-        _check_finite(loss_sum, epoch)                      # syncs: the epoch's work is done
-        batch_est = (time.perf_counter() - epoch_t0) / done  # synced average corrects async timings
-        train_loss = float(loss_sum) / done
+        train_loss = _check_finite(loss_sum, epoch) / done     # syncs: the epoch's work is done
+        batch_est = (time.perf_counter() - epoch_t0) / done      # synced average corrects async timings
         if not stopped:
             epochs_done = epoch
         if use_beta:
             model.set_surrogate_beta(0.0)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_macro_f1": None, "val_accuracy": None,
-                 "seconds": 0.0, "batches": done, "partial": done < n_batches}
+                 "seconds": 0.0, "batches": done, "partial": n - pos >= MIN_BATCH, "batch_size": batch_size}
         if val is not None and time_left() >= eval_reserve():
             e0 = time.perf_counter()
             metrics = _evaluate(model, val.x, y_val, n_classes, max(batch_size, 256))
@@ -269,22 +367,38 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         best_state = _cpu_state(model)
     else:
         model.load_state_dict(best_state)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
     return TrainResult(epochs_done=epochs_done, best_val_macro_f1=float(best_f1), best_epoch=best_epoch,
                        history=history, seconds=time.perf_counter() - start,
-                       stopped_by_deadline=stopped, state_dict=best_state)
+                       stopped_by_deadline=stopped, state_dict=best_state,
+                       batch_size=batch_size, oom_halvings=oom_halvings)
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Float32 logits for all of x, in eval mode; the model's mode is restored."""
+    """Float32 logits for all of x, in eval mode (bf16 autocast on CUDA); the model's mode
+    is restored. Out of memory on a chunk halves the chunk size and retries it."""
     was_training = model.training
     model.eval()
+    batch_size = max(1, batch_size)
     try:
-        outs = []
+        outs, i = [], 0
         with autocast_context(x.device):
-            for i in range(0, x.shape[0], batch_size):
-                outs.append(model(x[i:i + batch_size]).float())
+            while i < x.shape[0]:
+                out_of_memory = False
+                try:
+                    outs.append(model(x[i:i + batch_size]).float())
+                except OutOfMemory:
+                    if batch_size == 1:
+                        raise
+                    out_of_memory = True
+                if out_of_memory:
+                    release_cached_memory(x.device)
+                    batch_size //= 2
+                    continue
+                i += batch_size
     finally:
         model.train(was_training)
     if not outs:
