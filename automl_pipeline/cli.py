@@ -33,6 +33,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nameserver-port", type=int, default=0, help="name server port (0: any free port)")
     parser.add_argument("--max-image-side", type=int, default=None,
                         help="resize images larger than this (default: 32 on CPU, 64 on CUDA)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a killed run in the same --output-dir: keeps its splits, finished DARTS "
+                             "epochs, finished BOHB trials and delivered model; the time limit is this run's own")
     return parser
 
 
@@ -41,7 +44,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(time_limit_s=args.time_limit, data_dir=args.data_dir, output_dir=args.output_dir,
                     seed=args.seed, device=args.device, quiet=args.quiet, method=args.method,
                     workers=args.workers, nameserver_host=args.nameserver_host,
-                    nameserver_port=args.nameserver_port, max_image_side=args.max_image_side)
+                    nameserver_port=args.nameserver_port, max_image_side=args.max_image_side,
+                    resume=args.resume)
 
 
 def main(argv: list[str]) -> int:

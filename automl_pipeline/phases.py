@@ -136,63 +136,98 @@ def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
     )
 
 
-def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int,
-                        log: Callable[[str], None]) -> tuple[DartsResult | None, str]:
+def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
+                        progress: dict | None = None,
+                        on_checkpoint: Callable[[dict, dict], None] | None = None) -> tuple[DartsResult | None, str]:
     """The DARTS phase: (result, "") or (None, why it was skipped).
 
     Epochs are planned from a timed supernet step; when fewer than MIN_DARTS_EPOCHS fit, the
     search runs on a seeded random subset of train and val sized so that they do.
+    progress: {"meta", "state"} of an earlier attempt's last finished epoch (checkpoints.py): the
+    search continues with that attempt's config and subset, however little time is left (at worst
+    it ends at once with the checkpoint's alphas).
+    on_checkpoint(state, meta): after every finished epoch; meta says how to rebuild the search.
     """
-    if time_left() < MIN_SEARCH_PHASE_S:
-        return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
     loss = make_loss("focal", data.train_counts, gamma=3.0, smoothing=0.8, device=data.device)
-    config = DartsConfig(epochs=MAX_DARTS_EPOCHS, batch_size=64, n_cells=3, base_channels=16, seed=seed)
-    epoch_s = estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss, n_batches=2)
-    available = time_left()
-    train, val = data.train, data.val
-    fraction = min(1.0, available / (MIN_DARTS_EPOCHS * epoch_s))
-    if fraction < 1.0:
-        n_train = int(len(train) * fraction)
-        if n_train < MIN_DARTS_IMAGES_PER_CLASS * data.n_classes or n_train < 2 * config.batch_size:
-            return None, (f"a supernet epoch takes ~{epoch_s:.1f}s; {available:.0f}s leaves too few images "
-                          f"for {MIN_DARTS_EPOCHS} epochs")
-        train, val = _random_subset(train, n_train, seed), _random_subset(val, int(len(val) * fraction), seed)
-        log(f"DARTS: searching on {len(train)} of {len(data.train)} training images to fit "
-            f"{MIN_DARTS_EPOCHS}+ epochs")
-        epoch_s *= fraction
-    epochs = epochs_that_fit(available, epoch_s, high=MAX_DARTS_EPOCHS)
-    config = dataclasses.replace(config, epochs=epochs)
-    log(f"DARTS: ~{epoch_s:.1f}s per supernet epoch, {epochs} epochs planned")
+    if progress is not None:
+        meta = progress["meta"]
+        config = _darts_config_from_json(meta["config"])
+        train, val = data.train, data.val
+        if int(meta["n_train"]) < len(train):
+            train, val = _random_subset(train, int(meta["n_train"]), seed), _random_subset(val, int(meta["n_val"]), seed)
+        epoch_s = float(meta["epoch_s"])
+        log(f"DARTS: resuming after epoch {int(progress['state']['epoch'])}/{config.epochs} "
+            f"on {len(train)} training images")
+    else:
+        if time_left() < MIN_SEARCH_PHASE_S:
+            return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
+        config = DartsConfig(epochs=MAX_DARTS_EPOCHS, batch_size=64, n_cells=3, base_channels=16, seed=seed)
+        epoch_s = estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss, n_batches=2)
+        available = time_left()
+        train, val = data.train, data.val
+        fraction = min(1.0, available / (MIN_DARTS_EPOCHS * epoch_s))
+        if fraction < 1.0:
+            n_train = int(len(train) * fraction)
+            if n_train < MIN_DARTS_IMAGES_PER_CLASS * data.n_classes or n_train < 2 * config.batch_size:
+                return None, (f"a supernet epoch takes ~{epoch_s:.1f}s; {available:.0f}s leaves too few images "
+                              f"for {MIN_DARTS_EPOCHS} epochs")
+            train, val = _random_subset(train, n_train, seed), _random_subset(val, int(len(val) * fraction), seed)
+            log(f"DARTS: searching on {len(train)} of {len(data.train)} training images to fit "
+                f"{MIN_DARTS_EPOCHS}+ epochs")
+            epoch_s *= fraction
+        epochs = epochs_that_fit(available, epoch_s, high=MAX_DARTS_EPOCHS)
+        config = dataclasses.replace(config, epochs=epochs)
+        log(f"DARTS: ~{epoch_s:.1f}s per supernet epoch, {epochs} epochs planned")
+        meta = {"config": config.to_json(), "n_train": len(train), "n_val": len(val), "epoch_s": float(epoch_s)}
 
     def on_epoch(row: dict) -> None:
-        log(f"DARTS epoch {row['epoch']}/{epochs}: skips {row['skip_count']}, beta {row['beta']:.2f}, "
+        log(f"DARTS epoch {row['epoch']}/{config.epochs}: skips {row['skip_count']}, beta {row['beta']:.2f}, "
             f"val acc {row['val_acc']:.3f}")
 
     result = run_darts(train, val, data.n_classes, config, time_left=time_left, loss=loss, on_epoch=on_epoch,
-                       step_seconds=epoch_s / steps_per_epoch(len(train), config))
+                       step_seconds=epoch_s / steps_per_epoch(len(train), config),
+                       on_checkpoint=None if on_checkpoint is None else (lambda state: on_checkpoint(state, meta)),
+                       resume=None if progress is None else progress["state"])
     log(f"DARTS: {result.stop_reason} after {result.epochs_run} epochs; genotype {result.genotype}")
     return result, ""
 
 
+def _darts_config_from_json(d: dict) -> DartsConfig:
+    d = dict(d)
+    d["ops"], d["a_betas"] = tuple(d["ops"]), tuple(d["a_betas"])
+    return DartsConfig(**d)
+
+
 def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, baseline: bool,
                            seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
-                           log: Callable[[str], None]) -> tuple[BohbResult | None, str]:
-    """The BOHB phase: (result, "") or (None, why it was skipped)."""
+                           log: Callable[[str], None], previous=None,
+                           sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
+    """The BOHB phase: (result, "") or (None, why it was skipped).
+
+    previous: None, or `space -> directory | None` giving hpbandster logs of earlier trials to
+    warm-start from (a resumed run; see checkpoints.Checkpoints.previous_bohb_dir).
+    sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
+    one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
+    """
+    sampling_seed = seed if sampling_seed is None else sampling_seed
     if time_left() < MIN_SEARCH_PHASE_S:
         return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
     ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                        image_side=data.image_side, darts=None if baseline else darts, device=data.device,
                        seed=seed, baseline=baseline, darts_ops=darts.ops if darts is not None else TEMPLATE_OPS)
-    space = build_config_space(seed=seed, darts_available=ctx.darts is not None, baseline=baseline)
+    space = build_config_space(seed=sampling_seed, darts_available=ctx.darts is not None, baseline=baseline)
     default = to_plain(dict(space.get_default_configuration()))
     epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), data, int(default["batch_size"]))
     needed = MIN_BOHB_TRIALS * epoch_s + BOHB_STARTUP_S
     if time_left() < needed:
         return None, f"{time_left():.0f}s left, {needed:.0f}s needed for {MIN_BOHB_TRIALS} short trials"
     log(f"BOHB: ~{epoch_s:.2f}s per epoch of the default configuration, {workers} worker(s)")
-    result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, seed=seed, n_local_workers=workers,
+    previous_dir = None if previous is None else previous(space)
+    if previous_dir is not None:
+        log(f"BOHB: warm start from the trials in {previous_dir}")
+    result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, seed=sampling_seed, n_local_workers=workers,
                       nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
-                      config_space=space, log=log)
+                      config_space=space, log=log, previous_result=previous_dir)
     if result.warning():
         log(f"BOHB: {result.warning()}")
     return result, ""

@@ -9,12 +9,14 @@ import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from automl_pipeline import phases
+from automl_pipeline.checkpoints import Checkpoints, config_fits, fingerprint, merge_kept_trials
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
 from automl_pipeline.delivery import Delivery
 from automl_pipeline.errors import InputError
@@ -34,6 +36,11 @@ PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
 WATCHDOG_GRACE_S = 1.5
 # Exit code when the run was stopped (limit or signal) before any prediction existed.
 NO_PREDICTIONS_EXIT_CODE = 3
+# TEST-ONLY hook: AUTOML_TEST_HANG_PHASE=<phase name> makes that phase hang forever, so tests can
+# check that the watchdog still ends the run in time with valid predictions (tests/test_faults.py).
+HANG_PHASE_ENV = "AUTOML_TEST_HANG_PHASE"
+# A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
+RESUME_SEED_STRIDE = 7919
 
 
 def default_max_side(device: torch.device) -> int:
@@ -92,8 +99,12 @@ class RunReport:
 
 
 def run(settings: Settings) -> int:
-    """Run the whole job; returns the process exit code (0 ok, 2 bad input or output folder;
-    3 when stopped by the limit or a signal before any prediction was written)."""
+    """Run the whole job; returns the process exit code (0 ok, 2 bad input or output folder or a
+    refused --resume; 3 when stopped by the limit or a signal before any prediction was written;
+    130 after SIGINT, from the signal handler).
+
+    A phase that raises is recorded as a `phase_failed` event and the run goes on with what it
+    has; only an error outside the phases ends it (report status "crashed", the traceback raised)."""
     with_plots = settings.time_limit_s >= PLOTS_MIN_LIMIT_S
     margin = default_margin_s(settings.time_limit_s) + (PLOTS_RESERVE_S if with_plots else 0.0)
     budget = Budget(settings.time_limit_s, already_elapsed_s=process_elapsed_s(), margin_s=margin)
@@ -123,6 +134,10 @@ def run(settings: Settings) -> int:
     except InputError as err:
         log.error(str(err))
         return 2
+    except Exception as err:   # a bug: still leave the report next to the predictions already written
+        log.error(f"the run crashed: {type(err).__name__}: {err}")
+        report.finish("crashed")
+        raise
     finally:
         watchdog.stop()
         log.close()
@@ -131,14 +146,20 @@ def run(settings: Settings) -> int:
 def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> None:
     device = resolve_device(settings.device)
     threads = configure_threads()
+    max_side = settings.max_image_side or default_max_side(device)
+    checkpoints = Checkpoints(out_dir)
+    checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
+                                  image_side_cap=max_side), resume=settings.resume)
     # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
     # in a thread while the data loads, not inside the first phase's time.
     warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
     warming.start()
     report.sections["environment"] = _environment(device, threads)
     log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
-    dataset = load_dataset(settings.data_dir, max_side=settings.max_image_side or default_max_side(device))
+    dataset = load_dataset(settings.data_dir, max_side=max_side)
     splits = make_splits(dataset, seed=settings.seed)
+    if settings.resume:
+        checkpoints.check_splits(splits.to_json(settings.seed))
     write_json(out_dir / "splits.json", splits.to_json(settings.seed))
     report.sections["data"] = _data_section(dataset, splits)
     for note in dataset.notes:
@@ -148,45 +169,134 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     warming.join(timeout=max(0.0, budget.remaining()))
     delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
     report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
-    delivery.offer(phases.majority_candidate(data, splits.val.labels))
+
+    def deliver(candidate) -> None:
+        if delivery.offer(candidate):
+            checkpoints.save_delivered(candidate)
+
+    resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
+    deliver(phases.majority_candidate(data, splits.val.labels))
 
     baseline = settings.method == "baseline"
     budget.plan(PLAN_BASELINE if baseline else PLAN_OURS)
-    with budget.start_phase("first_model") as phase:
-        spec = phases.first_model_spec(data)
-        epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
-        epochs = phases.epochs_that_fit(phase.remaining(), epoch_s)
-        log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
-        config = phases.default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline,
-                                             seed=settings.seed)
-        candidate, _ = phases.train_candidate("first model", spec, config, data, phase.remaining, log=log)
-        delivery.offer(candidate)
+    if resumed is not None and resumed["trained_model_kept"]:
+        budget.skip_phase("first_model", "resumed: the delivered trained model is kept")
+    else:
+        with budget.start_phase("first_model") as phase:
+            _hang_if_asked("first_model")
+            spec = phases.first_model_spec(data)
+            epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
+            epochs = phases.epochs_that_fit(phase.remaining(), epoch_s)
+            log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
+            config = phases.default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline,
+                                                 seed=settings.seed)
+            try:
+                candidate, _ = phases.train_candidate("first model", spec, config, data, phase.remaining, log=log)
+                deliver(candidate)
+            except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
+                _phase_failed(log, "first_model", err)
 
     darts = None
     if not baseline:
-        with budget.start_phase("darts") as phase:
-            darts, why_not = phases.search_architecture(data, phase.remaining, seed=settings.seed, log=log)
+        outcome = checkpoints.load_darts_outcome() if settings.resume else None
+        if outcome is not None:
+            budget.skip_phase("darts", "resumed: the DARTS outcome of the earlier attempt is kept")
+            darts, why_not = outcome
+        else:
+            progress = checkpoints.load_darts_progress() if settings.resume else None
+            with budget.start_phase("darts") as phase:
+                _hang_if_asked("darts")
+                try:
+                    darts, why_not = phases.search_architecture(data, phase.remaining, seed=settings.seed, log=log,
+                                                                progress=progress,
+                                                                on_checkpoint=checkpoints.save_darts_progress)
+                    checkpoints.save_darts_outcome(darts, why_not)
+                except Exception as err:   # noqa: BLE001
+                    darts, why_not = None, _phase_failed(log, "darts", err)
         if darts is None:
             log.event("darts_skipped", why_not)
         else:
             report.sections["darts"] = darts.report()
 
+    kept = checkpoints.kept_trials() if settings.resume else []
+    previous = None
+    if kept:
+        previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
     with budget.start_phase("bohb") as phase:
-        bohb, why_not = phases.search_hyperparameters(
-            data, darts, phase.remaining, baseline=baseline, seed=settings.seed, out_dir=out_dir,
-            workers=settings.workers, nameserver_host=settings.nameserver_host,
-            nameserver_port=settings.nameserver_port, log=log)
+        _hang_if_asked("bohb")
+        try:
+            bohb, why_not = phases.search_hyperparameters(
+                data, darts, phase.remaining, baseline=baseline, seed=settings.seed, out_dir=out_dir,
+                workers=settings.workers, nameserver_host=settings.nameserver_host,
+                nameserver_port=settings.nameserver_port, log=log, previous=previous,
+                sampling_seed=settings.seed + RESUME_SEED_STRIDE * checkpoints.attempt)
+        except Exception as err:   # noqa: BLE001
+            bohb, why_not = None, _phase_failed(log, "bohb", err)
     if bohb is None:
         log.event("bohb_skipped", why_not)
-    else:
+    bohb = merge_kept_trials(bohb, kept)
+    if bohb is not None:
         report.sections["bohb"] = bohb.report()
+        if kept:
+            report.sections["bohb"]["kept_trials"] = [t.to_json() for t in kept]
         for error in report.sections["bohb"]["errors"]:
             log.event("failed_trial", error)
 
     with budget.start_phase("final_fit") as phase:
-        source, spec, config_for = phases.final_choice(data, darts, bohb, baseline=baseline, seed=settings.seed)
-        for candidate in phases.fit_for_the_time_left(source, spec, config_for, data, phase.remaining, log=log):
+        _hang_if_asked("final_fit")
+        try:
+            source, spec, config_for = phases.final_choice(data, darts, bohb, baseline=baseline, seed=settings.seed)
+            for candidate in phases.fit_for_the_time_left(source, spec, config_for, data, phase.remaining, log=log):
+                deliver(candidate)
+        except Exception as err:   # noqa: BLE001
+            _phase_failed(log, "final_fit", err)
+
+
+def _phase_failed(log: RunLog, name: str, err: Exception) -> str:
+    """Record a phase that raised; the run goes on with the best model delivered so far."""
+    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]
+    log.event("phase_failed", f"{name}: {text}; the run goes on with what it has")
+    return f"failed ({text})"
+
+
+def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, data: phases.RunData, log: RunLog,
+            report: RunReport) -> dict:
+    """Take over what the killed attempt left: its delivered model, DARTS epochs and BOHB trials.
+
+    Records one `resume` event and the report's `resume` section; returns that section.
+    """
+    n_predict = len(data.heldout) if data.predict is None else len(data.predict)
+    candidate, rewrite, note = checkpoints.load_delivered(n_predict, len(data.heldout))
+    if candidate is not None:
+        if rewrite:
             delivery.offer(candidate)
+            checkpoints.save_delivered(candidate)
+        else:
+            delivery.best = candidate
+    n_trials = checkpoints.archive_bohb()
+    outcome = checkpoints.load_darts_outcome()
+    progress = checkpoints.load_darts_progress()
+    if settings.method == "baseline":
+        darts_epochs, darts_note = 0, "no DARTS in the baseline"
+    elif outcome is not None:
+        darts_epochs, darts_note = (outcome[0].epochs_run if outcome[0] is not None else 0), "DARTS finished"
+    else:
+        darts_epochs = 0 if progress is None else int(progress["state"]["epoch"])
+        darts_note = "DARTS continues" if progress is not None else "DARTS starts afresh"
+    section = {"attempt": checkpoints.attempt, "from": str(checkpoints.dir), "darts_epochs_kept": darts_epochs,
+               "bohb_trials_kept": n_trials, "delivered": note,
+               "trained_model_kept": candidate is not None and candidate.source != "majority-class fallback"}
+    report.sections["resume"] = section
+    log.event("resume", f"resumed from {checkpoints.dir} (attempt {checkpoints.attempt}): {darts_epochs} DARTS "
+                        f"epochs, {n_trials} BOHB trials kept ({darts_note}); delivered model: {note}")
+    return section
+
+
+def _hang_if_asked(phase_name: str) -> None:
+    """TEST-ONLY (HANG_PHASE_ENV): hang here for ever, as a stuck phase would."""
+    if os.environ.get(HANG_PHASE_ENV) == phase_name:
+        while True:
+            time.sleep(0.5)
 
 
 def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> phases.RunData:

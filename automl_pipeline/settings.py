@@ -26,6 +26,10 @@ class Settings:
     method: "ours" runs DARTS then BOHB over DARTS-informed cells with focal loss and class
     weights; "baseline" is the same pipeline with DARTS off: BOHB over a fixed CNN of template
     blocks with plain cross-entropy and no class weights.
+
+    resume: continue the run whose checkpoints are in output_dir/checkpoints (its splits, finished
+    DARTS epochs, finished BOHB trials and delivered model); refused (exit 2) when there are none
+    or when the data, method, seed or image side differ. The time limit is this run's own.
     """
 
     time_limit_s: float
@@ -39,6 +43,7 @@ class Settings:
     nameserver_host: str = "127.0.0.1"
     nameserver_port: int = 0
     max_image_side: int | None = None
+    resume: bool = False             # continue the killed run in output_dir (see automl_pipeline/checkpoints.py)
 
     def __post_init__(self) -> None:
         if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):

@@ -42,6 +42,8 @@ from automl_pipeline.darts.discretize import derive_genotype
 from automl_pipeline.darts.supernet import SuperNet
 from automl_pipeline.search_space.genotype import Genotype
 from automl_pipeline.search_space.ops import OPS, TEMPLATE_OPS
+from automl_pipeline.training.device import (autocast_context, configure_device, optimizer_kwargs,
+                                             use_channels_last)
 from automl_pipeline.training.tensors import TensorData
 
 STEP_SAFETY = 1.5
@@ -145,35 +147,50 @@ def skip_count(weights_normal: np.ndarray, ops: tuple[str, ...], threshold: floa
 
 
 class _Search:
-    """Supernet, optimisers and batching of one search (internal)."""
+    """Supernet, optimisers and batching of one search (internal).
+
+    GPU path: bf16 autocast for the forward passes on CUDA (`amp`; off for second_order,
+    whose finite differences need full precision), fused optimizer kernels on CUDA,
+    batches drawn by a generator on the data's device, optional channels_last, and no
+    host-device sync per step: `step` returns the step's sums as device tensors, the caller
+    adds them up and `to_floats` reads them once per epoch (and checks they are finite).
+    """
 
     def __init__(self, train: TensorData, val: TensorData, n_classes: int, config: DartsConfig, loss: nn.Module,
-                 init_alphas: tuple[np.ndarray, np.ndarray] | None = None):
+                 init_alphas: tuple[np.ndarray, np.ndarray] | None = None, *, amp: bool = True,
+                 channels_last: bool | None = None):
         if train.y is None or val.y is None or len(train) == 0 or len(val) == 0:
             raise ValueError("DARTS needs non-empty labelled train and val sets")
         torch.manual_seed(config.seed)
         self.config, self.loss, self.train, self.val = config, loss, train, val
         self.device = train.x.device
+        configure_device(self.device)
+        self.amp = amp and not config.second_order
+        self.channels_last = use_channels_last(self.device, channels_last)
         self.model = SuperNet(train.x.shape[1], n_classes, int(train.x.shape[-1]), ops=config.ops,
                               n_cells=config.n_cells, base_channels=config.base_channels,
                               n_nodes=config.n_nodes).to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         if init_alphas is not None:
             with torch.no_grad():
                 for p, a in zip(self.model.arch_parameters(), init_alphas):
                     p.copy_(torch.as_tensor(np.asarray(a), dtype=p.dtype))
         self.arch = self.model.arch_parameters()
         self.weights = self.model.weight_parameters()
+        fused = optimizer_kwargs(self.device)
         self.w_opt = torch.optim.SGD(self.weights, lr=config.w_lr, momentum=config.w_momentum,
-                                     weight_decay=config.w_wd)
-        self.a_opt = torch.optim.Adam(self.arch, lr=config.a_lr, betas=config.a_betas, weight_decay=config.a_wd)
-        self.gen = torch.Generator().manual_seed(config.seed)
+                                     weight_decay=config.w_wd, **fused)
+        self.a_opt = torch.optim.Adam(self.arch, lr=config.a_lr, betas=config.a_betas, weight_decay=config.a_wd,
+                                      **fused)
+        self.gen = torch.Generator(device=self.device).manual_seed(config.seed)
         self.bs = config.batch_size
         self.fd_eps = FD_EPS
         self.steps_per_epoch = steps_per_epoch(len(train), config)
         self._val_perm, self._val_pos = self._perm(len(val)), 0
 
     def _perm(self, n: int) -> torch.Tensor:
-        return torch.randperm(n, generator=self.gen).to(self.device)
+        return torch.randperm(n, generator=self.gen, device=self.device)
 
     def train_batches(self):
         perm = self._perm(len(self.train))
@@ -194,11 +211,13 @@ class _Search:
         self.model.set_beta(beta)
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
-        value = self.loss(logits, y)
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"DARTS loss is {value.item()}")
-        return logits, value
+        """(logits, loss); the forward under bf16 autocast on CUDA, the loss in float32.
+        Not checked for NaN here (that would sync every step): see `to_floats`/`softmaxed`."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp):
+            logits = self.model(x)
+        return logits, self.loss(logits.float(), y)
 
     def _grads(self, value: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
         grads = torch.autograd.grad(value, params, allow_unused=True)
@@ -257,13 +276,32 @@ class _Search:
         lt.backward(inputs=self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.config.grad_clip)
         self.w_opt.step()
-        return {"train_loss": lt.item() * len(yt), "train_correct": (logits_t.argmax(1) == yt).sum().item(),
-                "n_train": len(yt), "val_loss": lv.item() * len(yv),
-                "val_correct": (logits_v.argmax(1) == yv).sum().item(), "n_val": len(yv)}
+        with torch.no_grad():
+            return {"train_loss": lt.detach() * len(yt), "train_correct": (logits_t.argmax(1) == yt).sum(),
+                    "n_train": len(yt), "val_loss": lv.detach() * len(yv),
+                    "val_correct": (logits_v.argmax(1) == yv).sum(), "n_val": len(yv)}
+
+    @staticmethod
+    def to_floats(totals: dict) -> dict[str, float]:
+        """Summed `step` results (device tensors and ints) -> floats, in one device->host copy.
+        FloatingPointError when a summed loss is not finite."""
+        keys = [k for k, v in totals.items() if torch.is_tensor(v)]
+        values = torch.stack([totals[k].float() for k in keys]).cpu().tolist() if keys else []
+        out = {k: float(v) for k, v in totals.items() if not torch.is_tensor(v)}
+        out.update(zip(keys, values))
+        for k in ("train_loss", "val_loss"):
+            if k in out and not math.isfinite(out[k]):
+                raise FloatingPointError(f"DARTS {k.replace('_', ' ')} is {out[k]}")
+        return out
 
     def softmaxed(self) -> tuple[np.ndarray, np.ndarray]:
+        """Softmaxed (normal, reduce) alphas as float64 arrays (one sync); FloatingPointError
+        when they are not finite (a NaN loss that went unread reaches the alphas)."""
         with torch.no_grad():
-            return tuple(F.softmax(a, dim=-1).cpu().numpy().astype(np.float64) for a in self.arch)
+            out = tuple(F.softmax(a.float(), dim=-1).cpu().numpy().astype(np.float64) for a in self.arch)
+        if not all(np.isfinite(a).all() for a in out):
+            raise FloatingPointError("DARTS alphas became non-finite (NaN loss)")
+        return out
 
     def snapshot(self) -> list[torch.Tensor]:
         return [a.detach().clone() for a in self.arch]
@@ -305,7 +343,8 @@ def steps_per_epoch(n_train: int, config: DartsConfig) -> int:
 def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsConfig, *,
               time_left: Callable[[], float], loss: nn.Module, on_epoch: Callable[[dict], None] | None = None,
               step_seconds: float | None = None, clock: Callable[[], float] = time.monotonic,
-              init_alphas: tuple[np.ndarray, np.ndarray] | None = None) -> DartsResult:
+              init_alphas: tuple[np.ndarray, np.ndarray] | None = None,
+              on_checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> DartsResult:
     """Search a cell on (train, val) until the planned epochs, the skip limit or the deadline.
 
     time_left: () -> seconds; asked before every step (see the module docstring).
@@ -315,6 +354,12 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         the first step is also deadline-checked and epochs=None can plan at once.
     clock: monotonic seconds, for the recorded durations and step-time estimates.
     init_alphas: raw (pre-softmax) alphas (normal, reduce) to start from.
+    on_checkpoint: called after every completed epoch (after on_epoch) with the search state:
+        a dict of tensors and plain Python values only (supernet state_dict with the alphas,
+        both optimisers' state_dicts, the batching generator, epoch index, planned epochs,
+        per-epoch history), so `torch.save` + `torch.load(weights_only=True)` round-trip it.
+    resume: such a dict; the search continues after its last completed epoch with the same
+        config (the caller's job to pass the same config and data).
     """
     t_start = clock()
     search = _Search(train, val, n_classes, config, loss, init_alphas)
@@ -326,11 +371,34 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         epoch_s = max(step_times) * search.steps_per_epoch
         return int(min(MAX_PLANNED_EPOCHS, max(1, time_left() // (1.1 * epoch_s))))
 
+    skips, betas, alphas_hist, epoch_secs, history = [], [], [], [], []
+    stop_reason, steps, epoch, seconds_before = "completed", 0, 0, 0.0
+    if resume is not None:
+        search.model.load_state_dict(resume["model"])
+        search.w_opt.load_state_dict(resume["w_opt"])
+        search.a_opt.load_state_dict(resume["a_opt"])
+        search.gen.set_state(resume["generator"])
+        search._val_perm, search._val_pos = resume["val_perm"].to(search.device), int(resume["val_pos"])
+        epoch, planned, steps = int(resume["epoch"]), resume["planned"], int(resume["steps"])
+        stop_reason, seconds_before = str(resume["stop_reason"]), float(resume["seconds"])
+        step_times.extend(float(t) for t in resume["step_times"])
+        skips, betas = [int(v) for v in resume["skips"]], [float(v) for v in resume["betas"]]
+        alphas_hist, epoch_secs = list(resume["alphas_per_epoch"]), [float(v) for v in resume["epoch_seconds"]]
+        history = [dict(row) for row in resume["history"]]
+
+    def state() -> dict:
+        return {"model": {k: v.detach().cpu().clone() for k, v in search.model.state_dict().items()},
+                "w_opt": search.w_opt.state_dict(), "a_opt": search.a_opt.state_dict(),
+                "generator": search.gen.get_state(), "val_perm": search._val_perm.detach().cpu().clone(),
+                "val_pos": int(search._val_pos), "epoch": epoch, "planned": planned, "steps": steps,
+                "stop_reason": stop_reason, "seconds": seconds_before + clock() - t_start,
+                "step_times": [float(t) for t in step_times], "skips": list(skips), "betas": list(betas),
+                "alphas_per_epoch": list(alphas_hist), "epoch_seconds": list(epoch_secs),
+                "history": [dict(row) for row in history]}
+
     if planned is None and step_times:
         planned = plan()
-    skips, betas, alphas_hist, epoch_secs, history = [], [], [], [], []
-    stop_reason, steps, epoch = "completed", 0, 0
-    while planned is None or epoch < planned:
+    while stop_reason == "completed" and (planned is None or epoch < planned):
         e_total = planned if planned is not None else MAX_PLANNED_EPOCHS   # epoch 0 does not depend on it
         beta = beta_schedule(config.beta0, epoch, e_total)
         lr = cosine_lr(config.w_lr, config.w_lr_min, epoch, e_total)
@@ -354,6 +422,7 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
                 search.restore(snap)
             break
         w_normal, w_reduce = search.softmaxed()
+        totals = search.to_floats(totals)           # the epoch's one read of the step sums
         count = skip_count(w_normal, ops, config.skip_threshold)
         epoch_secs.append(clock() - t_epoch)
         skips.append(count)
@@ -371,7 +440,8 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         if count > config.skip_limit:
             search.restore(snap)
             stop_reason = "skip_limit"
-            break
+        if on_checkpoint is not None:
+            on_checkpoint(state())
     w_normal, w_reduce = search.softmaxed()
     genotype = derive_genotype(w_normal, w_reduce, ops, allow_zero=config.allow_zero, grouping=config.grouping,
                                max_skips=config.max_skips)
@@ -379,5 +449,5 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         genotype=genotype, alphas_normal=w_normal, alphas_reduce=w_reduce,
         epochs_planned=int(planned if planned is not None else 0), epochs_run=epoch,
         stopped_early=stop_reason != "completed", stop_reason=stop_reason, skip_count_per_epoch=skips,
-        beta_per_epoch=betas, alphas_per_epoch=alphas_hist, seconds=clock() - t_start, epoch_seconds=epoch_secs,
-        ops=ops, steps_run=steps, history=history, config=config)
+        beta_per_epoch=betas, alphas_per_epoch=alphas_hist, seconds=seconds_before + clock() - t_start,
+        epoch_seconds=epoch_secs, ops=ops, steps_run=steps, history=history, config=config)

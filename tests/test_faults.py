@@ -1,0 +1,177 @@
+"""Faults the run survives: failing and NaN trials, a hung trial, a hung phase, SIGINT, a kill
+while a checkpoint is written, and a warm start that must not redo finished trials."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ConfigSpace import ConfigurationSpace, Float
+
+from automl_pipeline import checkpoints as ck_module
+from automl_pipeline.bohb import run_bohb
+from automl_pipeline.checkpoints import Checkpoints, fingerprint, load_tensors, save_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _space(seed: int = 0) -> ConfigurationSpace:
+    cs = ConfigurationSpace(seed=seed)
+    cs.add([Float("lr", (1e-4, 1e-1), log=True, default=1e-2), Float("x", (0.0, 1.0))])
+    return cs
+
+
+def _phase(seconds: float):
+    start = time.monotonic()
+    return lambda: max(0.0, seconds - (time.monotonic() - start))
+
+
+def _ok(f1: float) -> dict:
+    return {"loss": 1.0 - f1, "info": {"val_macro_f1": f1, "evaluated": True, "error": None, "epochs_done": 1,
+                                       "stopped_by_deadline": False}}
+
+
+# --------------------------------------------------------------------------- BOHB trials
+
+def test_raising_and_nan_trials_are_results_not_a_dead_search(tmp_path):
+    def evaluate(config, budget, ctx, time_left):
+        if config["x"] < 0.3:
+            raise RuntimeError("CUDA out of memory (injected)")
+        if config["x"] < 0.6:
+            return {"loss": float("nan"), "info": {"val_macro_f1": float("nan"), "evaluated": True, "error": None}}
+        return _ok(config["x"])
+
+    result = run_bohb(None, time_left=_phase(3.0), out_dir=tmp_path, min_budget=1, max_budget=3,
+                      config_space=_space(), evaluate=evaluate, wrapup_s=1.0, log=lambda s: None)
+    failed = [t for t in result.trials if t.error]
+    nan = [t for t in result.trials if 0.3 <= t.config["x"] < 0.6]
+    good = [t for t in result.trials if t.config["x"] >= 0.6]
+    assert failed and good and nan, [t.config for t in result.trials]
+    assert all("out of memory" in t.error and t.loss == 1.0 for t in failed)
+    assert all(math.isfinite(t.loss) for t in result.trials)
+    assert result.incumbent_config is not None and result.incumbent_config["x"] >= 0.6
+    assert any("out of memory" in e for e in result.report()["errors"])
+    lines = (tmp_path / "bohb" / "results.json").read_text().splitlines()
+    assert len(lines) == len(result.trials)       # every trial, failed or not, is on disk
+
+
+def test_a_hung_trial_does_not_hold_the_phase_past_its_deadline(tmp_path):
+    never = threading.Event()
+
+    def hang(config, budget, ctx, time_left):     # ignores its deadline: hangs for good (a daemon thread)
+        never.wait()
+
+    started = time.monotonic()
+    result = run_bohb(None, time_left=_phase(3.0), out_dir=tmp_path, min_budget=1, max_budget=3,
+                      config_space=_space(), evaluate=hang, wrapup_s=1.0, log=lambda s: None)
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0 + 0.5, elapsed
+    assert result.incumbent_config is None and result.trials == []
+
+
+def test_warm_start_from_kept_trials_does_not_redo_them(tmp_path):
+    """The resumed attempt's BOHB (other sampling seed, previous trials fed to its model)."""
+    first = run_bohb(None, time_left=_phase(4.0), out_dir=tmp_path, min_budget=1, max_budget=3,
+                     config_space=_space(seed=0), evaluate=lambda c, b, ctx, t: _ok(c["x"]), wrapup_s=1.0,
+                     log=lambda s: None)
+    assert first.trials
+    ck = Checkpoints(tmp_path)
+    ck.dir.mkdir()                    # as the first attempt's start() left it (start() would clear bohb/)
+    assert ck.archive_bohb() == len(first.trials)
+    space = _space(seed=7919)
+    previous = ck.previous_bohb_dir(lambda config: ck_module.config_fits(space, config))
+    second = run_bohb(None, time_left=_phase(4.0), out_dir=tmp_path, min_budget=1, max_budget=3, seed=7919,
+                      config_space=space, evaluate=lambda c, b, ctx, t: _ok(c["x"]), wrapup_s=1.0,
+                      previous_result=previous, log=lambda s: None)
+    old = {json.dumps(t.config, sort_keys=True) for t in first.trials}
+    new = {json.dumps(t.config, sort_keys=True) for t in second.trials}
+    assert second.trials and not old & new
+    assert len(second.hpbandster_result.get_all_runs()) == len(first.trials) + len(second.trials)
+
+
+# --------------------------------------------------------------------------- checkpoint writes
+
+def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "darts.pt"
+    save_tensors(path, {"epoch": 1, "w": torch.ones(3)})
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed during os.replace")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_tensors(path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_tensors(path)["epoch"] == 1 and torch.equal(load_tensors(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["darts.pt"]          # no temp file left behind
+    # a SIGKILL leaves a half-written temp file: readers never look at it
+    (tmp_path / ".darts.pt.abc.tmp").write_bytes(b"PK\x03\x04 truncated")
+    assert load_tensors(path)["epoch"] == 1
+
+
+def test_a_damaged_darts_checkpoint_means_starting_darts_afresh(tmp_path):
+    ck = Checkpoints(tmp_path)
+    ck.start(fingerprint(data_dir=None, method="ours", seed=0, image_side_cap=32), resume=False)
+    ck.save_darts_progress({"epoch": 2, "alphas": torch.zeros(2, 2)}, {"n_train": 10})
+    assert ck.load_darts_progress()["state"]["epoch"] == 2
+    data = (ck.dir / "darts.pt").read_bytes()
+    (ck.dir / "darts.pt").write_bytes(data[: len(data) // 2])
+    assert ck.load_darts_progress() is None
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    import datetime
+
+    torch.save({"x": datetime.date(2020, 1, 1)}, tmp_path / "evil.pt")    # an arbitrary pickled object
+    with pytest.raises(pickle.UnpicklingError):
+        load_tensors(tmp_path / "evil.pt")
+
+
+# --------------------------------------------------------------------------- the process
+
+def _check_predictions(out: Path) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    predictions = np.load(out / "predictions.npy", allow_pickle=False)
+    assert predictions.dtype == np.int64 and len(predictions) == report["data"]["n_predict"]
+    assert predictions.min() >= 0 and predictions.max() < report["data"]["n_classes"]
+    return report
+
+
+def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "--time-limit", "20", "--output-dir", str(out),
+                           "--quiet", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "AUTOML_TEST_HANG_PHASE": "darts"})
+    wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert wall < 20, wall
+    report = _check_predictions(out)
+    assert report["status"] == "stopped_by_watchdog"
+    running = [p["name"] for p in report["phases"] if p.get("start_s") is not None and p.get("end_s") is None]
+    assert running == ["darts"]
+
+
+def test_sigint_exits_130_with_valid_predictions(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--time-limit", "60", "--output-dir", str(out),
+                             "--quiet", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 40
+    while not (out / "predictions.npy").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert _check_predictions(out)["status"] == "stopped_by_signal"

@@ -1,0 +1,240 @@
+"""--resume: checkpoints of DARTS, BOHB trials and the delivered model; refusals; a SIGKILL mid-BOHB."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hpbandster.core.result import logged_results_to_HBS_result
+from sklearn.datasets import load_digits
+
+from automl_pipeline.bohb.phase import BohbResult, TrialRecord
+from automl_pipeline.checkpoints import (Checkpoints, darts_result_from_report, fingerprint, load_tensors,
+                                         merge_kept_trials, save_tensors)
+from automl_pipeline.darts import DartsConfig, run_darts
+from automl_pipeline.delivery import Candidate
+from automl_pipeline.errors import InputError
+from automl_pipeline.training import TensorData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    x = torch.tensor((d.images[:, None] / 16.0 - 0.3) / 0.4, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    return TensorData(x[:48], y[:48]), TensorData(x[48:96], y[48:96])
+
+
+def _fp(seed=0, **kw):
+    return fingerprint(**({"data_dir": None, "method": "ours", "seed": seed, "image_side_cap": 32} | kw))
+
+
+# --------------------------------------------------------------------------- DARTS
+
+def test_darts_resumed_from_a_checkpoint_equals_an_uninterrupted_search(digits, tmp_path):
+    torch.set_num_threads(1)
+    train, val = digits
+    cfg = DartsConfig(epochs=3, batch_size=16, n_cells=2, base_channels=4, seed=0)
+    loss = torch.nn.CrossEntropyLoss()
+    saved = []
+
+    def on_checkpoint(state):   # through the disk, as a killed run would leave it
+        path = tmp_path / f"darts{len(saved)}.pt"
+        save_tensors(path, state)
+        saved.append(path)
+
+    straight = run_darts(train, val, 10, cfg, time_left=lambda: 1e9, loss=loss, on_checkpoint=on_checkpoint)
+    assert len(saved) == 3
+    state = load_tensors(saved[0])              # weights_only=True: tensors and plain types only
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    resumed = run_darts(train, val, 10, cfg, time_left=lambda: 1e9, loss=loss, resume=state)
+    assert resumed.epochs_run == 3 and len(resumed.history) == 3 and resumed.steps_run == straight.steps_run
+    assert np.allclose(resumed.alphas_normal, straight.alphas_normal, atol=1e-6)
+    assert np.allclose(resumed.alphas_reduce, straight.alphas_reduce, atol=1e-6)
+    assert resumed.genotype == straight.genotype
+    # a finished search resumes to the same result without stepping
+    done = run_darts(train, val, 10, cfg, time_left=lambda: 1e9, loss=loss, resume=load_tensors(saved[-1]))
+    assert done.steps_run == straight.steps_run and np.allclose(done.alphas_normal, straight.alphas_normal)
+    back = darts_result_from_report(straight.report())
+    assert back.genotype == straight.genotype and back.config == cfg
+    assert np.allclose(back.alphas_reduce, straight.alphas_reduce)
+
+
+# --------------------------------------------------------------------------- run.json, splits
+
+def test_start_resume_and_refusals(tmp_path):
+    ck = Checkpoints(tmp_path)
+    with pytest.raises(InputError, match="nothing to resume"):
+        ck.start(_fp(), resume=True)
+    ck.start(_fp(), resume=False)
+    assert ck.attempt == 0
+    with pytest.raises(InputError, match="seed was 0, now 1"):
+        Checkpoints(tmp_path).start(_fp(seed=1), resume=True)
+    with pytest.raises(InputError, match="method"):
+        Checkpoints(tmp_path).start(_fp(method="baseline"), resume=True)
+    with pytest.raises(InputError, match="image_side_cap"):
+        Checkpoints(tmp_path).start(_fp(image_side_cap=64), resume=True)
+    again = Checkpoints(tmp_path)
+    again.start(_fp(), resume=True)
+    assert again.attempt == 1
+    (tmp_path / "splits.json").write_text(json.dumps({"train": {"ids": ["a"]}}))
+    again.check_splits({"train": {"ids": ["a"]}})
+    with pytest.raises(InputError, match="splits differ"):
+        again.check_splits({"train": {"ids": ["b"]}})
+    # a fresh start clears the old checkpoints
+    (again.dir / "delivered.json").write_text("{}")
+    Checkpoints(tmp_path).start(_fp(), resume=False)
+    assert not (again.dir / "delivered.json").exists()
+
+
+def test_data_fingerprint_sees_another_folder_and_a_changed_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.csv").write_text("x")
+    first = _fp(data_dir=tmp_path / "a")
+    (tmp_path / "a" / "train.csv").write_text("xy")
+    assert _fp(data_dir=tmp_path / "a") != first
+    assert _fp(data_dir=tmp_path / "b") != first
+
+
+# --------------------------------------------------------------------------- delivered model
+
+def _candidate(f1: float, labels) -> Candidate:
+    labels = np.asarray(labels, dtype=np.int64)
+    return Candidate(source=f"model {f1}", val_macro_f1=f1, predict_labels=labels, heldout_predictions=labels[::-1],
+                     architecture={"a": 1}, config={"lr": 0.1}, epochs=3, train_s=1.5)
+
+
+def test_delivered_record_round_trip_and_mismatch(tmp_path):
+    ck = Checkpoints(tmp_path)
+    ck.start(_fp(), resume=False)
+    np.save(tmp_path / "predictions.npy", np.array([1, 2, 3]), allow_pickle=False)
+    ck.save_delivered(_candidate(0.8, [1, 2, 3]))
+    back, rewrite, note = ck.load_delivered(3, 3)
+    assert not rewrite and back.val_macro_f1 == 0.8 and back.source == "model 0.8"
+    assert back.heldout_predictions.tolist() == [3, 2, 1] and "kept" in note
+    assert ck.load_delivered(4, 3)[0] is None                       # does not fit the data
+    np.save(tmp_path / "predictions.npy", np.array([0, 0, 0]), allow_pickle=False)   # killed in between
+    back, rewrite, _ = ck.load_delivered(3, 3)
+    assert rewrite and back.predict_labels.tolist() == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- BOHB trials
+
+def _bohb_log(directory: Path, trials: list[tuple[list, float, float]], *, cut_last_line: bool = False) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    configs, results = [], []
+    for i, (config_id, lr, f1) in enumerate(trials):
+        configs.append(json.dumps([config_id, {"lr": lr}, {"model_based_pick": False}]))
+        stamps = {"submitted": float(i), "started": i + 0.1, "finished": i + 0.5}
+        info = {"val_macro_f1": f1, "evaluated": True, "error": None, "epochs_done": 1}
+        results.append(json.dumps([config_id, 1.0, stamps, {"loss": 1 - f1, "info": info}, None]))
+    text = "\n".join(results) + "\n"
+    if cut_last_line:
+        text += results[-1][:20]
+    (directory / "configs.json").write_text("\n".join(configs) + "\n")
+    (directory / "results.json").write_text(text)
+
+
+def test_bohb_trials_are_kept_across_attempts(tmp_path):
+    ck = Checkpoints(tmp_path)
+    ck.start(_fp(), resume=False)
+    _bohb_log(tmp_path / "bohb", [([0, 0, 0], 0.01, 0.7), ([0, 0, 1], 0.02, 0.9)], cut_last_line=True)
+    assert ck.archive_bohb() == 2
+    assert ck.archive_bohb() == 2                      # the same files again (attempt killed before BOHB)
+    # the next attempt's BOHB rewrote the folder; its ids start at 0 again
+    _bohb_log(tmp_path / "bohb", [([0, 0, 0], 0.03, 0.8)])
+    assert ck.archive_bohb() == 3
+    kept = ck.kept_trials()
+    assert len(kept) == 3 and len({t.config_id for t in kept}) == 3
+    assert sorted(t.val_macro_f1 for t in kept) == [0.7, 0.8, 0.9]
+    previous = ck.previous_bohb_dir(lambda config: config["lr"] < 0.025)     # the lr=0.03 one "does not fit"
+    result = logged_results_to_HBS_result(str(previous))
+    assert len(result.get_all_runs()) == 2
+    # merged with this attempt's trials, the incumbent is chosen over all of them
+    new = TrialRecord(config_id=(0, 0, 0), config={"lr": 0.05}, budget=1.0, loss=0.4, val_macro_f1=0.6,
+                      evaluated=True, error=None, epochs_done=1, stopped_by_deadline=False, seconds=1.0,
+                      worker=None, t_s=1.0, model_based_pick=False)
+    current = BohbResult(incumbent_config={"lr": 0.05}, incumbent_val_macro_f1=0.6, incumbent_budget=1.0,
+                         min_budget=1.0, max_budget=3.0, eta=3.0, trials=[new], configs_sampled=1,
+                         model_based_picks=0, model_min_trials=4, trajectory=[], seconds=1.0, n_workers=1,
+                         clean_shutdown=True)
+    merged = merge_kept_trials(current, kept)
+    assert merged.incumbent_config == {"lr": 0.02} and merged.report()["n_trials"] == 4
+    alone = merge_kept_trials(None, kept)                # BOHB skipped in this attempt
+    assert alone.incumbent_config == {"lr": 0.02}
+
+
+# --------------------------------------------------------------------------- the command line
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_cli_refuses_a_resume_without_checkpoint_or_with_other_settings(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("--time-limit", "30", "--output-dir", str(out), "--resume")
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr and "Traceback" not in proc.stderr
+    Checkpoints(out).start(_fp(seed=0, image_side_cap=32), resume=False)
+    proc = _cli("--time-limit", "30", "--output-dir", str(out), "--resume", "--seed", "3", "--device", "cpu")
+    assert proc.returncode == 2 and "seed was 0, now 3" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "predictions.npy").exists()
+
+
+def _trial_lines(path: Path) -> list[list]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def test_sigkill_during_bohb_then_resume_keeps_the_finished_trials(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "run.py"), "--output-dir", str(out), "--quiet", "--method", "baseline",
+            "--device", "cpu"]
+    proc = subprocess.Popen([*args, "--time-limit", "60"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 58
+    while time.monotonic() < deadline and proc.poll() is None and not _trial_lines(out / "bohb" / "results.json"):
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.skip("the machine was too slow for BOHB to finish a trial inside 60 s")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    finished = _trial_lines(out / "bohb" / "results.json")
+    assert finished and not (out / "checkpoints" / "bohb_kept.json").exists()
+    first_predictions = np.load(out / "predictions.npy", allow_pickle=False)
+    delivered_before = json.loads((out / "checkpoints" / "delivered.json").read_text())["val_macro_f1"]
+
+    started = time.monotonic()
+    resumed = subprocess.run([*args, "--time-limit", "30", "--resume"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60)
+    wall = time.monotonic() - started
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert wall < 30, wall
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete"
+    events = [e for e in report["events"] if e["kind"] == "resume"]
+    assert len(events) == 1 and f"{len(finished)} BOHB trials kept" in events[0]["message"]
+    assert report["resume"]["bohb_trials_kept"] == len(finished)
+    kept = report["bohb"]["kept_trials"]
+    assert sorted(t["val_macro_f1"] for t in kept) == sorted(r[3]["info"]["val_macro_f1"] for r in finished)
+    assert report["bohb"]["n_trials"] >= len(finished)
+    predictions = np.load(out / "predictions.npy", allow_pickle=False)
+    assert predictions.dtype == np.int64 and len(predictions) == len(first_predictions)
+    assert predictions.min() >= 0 and predictions.max() < report["data"]["n_classes"]
+    assert report["final"]["val_macro_f1"] >= delivered_before     # only a better model replaced it
