@@ -27,13 +27,16 @@ from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_
 MAX_DARTS_EPOCHS = 15
 MIN_DARTS_EPOCHS = 6
 MIN_DARTS_IMAGES_PER_CLASS = 20
+MIN_FIRST_MODEL_EPOCHS = 3
 # A search phase shorter than this is skipped without even timing it (timing costs seconds).
 MIN_SEARCH_PHASE_S = 20.0
-# BOHB runs only when this many 1-epoch trials of its default configuration fit, plus start-up.
-MIN_BOHB_TRIALS = 6
+# BOHB runs only when this many epochs of its default configuration fit, plus start-up: trials of
+# 1-3 epochs of random configurations told nothing on digits (all near chance) and wasted the time.
+MIN_BOHB_EPOCHS = 30
 BOHB_STARTUP_S = 5.0
 # The final fit retrains with the measured epoch time while that at least doubles the epochs.
 MAX_FINAL_ROUNDS = 3
+MIN_FINE_TUNE_EPOCHS = 2
 
 TimeLeft = Callable[[], float]
 
@@ -91,10 +94,14 @@ def epochs_that_fit(seconds: float, epoch_seconds: float, *, low: int = 1, high:
 
 
 def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: RunData,
-                    time_left: TimeLeft, *, log: Callable[[str], None]) -> tuple[Candidate, TrainResult]:
-    """Build `spec`, train it with `config` until done or out of time, and predict with its best weights."""
+                    time_left: TimeLeft, *, log: Callable[[str], None],
+                    init_state: dict | None = None) -> tuple[Candidate, TrainResult]:
+    """Build `spec` (from `init_state` when given), train it with `config` until done or out of
+    time, and predict with its best weights."""
     torch.manual_seed(config.seed)
     model = build_network(spec).to(data.device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
 
     def on_epoch(row: dict) -> None:
         score = row.get("val_macro_f1")
@@ -218,9 +225,10 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     space = build_config_space(seed=sampling_seed, darts_available=ctx.darts is not None, baseline=baseline)
     default = to_plain(dict(space.get_default_configuration()))
     epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), data, int(default["batch_size"]))
-    needed = MIN_BOHB_TRIALS * epoch_s + BOHB_STARTUP_S
+    needed = MIN_BOHB_EPOCHS * epoch_s + BOHB_STARTUP_S
     if time_left() < needed:
-        return None, f"{time_left():.0f}s left, {needed:.0f}s needed for {MIN_BOHB_TRIALS} short trials"
+        return None, (f"{time_left():.0f}s left, {needed:.0f}s needed ({MIN_BOHB_EPOCHS} epochs of the default "
+                      f"configuration at ~{epoch_s:.2f}s)")
     log(f"BOHB: ~{epoch_s:.2f}s per epoch of the default configuration, {workers} worker(s)")
     previous_dir = None if previous is None else previous(space)
     if previous_dir is not None:
@@ -234,12 +242,15 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
 
 
 def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, baseline: bool,
-                 seed: int) -> tuple[str, NetworkSpec, Callable[[int], TrainConfig]]:
+                 seed: int, val_macro_f1_to_beat: float = 0.0) -> tuple[str, NetworkSpec, Callable[[int], TrainConfig]]:
     """What the final fit trains: BOHB's incumbent, else DARTS' genotype, else the default network.
 
+    An incumbent whose validation macro-F1 is below `val_macro_f1_to_beat` (the model delivered so
+    far) is passed over: on short phases BOHB can end with nothing better than near-chance trials.
     Returns (source name, network spec, epochs -> TrainConfig).
     """
-    if bohb is not None and bohb.incumbent_config is not None:
+    if (bohb is not None and bohb.incumbent_config is not None
+            and bohb.incumbent_val_macro_f1 >= val_macro_f1_to_beat):
         config = bohb.incumbent_config
         spec = config_to_network_spec(config, darts=None if baseline else darts, in_channels=data.in_channels,
                                       n_classes=data.n_classes, image_side=data.image_side,
@@ -256,23 +267,33 @@ def fit_for_the_time_left(source: str, spec: NetworkSpec, config_for: Callable[[
                           time_left: TimeLeft, *, log: Callable[[str], None]):
     """Train `spec` with as many epochs as fit; yield each finished candidate.
 
-    The epoch count comes from a timed probe; when a round ends early (the probe overestimated,
-    e.g. on a machine whose load dropped) and the measured epoch time allows at least twice the
-    epochs, it trains again from scratch with the longer schedule, up to MAX_FINAL_ROUNDS rounds.
+    The epoch count comes from a timed probe. When a round ends early (the probe overestimated,
+    e.g. on a machine whose load dropped), the time left is used, for up to MAX_FINAL_ROUNDS rounds:
+    if the measured epoch time allows at least twice the epochs, training starts again from scratch
+    with the longer schedule; otherwise, with at least MIN_FINE_TUNE_EPOCHS left, the best weights
+    are fine-tuned at a tenth of the learning rate on a cosine schedule.
     """
     batch_size = config_for(1).batch_size
     epoch_s = measure_epoch_seconds(build_network(spec), data, batch_size)
-    last_epochs = 0
+    last_epochs, best = 0, None
     for round_index in range(MAX_FINAL_ROUNDS):
-        epochs = epochs_that_fit(time_left(), epoch_s)
-        if round_index and epochs < 2 * last_epochs:
+        epochs = epochs_that_fit(time_left(), epoch_s, low=0)
+        if round_index == 0 or epochs >= 2 * last_epochs:
+            name, config, init_state = source, config_for(max(1, epochs)), None
+        elif epochs >= MIN_FINE_TUNE_EPOCHS:
+            base = config_for(epochs)
+            name, init_state = f"{source} (fine-tuned)", best.state_dict
+            config = dataclasses.replace(base, lr=base.lr / 10, schedule="cosine", surrogate_beta0=0.0)
+        else:
             return
-        log(f"{source}: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
-        candidate, result = train_candidate(source, spec, config_for(epochs), data, time_left, log=log)
+        log(f"{name}: ~{epoch_s:.2f}s/epoch, {config.epochs} epochs planned")
+        candidate, result = train_candidate(name, spec, config, data, time_left, log=log, init_state=init_state)
         yield candidate
+        if best is None or candidate.val_macro_f1 > best.val_macro_f1:
+            best = candidate
         if result.stopped_by_deadline or result.epochs_done == 0:
             return
-        epoch_s, last_epochs = result.seconds / result.epochs_done, epochs
+        epoch_s, last_epochs = result.seconds / result.epochs_done, config.epochs
 
 
 def _random_subset(data: TensorData, n: int, seed: int) -> TensorData:
@@ -286,6 +307,26 @@ def network_spec(data: RunData, genotype: Genotype, *, n_cells: int = 3, base_ch
     return NetworkSpec(genotype=genotype, in_channels=data.in_channels, n_classes=data.n_classes,
                        image_side=data.image_side, n_cells=n_cells, base_channels=base_channels,
                        head_hidden=(), dropout=0.0)
+
+
+def train_first_model(data: RunData, time_left: TimeLeft, *, baseline: bool, seed: int,
+                      log: Callable[[str], None]) -> Candidate:
+    """The first model: the default network for the phase's time. When fewer than
+    MIN_FIRST_MODEL_EPOCHS fit, it trains on a seeded random subset sized so that they do
+    (one rushed epoch on all the data learned less than three on a part of it)."""
+    spec = first_model_spec(data)
+    epoch_s = measure_epoch_seconds(build_network(spec), data, data.batch_size)
+    fraction = min(1.0, time_left() / (MIN_FIRST_MODEL_EPOCHS * epoch_s / 0.9))
+    n_train = max(int(len(data.train) * fraction), 2 * data.n_classes, 2)
+    if n_train < len(data.train):
+        epoch_s *= n_train / len(data.train)
+        data = dataclasses.replace(data, train=_random_subset(data.train, n_train, seed))
+        log(f"first model: training on {n_train} images so that {MIN_FIRST_MODEL_EPOCHS} epochs fit")
+    epochs = epochs_that_fit(time_left(), epoch_s)
+    log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
+    config = default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline, seed=seed)
+    candidate, _ = train_candidate("first model", spec, config, data, time_left, log=log)
+    return candidate
 
 
 def first_model_spec(data: RunData) -> NetworkSpec:

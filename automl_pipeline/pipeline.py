@@ -27,7 +27,7 @@ from budget import Budget, Watchdog, default_margin_s, install_signal_handlers, 
 from submission import OutputDirError, check_output_dir, write_json
 
 # Seconds kept back at the end for report.md and its plots, on runs long enough to afford them.
-PLOTS_RESERVE_S = 10.0
+PLOTS_RESERVE_S = 6.0   # measured: 3.6 s for all plots of a digits run on 2 cores
 PLOTS_MIN_LIMIT_S = 120.0
 # Relative weights of the phases; each phase gets its share of the time left when it starts.
 PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit", 0.25)]
@@ -94,7 +94,7 @@ class RunReport:
         except ImportError as err:  # reporting is optional at run time: the JSON report stands
             self._log(f"report.md not written: {err}")
             return
-        plots = plots and self._with_plots and self._budget.hard_remaining() > PLOTS_RESERVE_S / 2
+        plots = plots and self._with_plots and self._budget.hard_remaining() > PLOTS_RESERVE_S
         write_run_report(report, self._out_dir, log=self._log, plots=plots)
 
 
@@ -184,15 +184,9 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     else:
         with budget.start_phase("first_model") as phase:
             _hang_if_asked("first_model")
-            spec = phases.first_model_spec(data)
-            epoch_s = phases.measure_epoch_seconds(phases.build_network(spec), data, data.batch_size)
-            epochs = phases.epochs_that_fit(phase.remaining(), epoch_s)
-            log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
-            config = phases.default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline,
-                                                 seed=settings.seed)
             try:
-                candidate, _ = phases.train_candidate("first model", spec, config, data, phase.remaining, log=log)
-                deliver(candidate)
+                deliver(phases.train_first_model(data, phase.remaining, baseline=baseline, seed=settings.seed,
+                                                 log=log))
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
                 _phase_failed(log, "first_model", err)
 
@@ -245,7 +239,9 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     with budget.start_phase("final_fit") as phase:
         _hang_if_asked("final_fit")
         try:
-            source, spec, config_for = phases.final_choice(data, darts, bohb, baseline=baseline, seed=settings.seed)
+            source, spec, config_for = phases.final_choice(
+                data, darts, bohb, baseline=baseline, seed=settings.seed,
+                val_macro_f1_to_beat=delivery.best.val_macro_f1 if delivery.best is not None else 0.0)
             for candidate in phases.fit_for_the_time_left(source, spec, config_for, data, phase.remaining, log=log):
                 deliver(candidate)
         except Exception as err:   # noqa: BLE001
