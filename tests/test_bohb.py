@@ -422,3 +422,20 @@ def test_two_worker_processes_share_one_run(tmp_path):
     served = sorted(int(o[1].split("worker done: ")[1].split()[0]) for o in outs)
     assert sum(served) >= len(result.trials) and min(served) >= 1
     assert all("shut down by the master" in o[1] for o in outs)
+
+
+def test_worker_reads_the_darts_result_from_checkpoint_or_report(tmp_path):
+    from automl_pipeline.bohb.remote import load_darts_cells
+    from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS
+
+    section = {"genotype": DEFAULT_GENOTYPE.to_json(), "alphas_normal": [[0.2] * 5] * 14,
+               "alphas_reduce": [[0.2] * 5] * 14, "ops": list(TEMPLATE_OPS)}
+    for wrapper in ({"result": section}, {"darts": section, "status": "complete"}):
+        path = tmp_path / "darts.json"
+        path.write_text(json.dumps(wrapper))
+        cells = load_darts_cells(path)
+        assert cells.genotype == DEFAULT_GENOTYPE and cells.ops == TEMPLATE_OPS
+        assert cells.alphas_normal.shape == (14, 5)
+    path.write_text(json.dumps({"skipped": "too short"}))
+    with pytest.raises(ValueError, match="no DARTS result"):
+        load_darts_cells(path)

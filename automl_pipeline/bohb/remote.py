@@ -108,8 +108,12 @@ class DartsCells:
 
 
 def load_darts_cells(path: Path) -> DartsCells:
-    """Read the DARTS result the main run writes (OUT/darts.json: report.json's `darts` section)."""
-    section = json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read the main run's DARTS result: OUT/checkpoints/darts_outcome.json (written when its DARTS phase
+    ends) or a finished run's report.json."""
+    saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    section = saved.get("result") or saved.get("darts")
+    if not section:
+        raise ValueError(f"{path}: no DARTS result in it (DARTS skipped, or not a darts_outcome.json/report.json)")
     return DartsCells(genotype=Genotype.from_json(section["genotype"]),
                       alphas_normal=np.asarray(section["alphas_normal"], dtype=np.float64),
                       alphas_reduce=np.asarray(section["alphas_reduce"], dtype=np.float64),
