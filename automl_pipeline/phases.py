@@ -27,7 +27,7 @@ from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_
 MAX_DARTS_EPOCHS = 15
 MIN_DARTS_EPOCHS = 6
 MIN_DARTS_IMAGES_PER_CLASS = 20
-MIN_FIRST_MODEL_EPOCHS = 3
+MIN_FIT_EPOCHS = 3
 # A search phase shorter than this is skipped without even timing it (timing costs seconds).
 MIN_SEARCH_PHASE_S = 20.0
 # BOHB runs only when this many epochs of its default configuration fit, plus start-up: trials of
@@ -36,7 +36,7 @@ MIN_BOHB_EPOCHS = 30
 BOHB_STARTUP_S = 5.0
 # The final fit retrains with the measured epoch time while that at least doubles the epochs.
 MAX_FINAL_ROUNDS = 3
-MIN_FINE_TUNE_EPOCHS = 2
+MIN_FINE_TUNE_EPOCHS = 1
 
 TimeLeft = Callable[[], float]
 
@@ -309,19 +309,27 @@ def network_spec(data: RunData, genotype: Genotype, *, n_cells: int = 3, base_ch
                        head_hidden=(), dropout=0.0)
 
 
+def shrink_to_fit(data: RunData, epoch_s: float, seconds: float, *, seed: int, what: str,
+                  log: Callable[[str], None]) -> tuple[RunData, float]:
+    """(data, epoch seconds), the training split cut to a seeded random subset when fewer than
+    MIN_FIT_EPOCHS epochs of it fit into `seconds`, so that the first model finishes inside its
+    short phase with a complete schedule and a validation score (its job is early predictions; the
+    final fit always trains on the whole training split)."""
+    fraction = min(1.0, seconds / (MIN_FIT_EPOCHS * epoch_s / 0.9))
+    n_train = max(int(len(data.train) * fraction), 2 * data.n_classes, 2)
+    if n_train >= len(data.train):
+        return data, epoch_s
+    log(f"{what}: training on {n_train} of {len(data.train)} images so that {MIN_FIT_EPOCHS} epochs fit")
+    scaled = epoch_s * n_train / len(data.train)
+    return dataclasses.replace(data, train=_random_subset(data.train, n_train, seed)), scaled
+
+
 def train_first_model(data: RunData, time_left: TimeLeft, *, baseline: bool, seed: int,
                       log: Callable[[str], None]) -> Candidate:
-    """The first model: the default network for the phase's time. When fewer than
-    MIN_FIRST_MODEL_EPOCHS fit, it trains on a seeded random subset sized so that they do
-    (one rushed epoch on all the data learned less than three on a part of it)."""
+    """The first model: the default network for the phase's time (on a subset, see shrink_to_fit)."""
     spec = first_model_spec(data)
     epoch_s = measure_epoch_seconds(build_network(spec), data, data.batch_size)
-    fraction = min(1.0, time_left() / (MIN_FIRST_MODEL_EPOCHS * epoch_s / 0.9))
-    n_train = max(int(len(data.train) * fraction), 2 * data.n_classes, 2)
-    if n_train < len(data.train):
-        epoch_s *= n_train / len(data.train)
-        data = dataclasses.replace(data, train=_random_subset(data.train, n_train, seed))
-        log(f"first model: training on {n_train} images so that {MIN_FIRST_MODEL_EPOCHS} epochs fit")
+    data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
     epochs = epochs_that_fit(time_left(), epoch_s)
     log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs planned")
     config = default_train_config(epochs=epochs, batch_size=data.batch_size, baseline=baseline, seed=seed)

@@ -113,7 +113,8 @@ def run(settings: Settings) -> int:
     except OutputDirError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    log = RunLog(out_dir / "run.log", quiet=settings.quiet, elapsed=budget.elapsed, remaining=budget.remaining)
+    log = RunLog(out_dir / "run.log", quiet=settings.quiet, elapsed=budget.elapsed, remaining=budget.remaining,
+                 append=settings.resume)
     report = RunReport(settings, budget, out_dir, log, with_plots=with_plots)
 
     def stop_early(status: str) -> None:

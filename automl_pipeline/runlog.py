@@ -15,8 +15,9 @@ class RunLog:
     """
 
     def __init__(self, path: Path | None, *, quiet: bool, elapsed: Callable[[], float],
-                 remaining: Callable[[], float], stream: TextIO | None = None):
-        self._file = None if path is None else open(path, "a", encoding="utf-8")
+                 remaining: Callable[[], float], stream: TextIO | None = None, append: bool = False):
+        """append: keep an earlier run's lines (a resumed run); otherwise the file starts empty."""
+        self._file = None if path is None else open(path, "a" if append else "w", encoding="utf-8")
         self._quiet = quiet
         self._elapsed = elapsed
         self._remaining = remaining
