@@ -100,7 +100,7 @@ def _with_tail(what: str, tail: str) -> str:
     return f"{what}: {lines[-1].strip()}\n--- last stderr lines ---\n{tail}"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_process_group(proc: subprocess.Popen) -> None:
     """Kill the run and everything it started (it leads its own session)."""
     try:
         if hasattr(os, "killpg"):
@@ -130,10 +130,10 @@ def _execute(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tuple[int 
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_process_group(proc)
             return proc.returncode, "timeout", time.monotonic() - start
         except BaseException:  # Ctrl-C of the comparison: the run is in its own session, end it too
-            _kill_group(proc)
+            kill_process_group(proc)
             raise
     return code, "exited", time.monotonic() - start
 

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ def ensure_repo_on_path() -> None:
 
 ensure_repo_on_path()
 from automl_pipeline.reporting.numbers import finite  # noqa: E402  (needs the repo on sys.path)
+from automl_pipeline.compare import kill_process_group  # noqa: E402
 from submission import write_json  # noqa: E402
 
 # --------------------------------------------------------------------------- numbers and json
@@ -111,20 +111,6 @@ def pipeline_command(*, time_limit_s: float, output_dir: Path, seed: int, data_d
     return argv + [str(a) for a in extra]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        if hasattr(os, "killpg"):
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:  # pragma: no cover - non-POSIX
-            proc.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        pass
-
-
 def _tail(path: Path, n: int = 12) -> str:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -150,10 +136,10 @@ def run_subprocess(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tupl
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            kill_process_group(proc)
             return proc.returncode, "timeout", time.monotonic() - start
         except BaseException:   # Ctrl-C of the benchmark: end the run too
-            _kill_group(proc)
+            kill_process_group(proc)
             raise
     return code, "exited", time.monotonic() - start
 
