@@ -18,13 +18,7 @@ from automl_pipeline.training.tensors import TensorData
 OPS5 = TEMPLATE_OPS   # none, skip_connect, conv_3x3, res_basic, res_bottleneck
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Oversubscribed shared CPUs make multi-threaded tiny convs dramatically slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

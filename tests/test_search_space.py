@@ -11,13 +11,7 @@ from automl_pipeline.search_space import (DEFAULT_GENOTYPE, EXTRA_OPS, OPS, TEMP
                                           build_network, make_op, reduction_cells, validate_genotype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Oversubscribed shared CPUs make multi-threaded tiny convs dramatically slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_registry_is_template_plus_extra():
