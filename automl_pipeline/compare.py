@@ -115,16 +115,20 @@ def kill_process_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _execute(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tuple[int | None, str, float]:
-    """Run argv with logs in run_dir. Returns (exit code or None, outcome, seconds).
+def run_logged(argv: Sequence[str], run_dir: Path, timeout_s: float, *,
+               cwd: Path | None = None) -> tuple[int | None, str, float]:
+    """Run argv in its own session with stdout/stderr in run_dir/{stdout,stderr}.log; on timeout or
+    Ctrl-C its whole process group is killed. Returns (exit code or None, outcome, seconds).
 
     outcome: "exited" | "timeout" | "not_started: <why>".
     """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
         try:
-            proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    start_new_session=hasattr(os, "killpg"))
+            proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    cwd=None if cwd is None else str(cwd), start_new_session=hasattr(os, "killpg"))
         except OSError as exc:
             return None, f"not_started: {type(exc).__name__}: {exc}", time.monotonic() - start
         try:
@@ -168,7 +172,7 @@ def run_one(spec: RunSpec, run_command: RunCommand, *, timeout_slack_s: float = 
     argv = [str(a) for a in run_command(spec)]
     timeout_s = spec.time_limit_s + timeout_slack_s
     log(f"{spec.method} seed {spec.seed}: running, limit {spec.time_limit_s:g} s (killed after {timeout_s:g} s)")
-    code, outcome, seconds = _execute(argv, run_dir, timeout_s)
+    code, outcome, seconds = run_logged(argv, run_dir, timeout_s)
     report = _read_json(report_path)
     stderr_tail = _tail(run_dir / "stderr.log")
 

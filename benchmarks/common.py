@@ -19,9 +19,7 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,7 +39,7 @@ def ensure_repo_on_path() -> None:
 
 ensure_repo_on_path()
 from automl_pipeline.reporting.numbers import finite  # noqa: E402  (needs the repo on sys.path)
-from automl_pipeline.compare import kill_process_group  # noqa: E402
+from automl_pipeline.compare import run_logged  # noqa: E402
 from submission import write_json  # noqa: E402
 
 # --------------------------------------------------------------------------- numbers and json
@@ -119,31 +117,6 @@ def _tail(path: Path, n: int = 12) -> str:
     return "\n".join(ln for ln in lines[-n:] if ln.strip())
 
 
-def run_subprocess(argv: Sequence[str], run_dir: Path, timeout_s: float) -> tuple[int | None, str, float]:
-    """Run argv in its own session with stdout/stderr in run_dir/{stdout,stderr}.log.
-
-    Returns (exit code or None, outcome, seconds); outcome is "exited", "timeout" or "not_started: why".
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(run_dir / "stdout.log", "wb") as out, open(run_dir / "stderr.log", "wb") as err:
-        try:
-            proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    cwd=str(REPO_ROOT), start_new_session=hasattr(os, "killpg"))
-        except OSError as exc:
-            return None, f"not_started: {type(exc).__name__}: {exc}", time.monotonic() - start
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            kill_process_group(proc)
-            return proc.returncode, "timeout", time.monotonic() - start
-        except BaseException:   # Ctrl-C of the benchmark: end the run too
-            kill_process_group(proc)
-            raise
-    return code, "exited", time.monotonic() - start
-
-
 def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None,
                  device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
                  argv: Sequence[str] | None = None) -> dict:
@@ -162,7 +135,7 @@ def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: 
     if argv is None:
         argv = pipeline_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                 device=device, extra=extra)
-    code, outcome, seconds = run_subprocess(argv, output_dir, time_limit_s + slack_s)
+    code, outcome, seconds = run_logged(argv, output_dir, time_limit_s + slack_s, cwd=REPO_ROOT)
     report = read_json(report_path)
     tail = _tail(output_dir / "stderr.log")
     metrics = (report or {}).get("test_metrics")
