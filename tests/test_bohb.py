@@ -375,7 +375,11 @@ def test_bohb_phase_on_digits_ends_by_deadline(tmp_path):
     else:
         assert report["warning"] is None
     inc = report["incumbent"]
-    assert inc["budget"] in (1.0, 3.0) and 0.1 < inc["val_macro_f1"] <= 1.0
+    # the incumbent is the best finished trial at the highest budget reached (how well 3 epochs on 200
+    # digits learn depends on the sampled configs, so no quality bar here)
+    at_top = [t for t in result.trials if t.evaluated and t.budget == inc["budget"]]
+    assert inc["budget"] in (1.0, 3.0) and inc["val_macro_f1"] == max(t.val_macro_f1 for t in at_top)
+    assert 0.0 <= inc["val_macro_f1"] <= 1.0
     assert [f1 for _, f1 in report["trajectory"]] == sorted(f1 for _, f1 in report["trajectory"])
     files = tmp_path / "bohb"
     assert len((files / "results.json").read_text().splitlines()) == report["n_trials"]

@@ -397,6 +397,69 @@ def _quiet_logger(name: str) -> logging.Logger:
     return logger
 
 
+def _search(ctx, config_space, trial_log: TrialLog, *, time_left, trial_seconds_left, shutdown_reserve: float,
+            eta: float, min_budget: float, max_budget: float, n_local_workers: int, n_min: int, run_id: str,
+            nameserver_host: str, nameserver_port: int, previous, evaluate, bohb_dir: Path,
+            log) -> tuple[bool, "DeadlineBOHB | None", list[str]]:
+    """Name server, local workers and master, driven until the trial deadline, then shut down.
+
+    Returns (clean shutdown, the master or None, tracebacks of a failed master loop).
+    """
+    name_server = NameServer(run_id=run_id, host=nameserver_host, port=nameserver_port)
+    ns_host, ns_port = name_server.start()
+    write_json(bohb_dir / "nameserver.json", {"run_id": run_id, "host": ns_host, "port": ns_port})
+    workers: list[TrialWorker] = []
+    master: DeadlineBOHB | None = None
+    master_errors: list[str] = []
+    clean = False
+    try:
+        for i in range(n_local_workers):
+            worker = TrialWorker(ctx, time_left=time_left, run_id=run_id, nameserver=ns_host,
+                                 nameserver_port=ns_port, host=nameserver_host, id=i,
+                                 logger=_quiet_logger("automl_pipeline.bohb.worker"), evaluate=evaluate)
+            worker.run(background=True)
+            workers.append(worker)
+        master = DeadlineBOHB(config_space, eta=eta, min_budget=min_budget, max_budget=max_budget,
+                              trial_seconds_left=trial_seconds_left, run_id=run_id, nameserver=ns_host,
+                              nameserver_port=ns_port, host=nameserver_host, ping_interval=10,
+                              result_logger=trial_log, previous_result=previous,
+                              logger=_quiet_logger("automl_pipeline.bohb.master"),
+                              working_directory=str(bohb_dir))
+
+        def drive():
+            try:
+                master.run_until(min_n_workers=n_min)
+            except Exception:   # noqa: BLE001
+                master_errors.append(traceback.format_exc())
+
+        driver = threading.Thread(target=drive, name="bohb-master", daemon=True)
+        driver.start()
+        while driver.is_alive() and trial_seconds_left() > 0:
+            driver.join(min(0.2, max(0.01, trial_seconds_left())))
+        master.stop_event.set()
+        if master_errors:
+            log(f"bohb: master loop failed: {master_errors[0].strip().splitlines()[-1]}")
+        # running trials stop at their deadline and report; wait for them, but not into the reserve
+        while master.num_running_jobs > 0 and time_left() > shutdown_reserve:
+            time.sleep(0.05)
+        if master.num_running_jobs > 0:
+            log(f"bohb: {master.num_running_jobs} trial(s) still running at the deadline; not waiting for them")
+        driver.join(max(0.0, min(1.0, time_left() - shutdown_reserve)))
+    finally:
+        def shutdown():
+            if master is not None:
+                master.shutdown(shutdown_workers=True)
+            for worker in workers:
+                if worker.thread is not None:
+                    worker.thread.join(max(0.0, time_left()))
+            name_server.shutdown()
+
+        clean = _in_thread(shutdown, max(0.05, time_left()), "bohb-shutdown")
+        if not clean:
+            log("bohb: shutdown of master/workers/name server did not finish by the deadline; left behind")
+    return clean, master, master_errors
+
+
 def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_dir: Path,
              min_budget: float | None = None, max_budget: float | None = None, eta: float = 3.0, seed: int = 0,
              n_local_workers: int = 1, min_n_workers: int | None = None, nameserver_host: str = "127.0.0.1",
@@ -457,60 +520,15 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
     log(f"bohb: budgets {', '.join(f'{b:g}' for b in hpbandster_budgets(min_budget, max_budget, eta))} epochs "
         f"(eta {eta:g}), {time_left():.0f}s left, {n_local_workers} local worker(s)")
 
-    name_server = NameServer(run_id=run_id, host=nameserver_host, port=nameserver_port)
-    ns_host, ns_port = name_server.start()
     trial_log = TrialLog(bohb_dir, t0=t0, log=log)
-    write_json(bohb_dir / "nameserver.json", {"run_id": run_id, "host": ns_host, "port": ns_port})
-    workers: list[TrialWorker] = []
-    master: DeadlineBOHB | None = None
-    master_errors: list[str] = []
-    clean = False
-    try:
-        for i in range(n_local_workers):
-            worker = TrialWorker(ctx, time_left=time_left, run_id=run_id, nameserver=ns_host,
-                                 nameserver_port=ns_port, host=nameserver_host, id=i,
-                                 logger=_quiet_logger("automl_pipeline.bohb.worker"), evaluate=evaluate)
-            worker.run(background=True)
-            workers.append(worker)
-        master = DeadlineBOHB(config_space, eta=eta, min_budget=min_budget, max_budget=max_budget,
-                              trial_seconds_left=trial_seconds_left, run_id=run_id, nameserver=ns_host,
-                              nameserver_port=ns_port, host=nameserver_host, ping_interval=10,
-                              result_logger=trial_log, previous_result=previous,
-                              logger=_quiet_logger("automl_pipeline.bohb.master"),
-                              working_directory=str(bohb_dir))
-
-        def drive():
-            try:
-                master.run_until(min_n_workers=n_min)
-            except Exception:   # noqa: BLE001
-                master_errors.append(traceback.format_exc())
-
-        driver = threading.Thread(target=drive, name="bohb-master", daemon=True)
-        driver.start()
-        while driver.is_alive() and trial_seconds_left() > 0:
-            driver.join(min(0.2, max(0.01, trial_seconds_left())))
-        master.stop_event.set()
-        if master_errors:
-            log(f"bohb: master loop failed: {master_errors[0].strip().splitlines()[-1]}")
-        # running trials stop at their deadline and report; wait for them, but not into the reserve
-        while master.num_running_jobs > 0 and time_left() > shutdown_reserve:
-            time.sleep(0.05)
-        if master.num_running_jobs > 0:
-            log(f"bohb: {master.num_running_jobs} trial(s) still running at the deadline; not waiting for them")
-        driver.join(max(0.0, min(1.0, time_left() - shutdown_reserve)))
-    finally:
-        def shutdown():
-            if master is not None:
-                master.shutdown(shutdown_workers=True)
-            for worker in workers:
-                if worker.thread is not None:
-                    worker.thread.join(max(0.0, time_left()))
-            name_server.shutdown()
-
-        clean = _in_thread(shutdown, max(0.05, time_left()), "bohb-shutdown")
-        if not clean:
-            log("bohb: shutdown of master/workers/name server did not finish by the deadline; left behind")
-
+    if trial_seconds_left() > 0:
+        clean, master, master_errors = _search(
+            ctx, config_space, trial_log, time_left=time_left, trial_seconds_left=trial_seconds_left,
+            shutdown_reserve=shutdown_reserve, eta=eta, min_budget=min_budget, max_budget=max_budget,
+            n_local_workers=n_local_workers, n_min=n_min, run_id=run_id, nameserver_host=nameserver_host,
+            nameserver_port=nameserver_port, previous=previous, evaluate=evaluate, bohb_dir=bohb_dir, log=log)
+    else:   # nothing could run: no name server, no master, no workers to wait for
+        clean, master, master_errors = True, None, []
     hb_result = None
     if master is not None and clean:
         try:
