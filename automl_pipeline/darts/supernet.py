@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_pipeline.search_space.cells import make_preprocess
-from automl_pipeline.search_space.network import node_channels, reduction_cells
+from automl_pipeline.search_space.network import node_channels, stack_cells
 from automl_pipeline.search_space.ops import make_op
 
 
@@ -77,18 +77,12 @@ class SuperNet(nn.Module):
                  n_cells: int = 3, base_channels: int = 16, n_nodes: int = 4, alpha_init_std: float = 1e-3):
         super().__init__()
         self.ops, self.n_nodes = tuple(ops), n_nodes
-        C = base_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
-        self.layout = reduction_cells(n_cells, image_side)
-        self.cells = nn.ModuleList()
-        C_pp = C_p = width = C
-        reduction_prev = False
-        for reduction in self.layout:
-            if reduction:
-                width *= 2
-            cell = SearchCell(n_nodes, C_pp, C_p, node_channels(width, n_nodes), reduction, reduction_prev, self.ops)
-            self.cells.append(cell)
-            C_pp, C_p, reduction_prev = C_p, cell.out_channels, reduction
+
+        def make_cell(C_pp: int, C_p: int, width: int, reduction: bool, reduction_prev: bool) -> SearchCell:
+            return SearchCell(n_nodes, C_pp, C_p, node_channels(width, n_nodes), reduction, reduction_prev, self.ops)
+
+        self.stem, self.layout, self.cells, C_p = stack_cells(in_channels, base_channels, n_cells, image_side,
+                                                              make_cell)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, n_classes)
         shape = (n_edges_for(n_nodes), len(self.ops))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -43,6 +44,28 @@ def reduction_cells(n_cells: int, image_side: int) -> tuple[bool, ...]:
 def node_channels(width: int, n_concat: int) -> int:
     """Channels per intermediate node for a cell of the given output width."""
     return max(2, width // n_concat)
+
+
+def stack_cells(in_channels: int, base_channels: int, n_cells: int, image_side: int,
+                make_cell: Callable[[int, int, int, bool, bool], nn.Module]
+                ) -> tuple[nn.Sequential, tuple[bool, ...], nn.ModuleList, int]:
+    """The stem and the cell stack of the layout rules above, shared with the DARTS supernet.
+
+    make_cell(C_pp, C_p, width, reduction, reduction_prev) builds one cell; the cell tells its
+    output channels as `out_channels`. Returns (stem, reduction layout, cells, channels of the last cell).
+    """
+    stem = nn.Sequential(nn.Conv2d(in_channels, base_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(base_channels))
+    layout = reduction_cells(n_cells, image_side)
+    cells = nn.ModuleList()
+    C_pp = C_p = width = base_channels
+    reduction_prev = False
+    for reduction in layout:
+        if reduction:
+            width *= 2
+        cell = make_cell(C_pp, C_p, width, reduction, reduction_prev)
+        cells.append(cell)
+        C_pp, C_p, reduction_prev = C_p, cell.out_channels, reduction
+    return stem, layout, cells, C_p
 
 
 @dataclass(frozen=True)
@@ -92,19 +115,13 @@ class Network(nn.Module):
     def __init__(self, spec: NetworkSpec):
         super().__init__()
         g = spec.genotype
-        C = spec.base_channels
-        self.stem = nn.Sequential(nn.Conv2d(spec.in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
-        self.layout = reduction_cells(spec.n_cells, spec.image_side)
-        self.cells = nn.ModuleList()
-        C_pp = C_p = width = C
-        reduction_prev = False
-        for reduction in self.layout:
-            if reduction:
-                width *= 2
+
+        def make_cell(C_pp: int, C_p: int, width: int, reduction: bool, reduction_prev: bool) -> Cell:
             edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
-            cell = Cell(edges, concat, C_pp, C_p, node_channels(width, len(concat)), reduction, reduction_prev)
-            self.cells.append(cell)
-            C_pp, C_p, reduction_prev = C_p, cell.out_channels, reduction
+            return Cell(edges, concat, C_pp, C_p, node_channels(width, len(concat)), reduction, reduction_prev)
+
+        self.stem, self.layout, self.cells, C_p = stack_cells(spec.in_channels, spec.base_channels, spec.n_cells,
+                                                              spec.image_side, make_cell)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = mlp_head(C_p, spec.head_hidden, spec.n_classes, spec.dropout)
 
