@@ -123,3 +123,15 @@ def test_budget_adherence_reads_first_prediction_times(tmp_path):
                    "[   20.0s |     2.0s left] predictions written from final fit (val macro-F1 0.9500)\n")
     assert budget_adherence.first_predictions(log) == (7.6, 12.5)
     assert budget_adherence.first_predictions(tmp_path / "missing.log") == (None, None)
+
+
+def test_resolution_benchmark_loads_photos_at_each_side_and_writes_rows(tmp_path, capsys, one_torch_thread):
+    import resolution
+
+    assert resolution.main(["--sides", "8", "12", "--n-images", "12", "--steps", "1", "--batch", "4",
+                            "--device", "cpu", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "resolution_cpu.json").read_text())["rows"]
+    assert [r["side"] for r in rows] == [8, 12]
+    assert all(r["load_s_per_1000"] > 0 and r["images_per_s"] > 0 for r in rows)
+    assert rows[1]["tensor_mib_per_10k"] == pytest.approx(rows[0]["tensor_mib_per_10k"] * (12 / 8) ** 2, rel=0.02)
+    assert "| 12 |" in capsys.readouterr().out
