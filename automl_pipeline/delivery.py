@@ -18,7 +18,7 @@ class Candidate:
 
     predict_labels: class indices for the images predictions.npy is written for.
     heldout_predictions: class indices for the held-out test images. Only predictions are kept
-    here; the held-out labels are compared with them once, by `Delivery.heldout_metrics`.
+    here; the held-out labels are compared with them once, by `Candidate.heldout_metrics`.
     """
 
     source: str
@@ -42,11 +42,17 @@ class Candidate:
             "val_macro_f1": self.val_macro_f1,
         }
 
+    def heldout_metrics(self, heldout_labels: np.ndarray, n_classes: int) -> dict:
+        """Metrics on the held-out test; called once, for the delivered model: the one use of those labels."""
+        return classification_metrics(heldout_labels, self.heldout_predictions, n_classes)
+
 
 class Delivery:
     """Keeps the best candidate by validation macro-F1 and its files in OUT/.
 
-    Thread-safe: the watchdog and signal handlers read `best` while the main thread offers.
+    Thread-safe: the watchdog and signal handlers read `settled_best` while the main thread offers.
+    `best` changes as soon as its predictions are on disk (model.pt follows), so a report built from
+    it describes the predictions a harness finds.
     """
 
     def __init__(self, out_dir: Path, *, predict_ids, class_names, log: Callable[[str], None]):
@@ -54,7 +60,7 @@ class Delivery:
         self._predict_ids = tuple(predict_ids)
         self._class_names = tuple(class_names)
         self._log = log
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # RLock: a signal handler may run on the offering thread
         self.best: Candidate | None = None
 
     def offer(self, candidate: Candidate) -> bool:
@@ -65,15 +71,19 @@ class Delivery:
                           f"{candidate.source} ({candidate.val_macro_f1:.4f})")
                 return False
             write_predictions(self._out_dir, candidate.predict_labels, self._predict_ids, self._class_names)
+            self.best = candidate
             if candidate.state_dict is not None:
                 write_model(self._out_dir, candidate.state_dict, candidate.architecture or {}, candidate.config or {})
-            self.best = candidate
         self._log(f"predictions written from {candidate.source} (val macro-F1 {candidate.val_macro_f1:.4f})")
         return True
 
-    def heldout_metrics(self, heldout_labels: np.ndarray, n_classes: int) -> dict | None:
-        """Metrics of the delivered model on the held-out test: the one use of those labels."""
-        best = self.best
-        if best is None:
-            return None
-        return classification_metrics(heldout_labels, best.heldout_predictions, n_classes)
+    def settled_best(self, timeout_s: float) -> Candidate | None:
+        """The delivered candidate, after waiting up to `timeout_s` for a delivery in progress to
+        finish writing its files (for the watchdog and signal handlers, which cannot wait long)."""
+        acquired = self._lock.acquire(timeout=max(0.0, timeout_s))
+        try:
+            return self.best
+        finally:
+            if acquired:
+                self._lock.release()
+

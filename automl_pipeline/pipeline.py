@@ -10,13 +10,16 @@ import platform
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from automl_pipeline import phases
+from automl_pipeline.bohb import BohbResult
 from automl_pipeline.checkpoints import Checkpoints, config_fits, fingerprint, merge_kept_trials
+from automl_pipeline.darts import DartsResult
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
 from automl_pipeline.delivery import Delivery
 from automl_pipeline.errors import InputError
@@ -34,6 +37,9 @@ PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit
 PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
 # The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
 WATCHDOG_GRACE_S = 1.5
+# The report waits this long for a delivery in progress (predictions + model.pt) to finish writing;
+# well inside the watchdog's grace.
+DELIVERY_WAIT_S = 0.4
 # Exit code when the run was stopped (limit or signal) before any prediction existed.
 NO_PREDICTIONS_EXIT_CODE = 3
 # TEST-ONLY hook: AUTOML_TEST_HANG_PHASE=<phase name> makes that phase hang forever, so tests can
@@ -79,9 +85,10 @@ class RunReport:
             report["status"] = status
             report["phases"] = self._budget.phases_report()
             report["events"] = list(self._log.events)
-            if self.delivery is not None and self.delivery.best is not None:
-                report["final"] = self.delivery.best.summary()
-                report["test_metrics"] = self.delivery.heldout_metrics(self.heldout_labels, self.n_classes)
+            best = self.delivery.settled_best(DELIVERY_WAIT_S) if self.delivery is not None else None
+            if best is not None:
+                report["final"] = best.summary()
+                report["test_metrics"] = best.heldout_metrics(self.heldout_labels, self.n_classes)
             report["wall_s"] = round(self._budget.elapsed(), 3)
             write_json(self._out_dir / "report.json", report)
             self._log(f"report.json written ({status})")
@@ -145,108 +152,151 @@ def run(settings: Settings) -> int:
 
 
 def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> None:
-    device = resolve_device(settings.device)
-    threads = configure_threads()
-    max_side = settings.max_image_side or default_max_side(device)
-    checkpoints = Checkpoints(out_dir)
-    checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
-                                  image_side_cap=max_side), resume=settings.resume)
-    # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
-    # in a thread while the data loads, not inside the first phase's time.
-    warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
-    warming.start()
-    report.sections["environment"] = _environment(device, threads)
-    log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
-    dataset = load_dataset(settings.data_dir, max_side=max_side)
-    splits = make_splits(dataset, seed=settings.seed)
-    if settings.resume:
-        checkpoints.check_splits(splits.to_json(settings.seed))
-    write_json(out_dir / "splits.json", splits.to_json(settings.seed))
-    report.sections["data"] = _data_section(dataset, splits)
-    for note in dataset.notes:
-        log.event("input", note)
+    """Load the data, deliver the fallback, then run the phases of the plan in order."""
+    run = _Run.load(settings, budget, out_dir, log, report)
+    budget.plan(PLAN_BASELINE if run.baseline else PLAN_OURS)
+    run.first_model_phase()
+    darts = None if run.baseline else run.darts_phase()
+    bohb = run.bohb_phase(darts)
+    run.final_fit_phase(darts, bohb)
 
-    data = _to_run_data(dataset, splits, device)
-    warming.join(timeout=max(0.0, budget.remaining()))
-    delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
-    report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
 
-    def deliver(candidate) -> None:
-        if delivery.offer(candidate):
-            checkpoints.save_delivered(candidate)
+@dataclass
+class _Run:
+    """What the phases of one run share; one method per phase of the plan.
 
-    resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
-    deliver(phases.majority_candidate(data, splits.val.labels))
+    A phase that raises is recorded (`_phase_failed`) and the run goes on with what it has.
+    """
 
-    baseline = settings.method == "baseline"
-    budget.plan(PLAN_BASELINE if baseline else PLAN_OURS)
-    if resumed is not None and resumed["trained_model_kept"]:
-        budget.skip_phase("first_model", "resumed: the delivered trained model is kept")
-    else:
-        with budget.start_phase("first_model") as phase:
+    settings: Settings
+    budget: Budget
+    out_dir: Path
+    log: RunLog
+    report: RunReport
+    checkpoints: Checkpoints
+    data: phases.RunData
+    delivery: Delivery
+    resumed: dict | None
+
+    @property
+    def baseline(self) -> bool:
+        return self.settings.method == "baseline"
+
+    @classmethod
+    def load(cls, settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> "_Run":
+        """Data, splits and tensors; the resumed attempt's work; the majority-class fallback delivered."""
+        device = resolve_device(settings.device)
+        threads = configure_threads()
+        max_side = settings.max_image_side or default_max_side(device)
+        checkpoints = Checkpoints(out_dir)
+        checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
+                                      image_side_cap=max_side), resume=settings.resume)
+        # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
+        # in a thread while the data loads, not inside the first phase's time.
+        warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
+        warming.start()
+        report.sections["environment"] = _environment(device, threads)
+        log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
+        dataset = load_dataset(settings.data_dir, max_side=max_side)
+        splits = make_splits(dataset, seed=settings.seed)
+        if settings.resume:
+            checkpoints.check_splits(splits.to_json(settings.seed))
+        write_json(out_dir / "splits.json", splits.to_json(settings.seed))
+        report.sections["data"] = _data_section(dataset, splits)
+        for note in dataset.notes:
+            log.event("input", note)
+
+        data = _to_run_data(dataset, splits, device)
+        warming.join(timeout=max(0.0, budget.remaining()))
+        delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
+        report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
+        resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
+        run = cls(settings=settings, budget=budget, out_dir=out_dir, log=log, report=report,
+                  checkpoints=checkpoints, data=data, delivery=delivery, resumed=resumed)
+        run.deliver(phases.majority_candidate(data, splits.val.labels))
+        return run
+
+    def deliver(self, candidate) -> None:
+        """Offer a candidate; when it becomes the delivered model, checkpoint it for --resume."""
+        if self.delivery.offer(candidate):
+            self.checkpoints.save_delivered(candidate)
+
+    def first_model_phase(self) -> None:
+        if self.resumed is not None and self.resumed["trained_model_kept"]:
+            self.budget.skip_phase("first_model", "resumed: the delivered trained model is kept")
+            return
+        with self.budget.start_phase("first_model") as phase:
             _hang_if_asked("first_model")
             try:
-                deliver(phases.train_first_model(data, phase.remaining, baseline=baseline, seed=settings.seed,
-                                                 log=log))
+                self.deliver(phases.train_first_model(self.data, phase.remaining, baseline=self.baseline,
+                                                      seed=self.settings.seed, log=self.log))
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
-                _phase_failed(log, "first_model", err)
+                _phase_failed(self.log, "first_model", err)
 
-    darts = None
-    if not baseline:
-        outcome = checkpoints.load_darts_outcome() if settings.resume else None
+    def darts_phase(self) -> DartsResult | None:
+        resume = self.settings.resume
+        outcome = self.checkpoints.load_darts_outcome() if resume else None
         if outcome is not None:
-            budget.skip_phase("darts", "resumed: the DARTS outcome of the earlier attempt is kept")
+            self.budget.skip_phase("darts", "resumed: the DARTS outcome of the earlier attempt is kept")
             darts, why_not = outcome
         else:
-            progress = checkpoints.load_darts_progress() if settings.resume else None
-            with budget.start_phase("darts") as phase:
+            progress = self.checkpoints.load_darts_progress() if resume else None
+            with self.budget.start_phase("darts") as phase:
                 _hang_if_asked("darts")
                 try:
-                    darts, why_not = phases.search_architecture(data, phase.remaining, seed=settings.seed, log=log,
-                                                                progress=progress,
-                                                                on_checkpoint=checkpoints.save_darts_progress)
-                    checkpoints.save_darts_outcome(darts, why_not)
+                    darts, why_not = phases.search_architecture(
+                        self.data, phase.remaining, seed=self.settings.seed, log=self.log, progress=progress,
+                        on_checkpoint=self.checkpoints.save_darts_progress)
+                    self.checkpoints.save_darts_outcome(darts, why_not)
                 except Exception as err:   # noqa: BLE001
-                    darts, why_not = None, _phase_failed(log, "darts", err)
+                    darts, why_not = None, _phase_failed(self.log, "darts", err)
         if darts is None:
-            log.event("darts_skipped", why_not)
+            self.log.event("darts_skipped", why_not)
         else:
-            report.sections["darts"] = darts.report()
+            self.report.sections["darts"] = darts.report()
+        return darts
 
-    kept = checkpoints.kept_trials() if settings.resume else []
-    previous = None
-    if kept:
-        previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
-    with budget.start_phase("bohb") as phase:
-        _hang_if_asked("bohb")
-        try:
-            bohb, why_not = phases.search_hyperparameters(
-                data, darts, phase.remaining, baseline=baseline, seed=settings.seed, out_dir=out_dir,
-                workers=settings.workers, nameserver_host=settings.nameserver_host,
-                nameserver_port=settings.nameserver_port, log=log, previous=previous,
-                sampling_seed=settings.seed + RESUME_SEED_STRIDE * checkpoints.attempt)
-        except Exception as err:   # noqa: BLE001
-            bohb, why_not = None, _phase_failed(log, "bohb", err)
-    if bohb is None:
-        log.event("bohb_skipped", why_not)
-    bohb = merge_kept_trials(bohb, kept)
-    if bohb is not None:
-        report.sections["bohb"] = bohb.report()
+    def bohb_phase(self, darts: DartsResult | None) -> BohbResult | None:
+        """BOHB (warm-started from a resumed attempt's trials); the kept trials count as its own."""
+        settings, checkpoints = self.settings, self.checkpoints
+        kept = checkpoints.kept_trials() if settings.resume else []
+        previous = None
         if kept:
-            report.sections["bohb"]["kept_trials"] = [t.to_json() for t in kept]
-        for error in report.sections["bohb"]["errors"]:
-            log.event("failed_trial", error)
+            previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
+        with self.budget.start_phase("bohb") as phase:
+            _hang_if_asked("bohb")
+            try:
+                bohb, why_not = phases.search_hyperparameters(
+                    self.data, darts, phase.remaining, baseline=self.baseline, seed=settings.seed,
+                    out_dir=self.out_dir, workers=settings.workers, nameserver_host=settings.nameserver_host,
+                    nameserver_port=settings.nameserver_port, log=self.log, previous=previous,
+                    sampling_seed=settings.seed + RESUME_SEED_STRIDE * checkpoints.attempt)
+            except Exception as err:   # noqa: BLE001
+                bohb, why_not = None, _phase_failed(self.log, "bohb", err)
+        if bohb is None:
+            self.log.event("bohb_skipped", why_not)
+        bohb = merge_kept_trials(bohb, kept)
+        if bohb is not None:
+            section = self.report.sections["bohb"] = bohb.report()
+            if kept:
+                section["kept_trials"] = [t.to_json() for t in kept]
+            for error in section["errors"]:
+                self.log.event("failed_trial", error)
+        return bohb
 
-    with budget.start_phase("final_fit") as phase:
-        _hang_if_asked("final_fit")
-        try:
-            source, spec, config_for = phases.final_choice(
-                data, darts, bohb, baseline=baseline, seed=settings.seed,
-                val_macro_f1_to_beat=delivery.best.val_macro_f1 if delivery.best is not None else 0.0)
-            for candidate in phases.fit_for_the_time_left(source, spec, config_for, data, phase.remaining, log=log):
-                deliver(candidate)
-        except Exception as err:   # noqa: BLE001
-            _phase_failed(log, "final_fit", err)
+    def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
+        with self.budget.start_phase("final_fit") as phase:
+            _hang_if_asked("final_fit")
+            try:
+                best = self.delivery.best
+                source, spec, config_for = phases.final_choice(
+                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
+                    val_macro_f1_to_beat=best.val_macro_f1 if best is not None else 0.0)
+                for candidate in phases.fit_for_the_time_left(source, spec, config_for, self.data, phase.remaining,
+                                                              log=self.log):
+                    self.deliver(candidate)
+            except Exception as err:   # noqa: BLE001
+                _phase_failed(self.log, "final_fit", err)
 
 
 def _phase_failed(log: RunLog, name: str, err: Exception) -> str:

@@ -175,3 +175,39 @@ def test_sigint_exits_130_with_valid_predictions(tmp_path):
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr[-2000:]
     assert _check_predictions(out)["status"] == "stopped_by_signal"
+
+
+# --------------------------------------------------------------------------- a stop during a delivery
+
+def test_a_report_during_a_delivery_describes_the_predictions_on_disk(tmp_path, monkeypatch):
+    """The watchdog may write the report while the main thread is between predictions and model.pt:
+    the report's model is the one whose predictions are on disk, and it waits briefly for model.pt."""
+    from automl_pipeline import delivery as delivery_module
+    from automl_pipeline.delivery import Candidate, Delivery
+
+    in_model_write, release = threading.Event(), threading.Event()
+    real_write_model = delivery_module.write_model
+
+    def slow_write_model(*args, **kwargs):
+        in_model_write.set()
+        release.wait(10)
+        real_write_model(*args, **kwargs)
+
+    monkeypatch.setattr(delivery_module, "write_model", slow_write_model)
+    delivery = Delivery(tmp_path, predict_ids=["a", "b", "c"], class_names=["x", "y", "z"], log=lambda s: None)
+
+    def candidate(f1: float, labels: list[int]) -> Candidate:
+        return Candidate(source=f"model {f1}", val_macro_f1=f1, predict_labels=np.array(labels),
+                         heldout_predictions=np.array(labels), state_dict={"w": torch.zeros(1)})
+
+    offering = threading.Thread(target=delivery.offer, args=(candidate(0.9, [2, 1, 0]),))
+    offering.start()
+    assert in_model_write.wait(10)
+    assert np.load(tmp_path / "predictions.npy", allow_pickle=False).tolist() == [2, 1, 0]
+    assert delivery.settled_best(0.05).source == "model 0.9"      # timed out waiting: still the on-disk one
+    threading.Timer(0.3, release.set).start()
+    started = time.monotonic()
+    assert delivery.settled_best(10).source == "model 0.9"
+    assert time.monotonic() - started >= 0.25                     # it waited for model.pt
+    assert (tmp_path / "model.pt").exists()
+    offering.join(10)
