@@ -4,7 +4,7 @@ Only parses the command line and calls one function; see automl_pipeline/cli.py.
 """
 import sys
 
-from automl_pipeline.cli import main
+from automl_pipeline.cli import exit_at_once, main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_at_once(main(sys.argv[1:]))

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from automl_pipeline.settings import DEVICES, METHODS, Settings, SettingsError
 
@@ -46,6 +47,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     workers=args.workers, nameserver_host=args.nameserver_host,
                     nameserver_port=args.nameserver_port, max_image_side=args.max_image_side,
                     resume=args.resume)
+
+
+def exit_at_once(code: int) -> NoReturn:
+    """End the process with `code` without the interpreter's teardown.
+
+    Everything the run delivers is written (atomically, fsynced) before `main` returns; tearing down
+    torch and waiting for leftover non-daemon threads took 2 s on a loaded 2-core machine, which ran
+    a 25 s run past its limit after its report had been written at 23 s.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main(argv: list[str]) -> int:

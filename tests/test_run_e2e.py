@@ -128,3 +128,17 @@ def test_each_format_runs_end_to_end(tmp_path, fmt):
 
 def report_predict_count(out: Path) -> int:
     return json.loads((out / "report.json").read_text())["data"]["n_predict"]
+
+
+def test_the_process_ends_at_once_after_its_work(tmp_path):
+    """run.py ends through cli.exit_at_once: output flushed, no wait for leftover non-daemon threads
+    (nor torch's teardown), which had pushed a 25 s run past its limit after its report was written."""
+    code = ("import threading, time\n"
+            "from automl_pipeline.cli import exit_at_once\n"
+            "threading.Thread(target=time.sleep, args=(60,)).start()\n"
+            "print('delivered', end='')\n"
+            "exit_at_once(3)\n")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and proc.stdout == "delivered"
+    assert time.monotonic() - started < 30
