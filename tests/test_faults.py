@@ -22,6 +22,8 @@ from automl_pipeline import checkpoints as ck_module
 from automl_pipeline.bohb import run_bohb
 from automl_pipeline.checkpoints import Checkpoints, fingerprint, load_tensors, save_tensors
 
+from tests.processes import signal_after_first_predictions
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -164,16 +166,9 @@ def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
 
 def test_sigint_exits_130_with_valid_predictions(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--time-limit", "60", "--output-dir", str(out),
-                             "--quiet", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 40
-    while not (out / "predictions.npy").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130, stderr[-2000:]
+    returncode, stderr = signal_after_first_predictions(out, signal.SIGINT, settle_s=1,
+                                                        extra_args=("--device", "cpu"))
+    assert returncode == 130, stderr[-2000:]
     assert _check_predictions(out)["status"] == "stopped_by_signal"
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.processes import signal_after_first_predictions
+
 REPO = Path(__file__).resolve().parents[1]
 REPORT_KEYS = {"settings", "time_limit_s", "wall_s", "phases", "data", "test_metrics", "final", "environment",
                "events", "status"}
@@ -61,15 +63,8 @@ def test_digits_demo_finishes_inside_30_seconds(tmp_path):
 
 def test_sigterm_halfway_leaves_valid_predictions(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "--time-limit", "60", "--output-dir", str(out),
-                             "--quiet"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 40
-    while not (out / "predictions.npy").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stderr
+    returncode, stderr = signal_after_first_predictions(out, signal.SIGTERM, settle_s=2)
+    assert returncode == 0, stderr
     report = check_outputs(out)
     assert report["status"] == "stopped_by_signal"
 
