@@ -199,9 +199,10 @@ class _Run:
         log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
         dataset = load_dataset(settings.data_dir, max_side=max_side)
         splits = make_splits(dataset, seed=settings.seed)
+        splits_json = splits.to_json(settings.seed)
         if settings.resume:
-            checkpoints.check_splits(splits.to_json(settings.seed))
-        write_json(out_dir / "splits.json", splits.to_json(settings.seed))
+            checkpoints.check_splits(splits_json)
+        write_json(out_dir / "splits.json", splits_json)
         report.sections["data"] = _data_section(dataset, splits)
         for note in dataset.notes:
             log.event("input", note)
