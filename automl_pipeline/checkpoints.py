@@ -139,7 +139,8 @@ class Checkpoints:
     def save_delivered(self, candidate: Candidate) -> None:
         """After a delivery: what was delivered, so a resumed run only replaces it with a better model."""
         write_json(self.dir / "delivered.json", {
-            "source": candidate.source, "val_macro_f1": candidate.val_macro_f1,
+            "source": candidate.source, "description": candidate.description,
+            "train_images_per_s": candidate.train_images_per_s, "val_macro_f1": candidate.val_macro_f1,
             "architecture": candidate.architecture, "config": candidate.config, "epochs": candidate.epochs,
             "train_s": candidate.train_s, "trained": candidate.state_dict is not None,
             "predict_labels": np.asarray(candidate.predict_labels, dtype=np.int64).tolist(),
@@ -160,7 +161,9 @@ class Checkpoints:
                                   predict_labels=np.asarray(d["predict_labels"], dtype=np.int64),
                                   heldout_predictions=np.asarray(d["heldout_predictions"], dtype=np.int64),
                                   architecture=d.get("architecture"), config=d.get("config"),
-                                  epochs=int(d.get("epochs", 0)), train_s=float(d.get("train_s", 0.0)))
+                                  epochs=int(d.get("epochs", 0)), train_s=float(d.get("train_s", 0.0)),
+                                  description=str(d.get("description", "")),
+                                  train_images_per_s=float(d.get("train_images_per_s", 0.0)))
         except FileNotFoundError:
             return None, False, "no delivered model recorded"
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -170,7 +173,7 @@ class Checkpoints:
         on_disk = sha256_file(self.out_dir / "predictions.npy")
         if on_disk != d.get("predictions_sha256"):
             return candidate, True, "predictions.npy did not match delivered.json; re-written from it"
-        return candidate, False, f"kept {candidate.source} (val macro-F1 {candidate.val_macro_f1:.4f})"
+        return candidate, False, f"kept {candidate.name} (val macro-F1 {candidate.val_macro_f1:.4f})"
 
     # ------------------------------------------------------------------ DARTS
     def save_darts_progress(self, state: dict, meta: dict) -> None:
@@ -302,12 +305,7 @@ def merge_kept_trials(result: BohbResult | None, kept: list[TrialRecord]) -> Boh
 
 def darts_result_from_report(d: dict) -> DartsResult:
     """Inverse of DartsResult.report() (the fields a later phase uses)."""
-    cfg = d.get("config")
-    config = None
-    if cfg is not None:
-        cfg = dict(cfg)
-        cfg["ops"], cfg["a_betas"] = tuple(cfg["ops"]), tuple(cfg["a_betas"])
-        config = DartsConfig(**cfg)
+    config = None if d.get("config") is None else DartsConfig.from_json(d["config"])
     return DartsResult(
         genotype=Genotype.from_json(d["genotype"]), alphas_normal=np.asarray(d["alphas_normal"], dtype=np.float64),
         alphas_reduce=np.asarray(d["alphas_reduce"], dtype=np.float64), epochs_planned=int(d["epochs_planned"]),

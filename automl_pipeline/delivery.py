@@ -21,7 +21,7 @@ class Candidate:
     here; the held-out labels are compared with them once, by `Candidate.heldout_metrics`.
     """
 
-    source: str
+    source: str                     # report.json final.source: first_model, bohb_incumbent, ...
     val_macro_f1: float
     predict_labels: np.ndarray
     heldout_predictions: np.ndarray
@@ -30,11 +30,19 @@ class Candidate:
     epochs: int = 0
     train_s: float = 0.0
     state_dict: dict | None = None
+    description: str = ""           # for people: "final fit of the BOHB incumbent (fine-tuned)"
+    train_images_per_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.description or self.source
 
     def summary(self) -> dict:
         """The report.json `final` section."""
         return {
             "source": self.source,
+            "description": self.name,
+            "train_images_per_s": round(self.train_images_per_s, 1),
             "architecture": self.architecture,
             "config": self.config,
             "epochs": self.epochs,
@@ -67,14 +75,14 @@ class Delivery:
         """Deliver `candidate` if it beats the current best on validation macro-F1."""
         with self._lock:
             if self.best is not None and not candidate.val_macro_f1 > self.best.val_macro_f1:
-                self._log(f"kept {self.best.source} (val macro-F1 {self.best.val_macro_f1:.4f}) over "
-                          f"{candidate.source} ({candidate.val_macro_f1:.4f})")
+                self._log(f"kept {self.best.name} (val macro-F1 {self.best.val_macro_f1:.4f}) over "
+                          f"{candidate.name} ({candidate.val_macro_f1:.4f})")
                 return False
             write_predictions(self._out_dir, candidate.predict_labels, self._predict_ids, self._class_names)
             self.best = candidate
             if candidate.state_dict is not None:
                 write_model(self._out_dir, candidate.state_dict, candidate.architecture or {}, candidate.config or {})
-        self._log(f"predictions written from {candidate.source} (val macro-F1 {candidate.val_macro_f1:.4f})")
+        self._log(f"predictions written from {candidate.name} (val macro-F1 {candidate.val_macro_f1:.4f})")
         return True
 
     def settled_best(self, timeout_s: float) -> Candidate | None:

@@ -35,6 +35,10 @@ PLOTS_MIN_LIMIT_S = 120.0
 # Relative weights of the phases; each phase gets its share of the time left when it starts.
 PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit", 0.25)]
 PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
+# The first model gets at least this many seconds (at most FIRST_MODEL_MAX_SHARE of the time left):
+# on short runs its 10 % share was a second or two, and it trained a few images into a useless model.
+FIRST_MODEL_MIN_S = 10.0
+FIRST_MODEL_MAX_SHARE = 0.9
 # The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
 WATCHDOG_GRACE_S = 1.5
 # The report waits this long for a delivery in progress (predictions + model.pt) to finish writing;
@@ -154,11 +158,21 @@ def run(settings: Settings) -> int:
 def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> None:
     """Load the data, deliver the fallback, then run the phases of the plan in order."""
     run = _Run.load(settings, budget, out_dir, log, report)
-    budget.plan(PLAN_BASELINE if run.baseline else PLAN_OURS)
+    budget.plan(phase_plan(budget.remaining(), baseline=run.baseline))
     run.first_model_phase()
     darts = None if run.baseline else run.darts_phase()
     bohb = run.bohb_phase(darts)
     run.final_fit_phase(darts, bohb)
+    run.note_cell_use(bohb)
+
+
+def phase_plan(remaining_s: float, *, baseline: bool) -> list[tuple[str, float]]:
+    """Relative phase weights: PLAN_OURS / PLAN_BASELINE, the first model raised to FIRST_MODEL_MIN_S."""
+    plan = PLAN_BASELINE if baseline else PLAN_OURS
+    (first_name, first), rest = plan[0], plan[1:]
+    raised = max(first, min(FIRST_MODEL_MAX_SHARE, FIRST_MODEL_MIN_S / max(remaining_s, 1e-9)))
+    scale = (1.0 - raised) / sum(weight for _, weight in rest)
+    return [(first_name, raised)] + [(name, weight * scale) for name, weight in rest]
 
 
 @dataclass
@@ -253,9 +267,15 @@ class _Run:
                     darts, why_not = None, _phase_failed(self.log, "darts", err)
         if darts is None:
             self.log.event("darts_skipped", why_not)
-        else:
-            self.report.sections["darts"] = darts.report()
-        return darts
+            self.report.sections["darts"] = {"status": "skipped", "reason": why_not, "arch_steps": 0,
+                                             "cell_used": False}
+            return None
+        learned, why_not_used = darts.learned(self.data.n_classes)
+        section = self.report.sections["darts"] = darts.report()
+        section.update(status="completed", learned=learned, reason=why_not_used, cell_used=False)
+        if not learned:
+            self.log.event("darts_not_used", why_not_used)
+        return darts if learned else None
 
     def bohb_phase(self, darts: DartsResult | None) -> BohbResult | None:
         """BOHB (warm-started from a resumed attempt's trials); the kept trials count as its own."""
@@ -276,25 +296,39 @@ class _Run:
                 bohb, why_not = None, _phase_failed(self.log, "bohb", err)
         if bohb is None:
             self.log.event("bohb_skipped", why_not)
+            self.report.sections["bohb"] = {"status": "skipped", "reason": why_not, "n_trials": 0,
+                                            "model_based_picks": 0}
         bohb = merge_kept_trials(bohb, kept)
         if bohb is not None:
             section = self.report.sections["bohb"] = bohb.report()
+            section["status"] = "completed"
             if kept:
                 section["kept_trials"] = [t.to_json() for t in kept]
             for error in section["errors"]:
                 self.log.event("failed_trial", error)
         return bohb
 
+    def note_cell_use(self, bohb: BohbResult | None) -> None:
+        """darts.cell_used: the delivered model's cell came from the DARTS search (its genotype or
+        one sampled from its weights)."""
+        section, best = self.report.sections.get("darts"), self.delivery.best
+        if section is None or best is None:
+            return
+        cell = None
+        if best.source == "bohb_incumbent" and bohb is not None and bohb.incumbent_config is not None:
+            cell = bohb.incumbent_config.get("cell")
+        section["cell_used"] = best.source == "darts_cell" or (cell is not None and cell != "default")
+
     def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
         with self.budget.start_phase("final_fit") as phase:
             _hang_if_asked("final_fit")
             try:
                 best = self.delivery.best
-                source, spec, config_for = phases.final_choice(
+                source, description, spec, config_for = phases.final_choice(
                     self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
                     val_macro_f1_to_beat=best.val_macro_f1 if best is not None else 0.0)
-                for candidate in phases.fit_for_the_time_left(source, spec, config_for, self.data, phase.remaining,
-                                                              log=self.log):
+                for candidate in phases.fit_for_the_time_left(source, description, spec, config_for, self.data,
+                                                              phase.remaining, log=self.log):
                     self.deliver(candidate)
             except Exception as err:   # noqa: BLE001
                 _phase_failed(self.log, "final_fit", err)
@@ -333,7 +367,7 @@ def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, da
         darts_note = "DARTS continues" if progress is not None else "DARTS starts afresh"
     section = {"attempt": checkpoints.attempt, "from": str(checkpoints.dir), "darts_epochs_kept": darts_epochs,
                "bohb_trials_kept": n_trials, "delivered": note,
-               "trained_model_kept": candidate is not None and candidate.source != "majority-class fallback"}
+               "trained_model_kept": candidate is not None and candidate.source != "majority_fallback"}
     report.sections["resume"] = section
     log.event("resume", f"resumed from {checkpoints.dir} (attempt {checkpoints.attempt}): {darts_epochs} DARTS "
                         f"epochs, {n_trials} BOHB trials kept ({darts_note}); delivered model: {note}")

@@ -3,8 +3,10 @@
 - `run_pipeline`: `python run.py ...` as a subprocess under a limit (killed, with its process
   group, after limit + slack), read back its report.json; never raises for a bad run, the
   returned row says what went wrong.
-- `fashion_npz`: build (once, cached) a MedMNIST-style Fashion-MNIST npz with
-  `benchmarks/make_fashion_npz.py`, or say how to install the data and return None.
+- `run_plain_cnn`: the same for `benchmarks/plain_cnn.py` (the plain-CNN baseline), reading its
+  result.json.
+- `fashion_npz`: build (once, cached) a MedMNIST-style Fashion-MNIST npz (grey, or tinted RGB with
+  `colour=True`) with `benchmarks/make_fashion_npz.py`, or say how to install the data and return None.
 - `summarize`, `markdown_table`, `summary_table`: result rows -> mean/std per method, markdown.
 - `machine_info`, `write_results`: the JSON written to benchmarks/out/*.json.
 
@@ -28,6 +30,7 @@ BENCH_DIR = REPO_ROOT / "benchmarks"
 DEFAULT_OUT = BENCH_DIR / "out"
 FASHION_PACKAGE = "dataset-fashion-mnist"
 DEFAULT_SLACK_S = 60.0
+PLAIN_CNN_SCRIPT = BENCH_DIR / "plain_cnn.py"
 
 
 def ensure_repo_on_path() -> None:
@@ -117,6 +120,24 @@ def _tail(path: Path, n: int = 12) -> str:
     return "\n".join(ln for ln in lines[-n:] if ln.strip())
 
 
+def _subprocess_status(code: int | None, outcome: str, seconds: float, time_limit_s: float,
+                       slack_s: float) -> tuple[str | None, str | None]:
+    """(status, error) from run_logged's result; status None when the process exited with 0."""
+    if outcome == "timeout":
+        return "timeout", f"killed after {seconds:.0f} s (limit {time_limit_s:g} s + {slack_s:g} s slack)"
+    if outcome.startswith("not_started"):
+        return "failed", outcome
+    if code != 0:
+        return "failed", f"exit code {code}"
+    return None, None
+
+
+def _move_stale(path: Path) -> None:
+    """A result file left by an earlier run must not be read as this run's."""
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.stem}.previous{path.suffix}"))
+
+
 def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None,
                  device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
                  argv: Sequence[str] | None = None) -> dict:
@@ -130,8 +151,7 @@ def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report_path = output_dir / "report.json"
-    if report_path.exists():   # a stale report from an earlier run must not be read as this one's
-        os.replace(report_path, output_dir / "report.previous.json")
+    _move_stale(report_path)
     if argv is None:
         argv = pipeline_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                 device=device, extra=extra)
@@ -140,19 +160,14 @@ def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: 
     tail = _tail(output_dir / "stderr.log")
     metrics = (report or {}).get("test_metrics")
     metrics = metrics if isinstance(metrics, dict) else {}
-    error = None
-    if outcome == "timeout":
-        status, error = "timeout", f"killed after {seconds:.0f} s (limit {time_limit_s:g} s + {slack_s:g} s slack)"
-    elif outcome.startswith("not_started"):
-        status, error = "failed", outcome
-    elif code != 0:
-        status, error = "failed", f"exit code {code}"
-    elif report is None:
-        status, error = "failed", "no readable report.json"
-    elif num(metrics.get("macro_f1")) is None:
-        status, error = "failed", "report.json has no held-out test metrics"
-    else:
-        status = str(report.get("status", "complete"))
+    status, error = _subprocess_status(code, outcome, seconds, time_limit_s, slack_s)
+    if status is None:
+        if report is None:
+            status, error = "failed", "no readable report.json"
+        elif num(metrics.get("macro_f1")) is None:
+            status, error = "failed", "report.json has no held-out test metrics"
+        else:
+            status = str(report.get("status", "complete"))
     if error is not None and tail:
         error = f"{error}: {tail.splitlines()[-1].strip()}"
     wall = num((report or {}).get("wall_s"))
@@ -163,17 +178,65 @@ def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: 
             "command": " ".join(shlex.quote(str(a)) for a in argv), "stderr_tail": tail if error else None}
 
 
+def plain_cnn_command(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None, loss: str,
+                      device: str = "auto", extra: Sequence[str] = ()) -> list[str]:
+    argv = [sys.executable, str(PLAIN_CNN_SCRIPT), "--time-limit", f"{time_limit_s:g}", "--output-dir",
+            str(output_dir), "--seed", str(seed), "--loss", loss, "--device", device]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    return argv + [str(a) for a in extra]
+
+
+def run_plain_cnn(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None, loss: str,
+                  device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
+                  argv: Sequence[str] | None = None) -> dict:
+    """One `python benchmarks/plain_cnn.py` run (its own process, timed from outside); never raises
+    for a failed run.
+
+    Keys as run_pipeline's, with `result` (the parsed result.json or None) instead of `report`;
+    wall_s is the script's own process-elapsed figure, else the measured seconds.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result_path = output_dir / "result.json"
+    _move_stale(result_path)
+    if argv is None:
+        argv = plain_cnn_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
+                                 loss=loss, device=device, extra=extra)
+    code, outcome, seconds = run_logged(argv, output_dir, time_limit_s + slack_s, cwd=REPO_ROOT)
+    result = read_json(result_path)
+    tail = _tail(output_dir / "stderr.log")
+    status, error = _subprocess_status(code, outcome, seconds, time_limit_s, slack_s)
+    if status is None:
+        if result is None:
+            status, error = "failed", "no readable result.json"
+        elif num(result.get("macro_f1")) is None:
+            status, error = "failed", "result.json has no held-out macro_f1"
+        else:
+            status = "complete"
+    if error is not None and tail:
+        error = f"{error}: {tail.splitlines()[-1].strip()}"
+    result_or_empty = result or {}
+    wall = num(result_or_empty.get("wall_s"))
+    return {"status": status, "exit_code": code, "error": error, "seconds": round(seconds, 3),
+            "macro_f1": num(result_or_empty.get("macro_f1")), "accuracy": num(result_or_empty.get("accuracy")),
+            "balanced_accuracy": num(result_or_empty.get("balanced_accuracy")),
+            "wall_s": wall if wall is not None else round(seconds, 3), "result": result,
+            "command": " ".join(shlex.quote(str(a)) for a in argv), "stderr_tail": tail if error else None}
+
+
 # --------------------------------------------------------------------------- data
 
 
 def fashion_npz(*, imbalance_ratio: float = 1.0, n_train: int = 5000, n_test: int = 2000, seed: int = 0,
-                cache_dir: Path | None = None, log=print) -> Path | None:
-    """A Fashion-MNIST npz built with make_fashion_npz.py (cached under benchmarks/out/data/).
+                colour: bool = False, cache_dir: Path | None = None, log=print) -> Path | None:
+    """A Fashion-MNIST npz built with make_fashion_npz.py (cached under `cache_dir`, default
+    benchmarks/out/data/); `colour` = RGB images with random per-image tints (its --colour).
 
     Returns None, after printing how to install the data, when the Debian package is missing.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_OUT / "data"
-    tag = "fmnist" if imbalance_ratio == 1 else f"fmnist_lt{imbalance_ratio:g}"
+    tag = "fmnist" + ("_colour" if colour else "") + ("" if imbalance_ratio == 1 else f"_lt{imbalance_ratio:g}")
     path = cache_dir / f"{tag}_n{n_train}_t{n_test}_s{seed}.npz"
     if path.is_file():
         return path
@@ -186,7 +249,8 @@ def fashion_npz(*, imbalance_ratio: float = 1.0, n_train: int = 5000, n_test: in
             f"and run this benchmark again; skipping this dataset.")
         return None
     code = maker.main(["--out", str(path), "--n-train", str(n_train), "--n-test", str(n_test),
-                       "--imbalance-ratio", f"{imbalance_ratio:g}", "--seed", str(seed)])
+                       "--imbalance-ratio", f"{imbalance_ratio:g}", "--seed", str(seed)]
+                      + (["--colour"] if colour else []))
     return path if code == 0 and path.is_file() else None
 
 

@@ -7,6 +7,8 @@ labels (N, 1) and the class names.
 
     python benchmarks/make_fashion_npz.py --out benchmarks/data/fmnist_5k.npz --n-train 5000 --n-test 2000
     python benchmarks/make_fashion_npz.py --out benchmarks/data/fmnist_lt100.npz --n-train 5000 --imbalance-ratio 100
+    python benchmarks/make_fashion_npz.py --out benchmarks/data/fmnist_colour_lt10.npz --n-train 5000 \
+        --imbalance-ratio 10 --colour
 
 Sizes: --n-train N gives the head class n = N // 10 train images; class c keeps
 floor(n * R ** (-c / 9)) (at least 1) for --imbalance-ratio R (R = 1: balanced,
@@ -14,6 +16,13 @@ so about N in all).  The validation split has --val-fraction of each class's
 train count (at least 1), drawn from other Fashion-MNIST training images, so it
 is long-tailed like train.  The test split is balanced: --n-test // 10 per class
 from the official test file.  Draws are seeded (--seed).
+
+--colour writes RGB images (N, 28, 28, 3) instead: each image gets its own random foreground
+and background tint, pixel = background + (foreground - background) * grey / 255 (Fashion-MNIST
+garments are bright on black, so the garment takes the foreground tint). Tints are drawn
+independently of the label (the two colours of a pair at least MIN_TINT_DISTANCE apart, so the
+garment stays visible), so colour carries no class information. The tints come from their own
+seeded stream: the same arguments with and without --colour select the same images.
 """
 from __future__ import annotations
 
@@ -32,6 +41,9 @@ FILES = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-la
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
 IDX_UBYTE = 0x08
+MIN_TINT_DISTANCE = 96.0     # Euclidean RGB distance between an image's foreground and background tints
+COLOUR_STREAM = 0xC0105      # second seed word of the tint generator (independent of the image draws)
+COLOUR_CHUNK = 8192          # images tinted at once (bounds the float32 scratch memory)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -86,8 +98,35 @@ def draw(labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator,
     return np.sort(np.concatenate(chosen))
 
 
+def random_tints(n: int, rng: np.random.Generator, *, min_distance: float = MIN_TINT_DISTANCE
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, background) uint8 RGB colours, (n, 3) each, uniform over the RGB cube; pairs
+    closer than `min_distance` are redrawn."""
+    fg = rng.integers(0, 256, size=(n, 3))
+    bg = rng.integers(0, 256, size=(n, 3))
+    close = np.linalg.norm(fg - bg, axis=1) < min_distance
+    while close.any():
+        fg[close] = rng.integers(0, 256, size=(int(close.sum()), 3))
+        bg[close] = rng.integers(0, 256, size=(int(close.sum()), 3))
+        close = np.linalg.norm(fg - bg, axis=1) < min_distance
+    return fg.astype(np.uint8), bg.astype(np.uint8)
+
+
+def colourize(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, H, W) uint8 grey -> (N, H, W, 3) uint8: a random foreground/background tint per image."""
+    fg, bg = random_tints(len(grey), rng)
+    out = np.empty(grey.shape + (3,), dtype=np.uint8)
+    for start in range(0, len(grey), COLOUR_CHUNK):
+        part = slice(start, start + COLOUR_CHUNK)
+        alpha = grey[part, :, :, None].astype(np.float32) / 255.0
+        f = fg[part, None, None, :].astype(np.float32)
+        b = bg[part, None, None, :].astype(np.float32)
+        out[part] = np.clip(np.rint(b + (f - b) * alpha), 0, 255).astype(np.uint8)
+    return out
+
+
 def build(source: Path, *, n_train: int, n_test: int, imbalance_ratio: float, val_fraction: float,
-          seed: int) -> dict[str, np.ndarray]:
+          seed: int, colour: bool = False) -> dict[str, np.ndarray]:
     raw = {key: read_idx(source / name) for key, name in FILES.items()}
     n_classes = len(CLASS_NAMES)
     rng = np.random.default_rng(seed)
@@ -100,6 +139,10 @@ def build(source: Path, *, n_train: int, n_test: int, imbalance_ratio: float, va
     for split, idx, origin in (("train", train_idx, "train"), ("val", val_idx, "train"), ("test", test_idx, "test")):
         out[f"{split}_images"] = raw[f"{origin}_images"][idx]
         out[f"{split}_labels"] = raw[f"{origin}_labels"][idx].reshape(-1, 1)
+    if colour:
+        tints = np.random.default_rng([seed, COLOUR_STREAM])
+        for split in ("train", "val", "test"):
+            out[f"{split}_images"] = colourize(out[f"{split}_images"], tints)
     return out
 
 
@@ -112,6 +155,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="val size per class, relative to train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", type=Path, default=None, help="folder with the four idx .gz files")
+    parser.add_argument("--colour", action="store_true",
+                        help="RGB images with a random per-image foreground and background tint (no class signal)")
     args = parser.parse_args(argv)
     if args.imbalance_ratio < 1 or args.n_train < 10 or args.n_test < 10 or not 0 < args.val_fraction < 1:
         parser.error("need --imbalance-ratio >= 1, --n-train/--n-test >= 10 and 0 < --val-fraction < 1")
@@ -127,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
               f"or pass --source FOLDER containing {', '.join(FILES.values())}", file=sys.stderr)
         return 1
     arrays = build(source, n_train=args.n_train, n_test=args.n_test, imbalance_ratio=args.imbalance_ratio,
-                   val_fraction=args.val_fraction, seed=args.seed)
+                   val_fraction=args.val_fraction, seed=args.seed, colour=args.colour)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     counts = np.bincount(arrays["train_labels"][:, 0], minlength=len(CLASS_NAMES))
     print(f"wrote {args.out}: train {len(arrays['train_labels'])} (per class {counts.tolist()}), "
-          f"val {len(arrays['val_labels'])}, test {len(arrays['test_labels'])}")
+          f"val {len(arrays['val_labels'])}, test {len(arrays['test_labels'])}, "
+          f"images {'x'.join(map(str, arrays['train_images'].shape[1:]))}")
     return 0
 
 

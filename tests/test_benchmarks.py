@@ -1,4 +1,5 @@
-"""The pieces of the benchmark scripts (benchmarks/common.py, benchmarks/quality_vs_resnet.py); no full benchmarks."""
+"""The pieces of the benchmark scripts (benchmarks/common.py, quality_vs_resnet.py, plain_cnn.py,
+quality_vs_plain_cnn.py); no full benchmarks."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,8 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import plain_cnn  # noqa: E402
+import quality_vs_plain_cnn as qpc  # noqa: E402
 import quality_vs_resnet as qvr  # noqa: E402
 
 from automl_pipeline.training import TensorData  # noqa: E402
@@ -135,3 +138,96 @@ def test_resolution_benchmark_loads_photos_at_each_side_and_writes_rows(tmp_path
     assert all(r["load_s_per_1000"] > 0 and r["images_per_s"] > 0 for r in rows)
     assert rows[1]["tensor_mib_per_10k"] == pytest.approx(rows[0]["tensor_mib_per_10k"] * (12 / 8) ** 2, rel=0.02)
     assert "| 12 |" in capsys.readouterr().out
+
+
+def test_plain_cnn_has_the_documented_size_and_takes_any_side():
+    assert sum(p.numel() for p in plain_cnn.build_plain_cnn(1, 10, 28).parameters()) == 390_634
+    with torch.no_grad():
+        assert plain_cnn.build_plain_cnn(3, 4, 32).eval()(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+        assert plain_cnn.build_plain_cnn(1, 10, 8).eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)   # digits: 1x1
+    assert [plain_cnn.method_name(loss) for loss in ("ce", "focal_inv")] == ["plain_ce", "plain_focal"]
+
+
+def test_plain_cnn_refuses_bad_data_with_exit_code_2(tmp_path, capsys):
+    assert plain_cnn.main(["--time-limit", "30", "--data-dir", str(tmp_path / "missing"),
+                           "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "missing" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_plain_cnn_process_on_digits_ends_inside_its_limit(tmp_path):
+    """The whole process, timed from outside: 20 s from start to exit, held-out macro-F1 well above chance.
+
+    20 s, not 15: on a loaded 2-core machine start-up (torch, the search modules that
+    automl_pipeline.phases imports, torch's warm-up) took up to 13.5 s, all of a 15 s run's work time."""
+    limit = 20.0
+    row = common.run_plain_cnn(time_limit_s=limit, output_dir=tmp_path / "run", seed=0, data_dir=None, loss="ce",
+                               device="cpu", slack_s=30)
+    assert row["status"] == "complete", row["error"]
+    assert row["seconds"] <= limit
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["method"] == "plain_ce" and result["seed"] == 0 and result["time_limit_s"] == limit
+    assert result["wall_s"] <= limit and result["epochs"] >= 1 and result["train_images_per_s"] > 0
+    assert result["macro_f1"] > 0.5 and 0 < result["val_macro_f1"] <= 1
+    assert result["data"]["n_test"] == 359   # digits: 20 % of each class carved out, as run.py does
+
+
+def _fake_row(data, limit, method, seed, f1, **extra):
+    row = {"data": data, "time_limit_s": limit, "method": method, "seed": seed, "status": "complete",
+           "macro_f1": f1, "accuracy": f1, "wall_s": limit - 2.0, "seconds": limit - 1.5, "error": None}
+    row.update(extra)
+    return row
+
+
+def test_plain_cnn_tables_summary_and_ratio_from_fake_rows():
+    rows = [_fake_row("digits", 60.0, "ours", 0, 0.90, source="final fit", darts_arch_steps=0, bohb_n_trials=0),
+            _fake_row("digits", 60.0, "plain_ce", 0, 0.80, epochs=12, train_images_per_s=900.0),
+            _fake_row("digits", 60.0, "plain_focal", 0, 0.84),
+            _fake_row("digits", 60.0, "ours", 1, 0.92, source="first model", darts_arch_steps=120,
+                      darts_cell_used=True, bohb_n_trials=7, bohb_model_based_picks=2),
+            _fake_row("digits", 60.0, "plain_ce", 1, 0.82),
+            _fake_row("digits", 60.0, "plain_focal", 1, None, status="failed", error="exit code 1: boom"),
+            _fake_row("colour-lt", 300.0, "plain_ce", 0, 0.5)]
+    text, summary, ratios = qpc.build_tables(rows)
+    assert [(s["data"], s["method"], s["runs"], s["failed"]) for s in summary] == [
+        ("digits", "ours", 2, 0), ("digits", "plain_ce", 2, 0), ("digits", "plain_focal", 2, 1),
+        ("colour-lt", "plain_ce", 1, 0)]
+    assert summary[0]["macro_f1"]["mean"] == pytest.approx(0.91)
+    digits, colour = ratios
+    assert digits["best_plain"] == "plain_focal" and digits["best_plain_macro_f1"] == pytest.approx(0.84)
+    assert digits["ratio"] == pytest.approx(0.91 / 0.84)
+    assert colour["ours_macro_f1"] is None and colour["ratio"] is None and colour["best_plain"] == "plain_ce"
+    assert "| digits | 60 | ours | 1 | complete | 0.9200 |" in text
+    assert "| first model | 120 | True | 7 | 2 |" in text and "boom" in text
+    assert "| digits | 60 | ours | 2 | 0 | 0.9100 ± 0.0141 |" in text
+    assert "| digits | 60 | 0.9100 | plain_focal | 0.8400 | 1.083 |" in text
+    assert "| colour-lt | 300 | - | plain_ce | 0.5000 | - |" in text
+
+
+def test_plain_cnn_benchmark_reads_old_and_new_report_keys():
+    new = {"final": {"source": "bohb incumbent", "epochs": 9, "train_images_per_s": 812.5},
+           "darts": {"arch_steps": 300, "steps_run": 1, "cell_used": False},
+           "bohb": {"n_trials": 11, "model_based_picks": 4}}
+    assert qpc.ours_facts(new) == {"source": "bohb incumbent", "epochs": 9, "train_images_per_s": 812.5,
+                                   "darts_arch_steps": 300, "darts_cell_used": False, "bohb_n_trials": 11,
+                                   "bohb_model_based_picks": 4}
+    old = {"final": {"source": "first model", "epochs": 5}, "darts": {"steps_run": 42},
+           "events": [{"t_s": 9.0, "kind": "bohb_skipped", "message": "50s left"}]}
+    facts = qpc.ours_facts(old)
+    assert (facts["darts_arch_steps"], facts["bohb_n_trials"], facts["train_images_per_s"]) == (42, 0, None)
+    assert qpc.ours_facts(None)["source"] is None
+    assert qpc.ours_facts({"phases": [{"name": "darts", "skipped": "too short"}]})["darts_arch_steps"] == 0
+
+
+def test_make_fashion_npz_colour_tints_carry_no_label_and_keep_the_garment():
+    import make_fashion_npz as maker
+
+    rng = np.random.default_rng(0)
+    grey = np.zeros((50, 4, 4), np.uint8)
+    grey[:, 1:3, 1:3] = 255
+    rgb = maker.colourize(grey, rng)
+    assert rgb.shape == (50, 4, 4, 3) and rgb.dtype == np.uint8
+    fg, bg = rgb[:, 1, 1].astype(float), rgb[:, 0, 0].astype(float)
+    assert np.all(np.linalg.norm(fg - bg, axis=1) >= maker.MIN_TINT_DISTANCE - 1)
+    assert len({tuple(c) for c in bg}) > 40      # a tint per image, not per class

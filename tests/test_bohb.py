@@ -21,12 +21,12 @@ import torch
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, Integer
 
 from automl_pipeline.bohb import worker as worker_module
-from automl_pipeline.bohb.phase import (BohbResult, TrialRecord, choose_budgets, hpbandster_budgets, run_bohb,
-                                        select_incumbent)
+from automl_pipeline.bohb.phase import (FIRST_BRACKET_SHARE, BohbResult, TrialRecord, bracket_sizes, choose_budgets,
+                                        hpbandster_budgets, run_bohb, select_incumbent)
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
 from automl_pipeline.bohb.space import build_config_space
-from automl_pipeline.bohb.worker import (TrialContext, config_to_network_spec, config_to_train_config,
-                                         evaluate_config)
+from automl_pipeline.bohb.worker import (TrialContext, budget_epochs, config_to_network_spec, config_to_train_config,
+                                         evaluate_config, genotype_pool)
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +60,8 @@ digits_context = _namespace["digits_context"]
 def tiny_space(seed: int = 0) -> ConfigurationSpace:
     """Our space's hyperparameters with ranges narrowed to networks a shared CPU trains in ~1 s/epoch."""
     cs = ConfigurationSpace(seed=seed)
-    cs.add([Integer("batch_size", (32, 128), log=True, default=64), Integer("n_cells", (1, 2), default=1),
-            Categorical("lr_schedule", ["onecycle", "none"]), Float("lr", (3e-3, 3e-2), log=True, default=1e-2),
-            Float("weight_decay", (1e-6, 1e-3), log=True), Categorical("optimizer", ["adamw", "sgd"]),
-            Categorical("base_channels", [8, 16]), Float("dropout", (0.0, 0.2)),
-            Float("focal_gamma", (0.0, 3.0)), Float("class_weight_smoothing", (0.0, 1.0))])
+    cs.add([Integer("n_cells", (1, 2), default=1), Float("lr", (3e-3, 3e-2), log=True, default=1e-2),
+            Categorical("base_channels", [8, 16]), Categorical("loss", ["focal", "ce"])])
     return cs
 
 
@@ -75,9 +72,8 @@ def ctx() -> TrialContext:
 
 
 def good_config() -> dict:
-    cfg = to_plain(dict(build_config_space(seed=0, darts_available=False, baseline=False)
-                        .get_default_configuration()))
-    return dict(cfg, n_cells=1, base_channels=16, batch_size=64, lr=1e-2)
+    cfg = to_plain(dict(build_config_space(seed=0, baseline=False).get_default_configuration()))
+    return dict(cfg, n_cells=1, base_channels=16, lr=1e-2)
 
 
 def fake_darts(seed: int = 0):
@@ -92,71 +88,64 @@ def fake_darts(seed: int = 0):
 
 # --------------------------------------------------------------------------- space
 
-@pytest.mark.parametrize("darts_available,baseline", [(True, False), (False, False), (True, True), (False, True)])
-def test_space_variants_sample_valid_configurations(darts_available, baseline):
-    cs = build_config_space(seed=3, darts_available=darts_available, baseline=baseline)
+@pytest.mark.parametrize("with_darts,baseline", [(True, False), (False, False), (False, True)])
+def test_space_variants_sample_valid_configurations(with_darts, baseline):
+    darts = fake_darts() if with_darts else None
+    pool = genotype_pool(darts)
+    cs = build_config_space(seed=3, cells=tuple(pool), baseline=baseline)
     names = set(cs.keys())
-    common = {"batch_size", "n_cells", "lr_schedule", "lr", "weight_decay", "optimizer", "base_channels", "dropout"}
-    assert common <= names
-    ours = {"focal_gamma", "class_weight_smoothing", "surrogate_skip", "beta0"}
-    cells = {"cell_source", "temperature", "cell_seed"}
-    assert (ours <= names) is (not baseline) and not (ours & names and baseline)
-    assert (cells <= names) is (darts_available and not baseline)
-    if not baseline:
-        assert cs["focal_gamma"].default_value == 3.0 and cs["class_weight_smoothing"].default_value == 0.8
+    assert {"lr", "n_cells", "base_channels", "flip"} <= names
+    assert ({"loss", "surrogate_skip"} <= names) is (not baseline)
+    assert ("cell" in names) is with_darts
+    assert len(names) <= 7                                   # small enough for the KDE (module docstring)
     for config in cs.sample_configuration(40):
         plain = to_plain(dict(config))
         Configuration(cs, values=plain)                      # plain values are valid in the space
         assert all(type(v) in (int, float, str, bool) for v in plain.values()), plain
-        assert 16 <= plain["batch_size"] <= 256 and 1 <= plain["n_cells"] <= 6
-        assert 1e-5 <= plain["lr"] <= 1e-1 and plain["base_channels"] in (16, 24, 32, 48)
-        assert ("temperature" in plain) == ("cell_seed" in plain) == (plain.get("cell_source") == "sampled")
-        assert ("beta0" in plain) == bool(plain.get("surrogate_skip", False))
-        spec = config_to_network_spec(plain, darts=fake_darts() if "cell_source" in plain else None,
-                                      in_channels=1, n_classes=10, image_side=8)
-        assert spec.n_cells == plain["n_cells"]
-        train = config_to_train_config(plain, epochs=3, seed=0)
-        assert train.loss == ("ce" if baseline else "focal")
+        spec = config_to_network_spec(plain, darts=darts, in_channels=1, n_classes=10, image_side=8)
+        assert spec.n_cells == plain["n_cells"] and spec.genotype == pool[plain.get("cell", "default")]
+        train = config_to_train_config(plain, epochs=3, seed=0, batch_size=32)
+        assert train.loss == plain.get("loss", "ce") and train.batch_size == 32
+
+
+def test_genotype_pool_is_a_fixed_set_of_names():
+    darts = fake_darts(1)
+    assert genotype_pool(None) == {"default": DEFAULT_GENOTYPE}
+    pool = genotype_pool(darts)
+    assert set(pool) == {"default", "darts", "sampled_1", "sampled_2", "sampled_3"}
+    assert pool["darts"] == darts.genotype and pool == genotype_pool(darts)      # deterministic
+    assert all(isinstance(g, Genotype) for g in pool.values())
+    with pytest.raises(ValueError, match="not in the pool"):
+        config_to_network_spec({"n_cells": 2, "base_channels": 16, "cell": "darts"}, darts=None,
+                               in_channels=1, n_classes=10, image_side=8)
 
 
 def test_space_is_seeded():
-    a = [dict(c) for c in build_config_space(seed=7, darts_available=True, baseline=False).sample_configuration(5)]
-    b = [dict(c) for c in build_config_space(seed=7, darts_available=True, baseline=False).sample_configuration(5)]
+    cells = tuple(genotype_pool(fake_darts()))
+    a = [dict(c) for c in build_config_space(seed=7, cells=cells, baseline=False).sample_configuration(5)]
+    b = [dict(c) for c in build_config_space(seed=7, cells=cells, baseline=False).sample_configuration(5)]
     assert a == b
 
 
 # --------------------------------------------------------------------------- pure config mappings
 
 def test_config_to_train_config_maps_loss_and_surrogate():
-    base = {"batch_size": 32, "n_cells": 2, "lr_schedule": "none", "lr": 1e-3, "weight_decay": 1e-4,
-            "optimizer": "sgd", "base_channels": 24, "dropout": 0.1}
-    baseline = config_to_train_config(base, epochs=5, seed=11)
-    assert (baseline.loss, baseline.focal_gamma, baseline.class_weight_smoothing) == ("ce", 0.0, 0.0)
-    assert (baseline.epochs, baseline.seed, baseline.schedule, baseline.optimizer) == (5, 11, "none", "sgd")
-    assert baseline.surrogate_beta0 == 0.0
-    ours = config_to_train_config(dict(base, focal_gamma=2.0, class_weight_smoothing=0.0, surrogate_skip=True,
-                                       beta0=0.7), epochs=4, seed=0)
-    assert (ours.loss, ours.focal_gamma, ours.class_weight_smoothing, ours.surrogate_beta0) == ("focal", 2.0, 0.0, 0.7)
-    off = config_to_train_config(dict(base, focal_gamma=2.0, class_weight_smoothing=0.5, surrogate_skip=False),
-                                 epochs=4, seed=0)
-    assert off.surrogate_beta0 == 0.0
+    base = {"n_cells": 2, "lr": 1e-3, "base_channels": 24, "flip": True}
+    baseline = config_to_train_config(base, epochs=5, seed=11, batch_size=32)
+    assert (baseline.loss, baseline.class_weight_smoothing, baseline.surrogate_beta0) == ("ce", 0.0, 0.0)
+    assert (baseline.epochs, baseline.seed, baseline.batch_size, baseline.flip, baseline.lr) == (5, 11, 32, True, 1e-3)
+    focal = config_to_train_config(dict(base, loss="focal", surrogate_skip=True), epochs=4, seed=0, batch_size=8)
+    assert (focal.loss, focal.focal_gamma, focal.class_weight_smoothing, focal.surrogate_beta0) == \
+        ("focal", worker_module.FOCAL_GAMMA, worker_module.CLASS_WEIGHT_SMOOTHING, worker_module.SURROGATE_BETA0)
+    adjusted = config_to_train_config(dict(base, loss="logit_adjusted"), epochs=4, seed=0, batch_size=8)
+    assert (adjusted.loss, adjusted.class_weight_smoothing, adjusted.surrogate_beta0) == ("logit_adjusted", 0.0, 0.0)
 
 
-def test_config_genotype_sources():
-    darts = fake_darts(1)
-    base = {"n_cells": 2, "base_channels": 16, "dropout": 0.0}
-    kw = dict(in_channels=1, n_classes=10, image_side=8)
-    assert config_to_network_spec(base, darts=None, **kw).genotype == DEFAULT_GENOTYPE
-    assert config_to_network_spec(dict(base, cell_source="darts_genotype"), darts=darts, **kw).genotype \
-        == darts.genotype
-    sampled = dict(base, cell_source="sampled", temperature=0.5, cell_seed=42)
-    g1 = config_to_network_spec(sampled, darts=darts, **kw).genotype
-    g2 = config_to_network_spec(sampled, darts=darts, **kw).genotype
-    assert isinstance(g1, Genotype) and g1 == g2
-    others = {config_to_network_spec(dict(sampled, cell_seed=s), darts=darts, **kw).genotype for s in range(8)}
-    assert len(others) > 1                                   # the seed matters
-    with pytest.raises(ValueError):
-        config_to_network_spec(dict(base, cell_source="sampled", temperature=0.5, cell_seed=1), darts=None, **kw)
+def test_fractional_budgets_train_on_a_fraction_of_the_epoch():
+    assert budget_epochs(3.0) == (3, 1.0) and budget_epochs(1.0) == (1, 1.0)
+    assert budget_epochs(1 / 3) == (1, pytest.approx(1 / 3))
+    epochs, fraction = budget_epochs(2.5)
+    assert epochs == 3 and fraction == pytest.approx(2.5 / 3)
 
 
 def test_same_configuration_builds_the_same_network(ctx):
@@ -196,8 +185,13 @@ def test_evaluate_config_failing_trial_is_a_result(ctx, monkeypatch, where, exc)
 
 
 def test_evaluate_config_bad_hyperparameter_value_is_a_result(ctx):
-    result = evaluate_config(dict(good_config(), optimizer="adagrad"), 1, ctx, time_left=lambda: 60.0)
-    assert result["loss"] == 1.0 and result["info"]["error"].startswith("ValueError: optimizer")
+    result = evaluate_config(dict(good_config(), lr=-1.0), 1, ctx, time_left=lambda: 60.0)
+    assert result["loss"] == 1.0 and result["info"]["error"].startswith("ValueError: lr")
+
+
+def test_evaluate_config_fractional_budget_trains_on_a_subset(ctx):
+    result = evaluate_config(good_config(), 0.5, ctx, time_left=lambda: 60.0)
+    assert result["info"]["train_images"] == len(ctx.train) // 2 and result["info"]["epochs_done"] == 1
 
 
 def test_evaluate_config_without_time_reports_no_evaluation(ctx):
@@ -209,21 +203,22 @@ def test_evaluate_config_without_time_reports_no_evaluation(ctx):
 # --------------------------------------------------------------------------- budgets and incumbent
 
 def test_choose_budgets():
-    assert choose_budgets(1.0, 10_000) == pytest.approx((20 / 3, 20))      # hpbandster's grid for 5/20
-    assert choose_budgets(10.0, 30.0) == (1.0, 3.0)                         # almost no time: two rungs
-    assert choose_budgets(1.0, 0.0) == (1.0, 3.0)
-    previous = (0.0, 0.0)
-    for phase in (10, 40, 80, 160, 320, 1000, 10_000):
-        lo, hi = choose_budgets(2.0, phase)
-        assert 1.0 <= lo < hi <= 20 and hi / lo >= 3 - 1e-9
-        assert hi >= previous[1]                             # more time never shrinks the max budget
-        assert len(hpbandster_budgets(lo, hi, 3)) >= 2
+    # the first bracket (18 configs at min, 6 at the middle, 2 at max) fits in FIRST_BRACKET_SHARE of the phase
+    for epoch_s, phase_s in ((1.0, 100.0), (5.0, 100.0), (2.0, 1000.0), (0.5, 30.0)):
+        lo, hi = choose_budgets(epoch_s, phase_s, first_configs=18, min_budget_floor=0.05, trial_overhead_s=0.5)
+        rungs = len(hpbandster_budgets(lo, hi, 3))
+        sizes = bracket_sizes(18, rungs, 3)
+        cost = sum(n * (b * epoch_s + 0.5) for n, b in zip(sizes, hpbandster_budgets(lo, hi, 3)))
+        assert cost == pytest.approx(FIRST_BRACKET_SHARE * phase_s) or hi == 20
         assert hpbandster_budgets(lo, hi, 3)[0] == pytest.approx(lo)
-        previous = (lo, hi)
-    lo, hi = choose_budgets(1.0, 40.0)                       # 40 epochs fit: first bracket 3*lo + hi <= 40
-    assert 3 * lo + hi <= 40
+    assert choose_budgets(0.1, 1e6, first_configs=18, min_budget_floor=0.1)[1] == 20      # the poster's cap
+    # more time never shrinks the max budget; too little time for even two rungs: no plan
+    maxima = [choose_budgets(1.0, t, first_configs=18, min_budget_floor=0.1)[1] for t in (60, 120, 240, 480)]
+    assert maxima == sorted(maxima)
+    assert choose_budgets(1.0, 60, first_configs=18, min_budget_floor=0.1) is not None
+    assert choose_budgets(1.0, 10, first_configs=18, min_budget_floor=0.5) is None
     with pytest.raises(ValueError):
-        choose_budgets(0.0, 100.0)
+        choose_budgets(0.0, 100.0, first_configs=18, min_budget_floor=0.1)
 
 
 def _record(budget, f1, t, *, error=None, cut=False, evaluated=True):
@@ -268,14 +263,14 @@ STOCK_BOHB_SCRIPT = textwrap.dedent("""
 
     class Dummy(Worker):
         def compute(self, config_id, config, budget, working_directory, **kwargs):
-            assert type(config["optimizer"]) is str        # arrived as plain Python
+            assert type(config["loss"]) is str             # arrived as plain Python
             return {"loss": float(config["lr"]), "info": {"lr": np.float32(config["lr"]), "n": np.int64(1)}}
 
     quiet = logging.getLogger("quiet"); quiet.setLevel(logging.ERROR)
     ns = NameServer(run_id="np", host="127.0.0.1", port=0); host, port = ns.start()
     w = Dummy(run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1", logger=quiet)
     w.run(background=True)
-    space = build_config_space(seed=0, darts_available=True, baseline=False)
+    space = build_config_space(seed=0, cells=("default", "darts"), baseline=False)
     config = space.sample_configuration()
     assert any(isinstance(v, np.generic) for v in dict(config).values())   # the trap is armed
     m = BOHB(configspace=space, run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1",
@@ -330,8 +325,9 @@ def test_phase_warm_starts_from_a_previous_run(tmp_path):
     first = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path / "a", min_budget=1, max_budget=9,
                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, log=lambda s: None)
     assert len(first.trials) >= 5 and first.hpbandster_result is not None
-    # enough cheap trials for BOHB's KDE (2 * (10 + 1) on one budget): model-based picks happen
+    # the first bracket holds the 2(d + 1) results BOHB's KDE needs on one budget: model-based picks follow
     assert first.model_based_picks > 0 and first.report()["warning"] is None, first.report()["trials_per_budget"]
+    assert 0 < sum(first.report()["model_based_picks_per_budget"].values()) <= first.model_based_picks
     lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
     assert len(lines) == len(first.trials)
     second = run_bohb(None, time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", min_budget=1, max_budget=9,
@@ -345,10 +341,9 @@ def test_phase_without_time_returns_at_once_without_incumbent(tmp_path):
     def never(*args):
         raise AssertionError("no trial should start")
     start, time_left = _phase_clock(1.0)
-    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, epoch_seconds=2.0, config_space=tiny_space(),
-                      evaluate=never, wrapup_s=1.0, log=lambda s: None)
+    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
+                      config_space=tiny_space(), evaluate=never, wrapup_s=1.0, log=lambda s: None)
     assert time.monotonic() - start <= 1.5
-    assert (result.min_budget, result.max_budget) == (1.0, 3.0)          # choose_budgets with no time
     assert result.trials == [] and result.incumbent_config is None and result.clean_shutdown
     report = result.report()
     assert report["incumbent"] is None and report["n_trials"] == 0 and report["warning"] is None
@@ -361,7 +356,7 @@ def test_bohb_phase_on_digits_ends_by_deadline(tmp_path):
     logs: list[str] = []
     start, time_left = _phase_clock(phase_s)
     result = run_bohb(ctx, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3, seed=0,
-                      config_space=tiny_space(), run_id="digits", log=logs.append)
+                      first_configs=4, config_space=tiny_space(), run_id="digits", log=logs.append)
     elapsed = time.monotonic() - start
     assert elapsed <= phase_s + 1.0, elapsed
     assert isinstance(result, BohbResult) and result.clean_shutdown

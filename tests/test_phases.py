@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from automl_pipeline import phases
+from automl_pipeline.training.tensors import random_subset
 from automl_pipeline.data import load_dataset, make_splits
 from automl_pipeline.pipeline import _to_run_data
 
@@ -33,10 +34,10 @@ def test_batch_for_steps_halves_the_batch_until_enough_steps():
 def test_a_first_model_on_a_small_subset_learns(digits, one_torch_thread):
     """Three epochs on a 361-image subset, as a 60 s digits run's first model gets: with batch 64 (18
     steps) it stayed at chance (val macro-F1 0.02); the step rule makes it learn."""
-    data = dataclasses.replace(digits, train=phases._random_subset(digits.train, 361, 0))
+    data = dataclasses.replace(digits, train=random_subset(digits.train, 361, 0))
     batch = phases.batch_for_steps(len(data.train), 3, data.batch_size)
     config = phases.default_train_config(epochs=3, batch_size=batch, baseline=False, seed=0)
-    candidate, result = phases.train_candidate("first model", phases.first_model_spec(data), config, data,
+    candidate, result = phases.train_candidate("first_model", phases.first_model_spec(data), config, data,
                                                lambda: 1e9, log=lambda s: None)
     assert result.epochs_done == 3 and batch == 16
     assert candidate.val_macro_f1 > 0.3

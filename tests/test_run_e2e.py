@@ -16,7 +16,7 @@ from tests.processes import signal_after_first_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_KEYS = {"settings", "time_limit_s", "wall_s", "phases", "data", "test_metrics", "final", "environment",
-               "events", "status"}
+               "events", "status", "darts", "bohb"}
 
 
 def run_cli(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
@@ -52,7 +52,7 @@ def test_digits_demo_finishes_inside_30_seconds(tmp_path):
     assert report["status"] == "complete"
     assert report["wall_s"] < 30
     # a trained network, not the fallback, and it learned the digits
-    assert report["final"]["source"] != "majority-class fallback"
+    assert report["final"]["source"] != "majority_fallback"
     assert report["test_metrics"]["macro_f1"] > 0.5
     model = torch.load(out / "model.pt", weights_only=True)
     assert {"state_dict", "spec", "config"} <= set(model)

@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, NetworkSpec, build_network
 from automl_pipeline.training import (
     FocalLoss, TensorData, TrainConfig, augment_batch, autocast_context, class_weights,
     classification_metrics, configure_threads, make_loss, predict, predict_proba, resolve_device,
@@ -325,14 +327,95 @@ def test_batch_size_capped_and_singleton_last_batch_dropped():
     assert r.history[0]["batches"] == 2
 
 
-def test_surrogate_beta_decays_per_epoch():
+@pytest.mark.parametrize("epochs,expected", [
+    (1, [0.0]), (2, [2.0, 0.0]), (3, [2.0, 0.0, 0.0]), (4, [2.0, 1.0, 0.0, 0.0]),
+    (5, [2.0, 1.0, 0.0, 0.0, 0.0]), (6, [2.0, 4 / 3, 2 / 3, 0.0, 0.0, 0.0]),
+])
+def test_surrogate_beta_reaches_zero_at_half(epochs, expected):
+    betas = [surrogate_beta(2.0, e, epochs) for e in range(epochs)]
+    assert betas == pytest.approx(expected)
+    assert all(b == 0.0 for b in betas[epochs // 2:])       # exactly 0 for the second half
+
+
+def test_surrogate_beta_set_per_epoch_and_off_for_evaluation():
     model = BetaRecorder()
-    train_model(model, make_patterns(10, 0), make_patterns(5, 1), quick_config(epochs=4, surrogate_beta0=1.0),
-                time_left=forever, n_classes=3)
-    starts = [b for b in model.betas if b > 0]
-    assert starts == pytest.approx([1.0, 0.75, 0.5, 0.25])
-    assert model.betas[-1] == 0.0           # evaluated and returned with the surrogate off
-    assert surrogate_beta(2.0, 1, 4) == pytest.approx(1.5)
+    result = train_model(model, make_patterns(10, 0), make_patterns(5, 1),
+                         quick_config(epochs=4, surrogate_beta0=1.0), time_left=forever, n_classes=3)
+    assert [h["beta"] for h in result.history] == [1.0, 0.5, 0.0, 0.0]
+    assert model.betas == [1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]    # start, evaluation, ..., end
+
+
+def test_surrogate_epochs_never_become_best():
+    torch.manual_seed(0)
+    model = BetaRecorder()
+
+    def break_after_epoch_2(entry):
+        if entry["epoch"] == 2:
+            model.broken = True            # the beta-0 epochs 3 and 4 predict a constant class
+
+    result = train_model(model, make_patterns(30, 0), make_patterns(15, 1),
+                         quick_config(epochs=4, surrogate_beta0=1.0), time_left=forever, n_classes=3,
+                         on_epoch=break_after_epoch_2)
+    f1s = [h["val_macro_f1"] for h in result.history]
+    assert max(f1s[:2]) > max(f1s[2:])
+    assert result.best_epoch == 3 and result.best_val_macro_f1 == f1s[2]
+
+
+def test_deadline_before_any_beta_zero_epoch_returns_last_evaluated():
+    torch.manual_seed(0)
+    model = BetaRecorder()
+    val = make_patterns(15, 1)
+    out_of_time = {"now": False}
+
+    def on_epoch(entry):
+        model.broken = entry["epoch"] >= 2     # epoch 3, the last before the deadline, is the worst
+        out_of_time["now"] = entry["epoch"] == 3
+
+    result = train_model(model, make_patterns(30, 0), val,
+                         quick_config(epochs=6, surrogate_beta0=1.0), n_classes=3, on_epoch=on_epoch,
+                         time_left=lambda: 0.0 if out_of_time["now"] else 1e9)
+    assert result.stopped_by_deadline
+    assert [h["beta"] for h in result.history] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    f1s = [h["val_macro_f1"] for h in result.history]
+    assert max(f1s[:2]) > f1s[2]
+    assert result.best_epoch == 3 and result.best_val_macro_f1 == f1s[2]
+    assert model.betas[-1] == 0.0
+    delivered = classification_metrics(val.y.numpy(), predict(model, val.x), 3)["macro_f1"]
+    assert delivered == pytest.approx(result.best_val_macro_f1)       # the weights of epoch 3, at beta 0
+
+
+def test_surrogate_trained_network_is_judged_as_delivered():
+    """The default network trained with the surrogate skip: the reported best macro-F1 is the one
+    the returned weights give (beta 0), and it is good. The old schedule (beta never 0 in
+    training, evaluation at 0) reported and returned a collapsed network here (macro-F1 ~0.2)."""
+    digits = load_digits()
+    x = torch.tensor((digits.images[:900, None] / 16.0 - 0.3) / 0.4, dtype=torch.float32)
+    y = torch.tensor(digits.target[:900], dtype=torch.int64)
+    train, val = TensorData(x[:800], y[:800]), TensorData(x[800:], y[800:])
+    torch.manual_seed(0)
+    model = build_network(NetworkSpec(DEFAULT_GENOTYPE, in_channels=1, n_classes=10, image_side=8, n_cells=2,
+                                      base_channels=16, head_hidden=(), dropout=0.0))
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.01, loss="ce", augment=False, surrogate_beta0=1.0)
+    result = train_model(model, train, val, config, time_left=forever, n_classes=10)
+    delivered = classification_metrics(val.y.numpy(), predict(model, val.x), 10)["macro_f1"]
+    assert result.best_val_macro_f1 == pytest.approx(delivered, abs=1e-6)
+    assert result.best_val_macro_f1 > 0.7
+    assert [h["beta"] for h in result.history] == [1.0, 0.0] and result.best_epoch == 2
+
+
+def test_logit_adjust_tau_reaches_the_loss():
+    """On imbalanced data tau 0 trains exactly like plain CE and tau 1 does not."""
+    data = make_patterns(20, 0)
+    keep = torch.cat([torch.arange(0, 20), torch.arange(20, 24), torch.arange(40, 60)])
+    data = TensorData(data.x[keep], data.y[keep])
+    states = {}
+    for name, kw in {"ce": dict(loss="ce"), "tau0": dict(loss="logit_adjusted", logit_adjust_tau=0.0),
+                     "tau1": dict(loss="logit_adjusted", logit_adjust_tau=1.0)}.items():
+        torch.manual_seed(0)
+        states[name] = train_model(TinyCNN(), data, None, quick_config(epochs=1, **kw),
+                                   time_left=forever, n_classes=3).state_dict
+    assert all(torch.equal(v, states["tau0"][k]) for k, v in states["ce"].items())
+    assert not torch.equal(states["ce"]["fc.bias"], states["tau1"]["fc.bias"])
 
 
 def test_surrogate_beta_not_called_when_beta0_zero():
@@ -348,6 +431,8 @@ def test_train_config_validates():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="loss"):
         TrainConfig(epochs=1, loss="mse")
+    with pytest.raises(ValueError, match="logit_adjust_tau"):
+        TrainConfig(epochs=1, logit_adjust_tau=-0.5)
 
 
 # ---------------------------------------------------------------- prediction

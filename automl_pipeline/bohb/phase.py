@@ -46,14 +46,18 @@ from hpbandster.core.nameserver import NameServer
 from hpbandster.core.result import Result, json_result_logger, logged_results_to_HBS_result
 from hpbandster.optimizers.bohb import BOHB
 from hpbandster.optimizers.config_generators.bohb import BOHB as BOHBConfigGenerator
+from hpbandster.optimizers.iterations import SuccessiveHalving
 
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
-from automl_pipeline.bohb.space import build_config_space
+from automl_pipeline.bohb.space import n_hyperparameters
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config, n_epochs
 from submission import write_json
 
-POSTER_MIN_BUDGET = 5.0
 POSTER_MAX_BUDGET = 20.0
+# The first bracket takes this share of the phase (choose_budgets); the rest is for model-based picks.
+FIRST_BRACKET_SHARE = 0.6
+# Seconds a trial costs beyond its training epochs (building, validation passes, messages), for planning.
+TRIAL_OVERHEAD_S = 0.6
 INCUMBENT_RULE = ("best val macro-F1 at the largest budget among trials that ran their full budget without error "
                   "(deadline-cut trials only when none completed); ties: earlier trial")
 _LOG = logging.getLogger("automl_pipeline.bohb")
@@ -61,29 +65,45 @@ _LOG = logging.getLogger("automl_pipeline.bohb")
 
 # --------------------------------------------------------------------------- budgets
 
-def choose_budgets(epoch_seconds: float, phase_seconds: float, *, eta: float = 3.0,
-                   max_cap: float = POSTER_MAX_BUDGET, min_cap: float = POSTER_MIN_BUDGET) -> tuple[float, float]:
-    """(min_budget, max_budget) in epochs from the measured epoch time and the phase length.
+def min_points_in_model(space) -> int:
+    """hpbandster's minimum, d + 1; the KDE of a budget needs twice this many results there."""
+    return n_hyperparameters(space) + 1
 
-    E = phase_seconds / epoch_seconds epochs fit into the phase. The first, most
-    aggressive bracket costs about eta * min + max (+ the middle rungs) epochs, and
-    configurations differ in speed, so the max budget gets a quarter of E, capped at
-    the poster's 20 and at least eta (two rungs, min >= 1). The min budget is
-    max/4 (the poster's 5/20 ratio), clamped to [1, 5], then snapped onto
-    hpbandster's geometric grid (max / eta**k) so the returned min is the budget
-    hpbandster actually runs. With long phases this gives (6.67, 20): hpbandster's
-    grid for the poster's 5/20 at eta 3. With almost no time it gives (1, eta).
+
+def default_first_configs(space) -> int:
+    """Width of the first bracket: the 2(d + 1) results the KDE needs, plus two for failed trials."""
+    return 2 * min_points_in_model(space) + 2
+
+
+def bracket_sizes(first_configs: int, rungs: int, eta: float) -> list[int]:
+    """Configurations per rung of a successive-halving bracket that starts `first_configs` wide."""
+    return [max(1, int(first_configs * eta ** -i)) for i in range(rungs)]
+
+
+def choose_budgets(epoch_seconds: float, phase_seconds: float, *, first_configs: int, min_budget_floor: float,
+                   eta: float = 3.0, trial_overhead_s: float = TRIAL_OVERHEAD_S,
+                   max_cap: float = POSTER_MAX_BUDGET) -> tuple[float, float] | None:
+    """(min_budget, max_budget) in epochs, or None when no useful plan fits.
+
+    The first bracket (`first_configs` at the min budget, 1/eta of them at the next rung, ...) is sized
+    to take FIRST_BRACKET_SHARE of the phase, each trial costing its epochs plus `trial_overhead_s`, so
+    that BOHB's KDE has enough results on the min budget while time is left for model-based picks.
+    Three rungs when their min budget is at least `min_budget_floor` (the smallest fraction of an
+    epoch worth training), else two; max capped at the poster's 20 epochs.
     """
     if not (epoch_seconds > 0 and math.isfinite(epoch_seconds)):
         raise ValueError(f"epoch_seconds must be a positive number, got {epoch_seconds}")
     if eta < 2:
         raise ValueError(f"eta must be >= 2, got {eta}")
-    fit = max(0.0, float(phase_seconds)) / float(epoch_seconds)
-    max_budget = float(min(max_cap, max(eta, math.floor(fit / 4.0))))
-    min_budget = min(min_cap, max(1.0, math.floor(max_budget / 4.0)))
-    min_budget = min(min_budget, max_budget / eta)            # at least two rungs
-    k = n_rungs(min_budget, max_budget, eta) - 1
-    return max_budget / eta ** k, max_budget
+    for rungs in (3, 2):
+        sizes = bracket_sizes(first_configs, rungs, eta)
+        units = sum(n * eta ** -(rungs - 1 - i) for i, n in enumerate(sizes))   # in max budgets
+        seconds = FIRST_BRACKET_SHARE * max(0.0, float(phase_seconds)) - sum(sizes) * trial_overhead_s
+        max_budget = min(max_cap, seconds / (units * epoch_seconds))
+        min_budget = max_budget / eta ** (rungs - 1)
+        if min_budget >= min_budget_floor and max_budget > 0:
+            return min_budget, max_budget
+    return None
 
 
 def n_rungs(min_budget: float, max_budget: float, eta: float) -> int:
@@ -178,10 +198,15 @@ class BohbResult:
     def report(self) -> dict:
         """The report.json "bohb" section."""
         per_budget: dict[str, int] = {}
+        picks_per_budget: dict[str, int] = {}      # model-based configurations by the budget they started on
+        started: set[tuple] = set()
         workers: dict[str, int] = {}
         for t in self.trials:
             key = f"{t.budget:g}"
             per_budget[key] = per_budget.get(key, 0) + 1
+            if t.config_id not in started:
+                started.add(t.config_id)
+                picks_per_budget[key] = picks_per_budget.get(key, 0) + int(bool(t.model_based_pick))
             if t.worker:
                 workers[t.worker] = workers.get(t.worker, 0) + 1
         errors = sorted({t.error for t in self.trials if t.error})
@@ -200,6 +225,9 @@ class BohbResult:
             "deadline_cut_trials": sum(1 for t in self.trials if t.stopped_by_deadline),
             "configs_sampled": self.configs_sampled,
             "model_based_picks": self.model_based_picks,
+            "model_based_picks_per_budget": picks_per_budget,
+            "model_min_trials": self.model_min_trials,
+            "n_hyperparameters": self.model_min_trials // 2 - 1,
             "warning": self.warning(),
             "incumbent": incumbent,
             "incumbent_rule": INCUMBENT_RULE,
@@ -305,9 +333,12 @@ class DeadlineBOHB(BOHB):
     """hpbandster's BOHB with a stoppable scheduling loop and per-job deadlines."""
 
     def __init__(self, configspace, *, eta: float, min_budget: float, max_budget: float,
-                 trial_seconds_left: Callable[[], float], **master_kwargs):
-        # BOHB.__init__ with our config generator (same hyperband bookkeeping)
-        Master.__init__(self, config_generator=PlainConfigGenerator(configspace=configspace), **master_kwargs)
+                 trial_seconds_left: Callable[[], float], first_configs: int | None = None, **master_kwargs):
+        # BOHB.__init__ with our config generator (same hyperband bookkeeping); the KDE needs
+        # min_points_in_model = d + 1 good and as many bad results on a budget (hpbandster's minimum)
+        generator = PlainConfigGenerator(configspace=configspace, min_points_in_model=min_points_in_model(configspace))
+        Master.__init__(self, config_generator=generator, **master_kwargs)
+        self.first_configs = first_configs
         self.eta, self.min_budget, self.max_budget = eta, min_budget, max_budget
         self.max_SH_iter = n_rungs(min_budget, max_budget, eta)
         self.budgets = np.asarray(hpbandster_budgets(min_budget, max_budget, eta))
@@ -315,6 +346,17 @@ class DeadlineBOHB(BOHB):
                             "budgets": self.budgets, "max_SH_iter": self.max_SH_iter})
         self.trial_seconds_left = trial_seconds_left
         self.stop_event = threading.Event()
+
+    def get_next_iteration(self, iteration, iteration_kwargs={}):   # noqa: B006 - hpbandster's signature
+        """hpbandster's HyperBand brackets, except that the first one starts `first_configs` wide, so
+        that the KDE can be built from its min-budget results (see model_min_trials)."""
+        s = self.max_SH_iter - 1 - (iteration % self.max_SH_iter)
+        n0 = int(np.floor(self.max_SH_iter / (s + 1)) * self.eta ** s)
+        if iteration == 0 and self.first_configs:
+            n0 = max(n0, self.first_configs)
+        return SuccessiveHalving(HPB_iter=iteration, num_configs=bracket_sizes(n0, s + 1, self.eta),
+                                 budgets=self.budgets[(-s - 1):], config_sampler=self.config_generator.get_config,
+                                 **iteration_kwargs)
 
     def _submit_job(self, config_id, config, budget):
         with self.thread_cond:
@@ -398,7 +440,8 @@ def _quiet_logger(name: str) -> logging.Logger:
 
 
 def _search(ctx, config_space, trial_log: TrialLog, *, time_left, trial_seconds_left, shutdown_reserve: float,
-            eta: float, min_budget: float, max_budget: float, n_local_workers: int, n_min: int, run_id: str,
+            eta: float, min_budget: float, max_budget: float, first_configs: int, n_local_workers: int, n_min: int,
+            run_id: str,
             nameserver_host: str, nameserver_port: int, previous, evaluate, bohb_dir: Path,
             log) -> tuple[bool, "DeadlineBOHB | None", list[str]]:
     """Name server, local workers and master, driven until the trial deadline, then shut down.
@@ -420,7 +463,7 @@ def _search(ctx, config_space, trial_log: TrialLog, *, time_left, trial_seconds_
             worker.run(background=True)
             workers.append(worker)
         master = DeadlineBOHB(config_space, eta=eta, min_budget=min_budget, max_budget=max_budget,
-                              trial_seconds_left=trial_seconds_left, run_id=run_id, nameserver=ns_host,
+                              trial_seconds_left=trial_seconds_left, first_configs=first_configs, run_id=run_id, nameserver=ns_host,
                               nameserver_port=ns_port, host=nameserver_host, ping_interval=10,
                               result_logger=trial_log, previous_result=previous,
                               logger=_quiet_logger("automl_pipeline.bohb.master"),
@@ -460,19 +503,17 @@ def _search(ctx, config_space, trial_log: TrialLog, *, time_left, trial_seconds_
     return clean, master, master_errors
 
 
-def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_dir: Path,
-             min_budget: float | None = None, max_budget: float | None = None, eta: float = 3.0, seed: int = 0,
-             n_local_workers: int = 1, min_n_workers: int | None = None, nameserver_host: str = "127.0.0.1",
-             nameserver_port: int = 0, run_id: str = "bohb", previous_result=None,
-             epoch_seconds: float | None = None, wrapup_s: float | None = None,
-             config_space=None, evaluate: Callable[..., dict] = evaluate_config,
-             log: Callable[[str], None] = print) -> BohbResult:
+def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_dir: Path, config_space,
+             min_budget: float, max_budget: float, eta: float = 3.0, seed: int = 0,
+             first_configs: int | None = None, n_local_workers: int = 1, min_n_workers: int | None = None,
+             nameserver_host: str = "127.0.0.1", nameserver_port: int = 0, run_id: str = "bohb",
+             previous_result=None, epoch_seconds: float | None = None, wrapup_s: float | None = None,
+             evaluate: Callable[..., dict] = evaluate_config, log: Callable[[str], None] = print) -> BohbResult:
     """Run BOHB until `time_left()` (the phase's remaining seconds) runs out.
 
     ctx: the data for local workers (None only with n_local_workers=0).
-    min_budget/max_budget: epochs; when either is None they come from
-      choose_budgets(epoch_seconds, time_left()); epoch_seconds None -> measured
-      with one 1-epoch trial of the space's default configuration.
+    config_space: from space.build_config_space; min_budget/max_budget: epochs (choose_budgets).
+    first_configs: width of the first bracket (default: default_first_configs(config_space)).
     n_local_workers: in-process worker threads; min_n_workers (default: that, or 1)
       workers must have registered before the first job is scheduled, so
       remote workers (`remote.run_remote_worker`) join the same run_id.
@@ -480,35 +521,23 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
       free port); use a reachable interface for workers on other machines.
     previous_result: an hpbandster Result or a directory with configs.json /
       results.json to warm-start from.
+    epoch_seconds: the measured epoch time the budgets were planned with (reported only).
     wrapup_s: seconds reserved at the end for trials to report and for shutdown
       (default 5% of the phase, clamped to [2, 10]); the last
       min(wrapup_s, max(0.75, min(2, wrapup_s / 2))) seconds are for shutdown.
-    config_space / evaluate: injectable for tests (default: build_config_space
-      from ctx, and evaluate_config).
+    evaluate: injectable for tests (default evaluate_config).
     """
     t0 = time.monotonic()
     out_dir = Path(out_dir)
     bohb_dir = out_dir / "bohb"
     register_numpy_serializers()
     previous = _load_previous(previous_result)
-    if config_space is None:
-        if ctx is None:
-            raise ValueError("run_bohb needs a TrialContext or an explicit config_space")
-        config_space = build_config_space(seed=seed, darts_available=ctx.darts is not None and not ctx.baseline,
-                                          baseline=ctx.baseline)
     if wrapup_s is None:
         wrapup_s = min(10.0, max(2.0, 0.05 * time_left()))
-    if min_budget is None or max_budget is None:
-        if epoch_seconds is None:
-            if ctx is None:
-                raise ValueError("budgets need epoch_seconds or a TrialContext to measure it")
-            default = to_plain(dict(config_space.get_default_configuration()))
-            probe = evaluate(default, 1.0, ctx, lambda: time_left() - wrapup_s)
-            epoch_seconds = max(1e-3, float(probe["info"].get("seconds", 1.0)))
-            log(f"bohb: measured {epoch_seconds:.2f}s for one epoch of the default configuration")
-        min_budget, max_budget = choose_budgets(epoch_seconds, time_left(), eta=eta)
     if not 0 < min_budget < max_budget:
         raise ValueError(f"need 0 < min_budget < max_budget, got {min_budget}, {max_budget}")
+    if first_configs is None:
+        first_configs = default_first_configs(config_space)
     np.random.seed(seed)   # hpbandster's BOHB samples with numpy's global generator
     n_min = max(1, n_local_workers) if min_n_workers is None else max(1, int(min_n_workers))
     # master + workers + name server shut down in ~0.4 s on a loaded 2-core machine
@@ -525,7 +554,8 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
         clean, master, master_errors = _search(
             ctx, config_space, trial_log, time_left=time_left, trial_seconds_left=trial_seconds_left,
             shutdown_reserve=shutdown_reserve, eta=eta, min_budget=min_budget, max_budget=max_budget,
-            n_local_workers=n_local_workers, n_min=n_min, run_id=run_id, nameserver_host=nameserver_host,
+            first_configs=first_configs, n_local_workers=n_local_workers, n_min=n_min, run_id=run_id,
+            nameserver_host=nameserver_host,
             nameserver_port=nameserver_port, previous=previous, evaluate=evaluate, bohb_dir=bohb_dir, log=log)
     else:   # nothing could run: no name server, no master, no workers to wait for
         clean, master, master_errors = True, None, []
@@ -547,7 +577,7 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
         incumbent_budget=0.0 if incumbent is None else incumbent.budget,
         min_budget=float(min_budget), max_budget=float(max_budget), eta=float(eta), trials=trials,
         configs_sampled=sampled, model_based_picks=picks,
-        model_min_trials=2 * (len(list(config_space.values())) + 1),
+        model_min_trials=2 * min_points_in_model(config_space),
         trajectory=trajectory, seconds=time.monotonic() - t0, n_workers=max(len(workers_seen), n_local_workers),
         clean_shutdown=clean, epoch_seconds=epoch_seconds,
         master_error=master_errors[0].strip().splitlines()[-1] if master_errors else None,

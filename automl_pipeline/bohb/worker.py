@@ -29,12 +29,21 @@ import torch
 from hpbandster.core.worker import Worker
 
 from automl_pipeline.bohb.serialization import to_plain
-from automl_pipeline.search_space import DEFAULT_GENOTYPE, NetworkSpec, build_network
+from automl_pipeline.bohb.space import DEFAULT_CELL
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
 from automl_pipeline.training import TensorData, TrainConfig, classification_metrics, predict, train_model
+from automl_pipeline.training.tensors import random_subset
 
 WORST_LOSS = 1.0
-HEADS = {"linear": (), "mlp": (64, 32, 16)}   # the `head` hyperparameter -> NetworkSpec.head_hidden
+# The settings space.py fixes (see its docstring); also the default network's training (phases.py).
+WEIGHT_DECAY = 5e-4
+FOCAL_GAMMA = 3.0
+CLASS_WEIGHT_SMOOTHING = 0.8
+SURROGATE_BETA0 = 1.0
+# The genotype pool: cells sampled from softmax(log(w) / T) of the DARTS weights.
+AMPLIFY_TEMPERATURE = 0.5
+N_SAMPLED_CELLS = 3
 _BUILD_LOCK = threading.Lock()   # seeding + building is atomic, so in-process workers build reproducibly
 
 
@@ -45,6 +54,7 @@ class TrialContext:
     darts: a DartsResult (or any object with `genotype`, `alphas_normal`,
       `alphas_reduce`), or None when no DARTS result exists / for the baseline.
     darts_ops: the op names of the alphas' columns (DartsConfig.ops).
+    batch_size: the batch of every trial (fixed by the data size, not searched).
     seed: one seed for every trial (weights init, shuffling, augmentation), so
       trials differ by their configuration only.
     """
@@ -59,60 +69,69 @@ class TrialContext:
     seed: int = 0
     baseline: bool = False
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
+    batch_size: int = 64
+
+
+def budget_epochs(budget: float) -> tuple[int, float]:
+    """(epochs, fraction of the training split) of a budget: budgets are epochs, possibly fractional;
+    a trial trains ceil(budget) epochs on a seeded random fraction budget / ceil(budget) of the
+    training split (the same images for every trial of that budget)."""
+    epochs = max(1, math.ceil(float(budget) - 1e-9))
+    return epochs, min(1.0, float(budget) / epochs)
 
 
 def n_epochs(budget: float) -> int:
-    """hpbandster budgets are floats on a geometric grid; a trial trains round(budget) epochs (>= 1)."""
-    return max(1, int(round(float(budget))))
+    return budget_epochs(budget)[0]
 
 
-def config_genotype(config: dict, *, darts=None, ops: tuple[str, ...] = TEMPLATE_OPS):
-    """The cell genotype a configuration asks for.
-
-    No `cell_source` (baseline, or no DARTS result) -> DEFAULT_GENOTYPE;
-    "darts_genotype" -> darts.genotype; "sampled" -> sample_genotype(alphas / temperature, cell_seed).
-    """
-    source = config.get("cell_source")
-    if source is None:
-        return DEFAULT_GENOTYPE
-    if darts is None:
-        raise ValueError(f"cell_source={source!r} needs a DARTS result, but none was given")
-    if source == "darts_genotype":
-        return darts.genotype
-    if source == "sampled":
+def genotype_pool(darts=None, ops: tuple[str, ...] = TEMPLATE_OPS) -> dict[str, Genotype]:
+    """The cells BOHB chooses from, by name: the default cell, and with a DARTS result its derived
+    genotype plus N_SAMPLED_CELLS genotypes sampled from the amplified DARTS distribution
+    softmax(log(w) / AMPLIFY_TEMPERATURE) with seeds 1, 2, ... (a fixed pool: a categorical the KDE can
+    model, where a seed integer gave it nothing to learn)."""
+    pool = {DEFAULT_CELL: DEFAULT_GENOTYPE}
+    if darts is not None:
         from automl_pipeline.darts import sample_genotype
-        return sample_genotype(np.asarray(darts.alphas_normal), np.asarray(darts.alphas_reduce), tuple(ops),
-                               temperature=float(config["temperature"]), seed=int(config["cell_seed"]))
-    raise ValueError(f"unknown cell_source {source!r}")
+        pool["darts"] = darts.genotype
+        for k in range(1, N_SAMPLED_CELLS + 1):
+            pool[f"sampled_{k}"] = sample_genotype(np.asarray(darts.alphas_normal), np.asarray(darts.alphas_reduce),
+                                                   tuple(ops), temperature=AMPLIFY_TEMPERATURE, seed=k)
+    return pool
+
+
+def config_genotype(config: dict, *, darts=None, ops: tuple[str, ...] = TEMPLATE_OPS) -> Genotype:
+    """The cell genotype a configuration asks for (`cell`, default: the default cell)."""
+    name = str(config.get("cell", DEFAULT_CELL))
+    pool = genotype_pool(darts, ops)
+    if name not in pool:
+        raise ValueError(f"cell {name!r} is not in the pool {sorted(pool)} (a DARTS result is needed for it)")
+    return pool[name]
 
 
 def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: int, image_side: int,
                            ops: tuple[str, ...] = TEMPLATE_OPS) -> NetworkSpec:
-    """Configuration -> NetworkSpec (pure; the sampled genotype depends only on config and alphas)."""
+    """Configuration -> NetworkSpec (pure; the sampled genotypes depend only on the alphas)."""
     return NetworkSpec(genotype=config_genotype(config, darts=darts, ops=ops), in_channels=int(in_channels),
                        n_classes=int(n_classes), image_side=int(image_side), n_cells=int(config["n_cells"]),
-                       base_channels=int(config["base_channels"]), dropout=float(config["dropout"]),
-                       head_hidden=HEADS[str(config.get("head", "mlp"))])
+                       base_channels=int(config["base_channels"]), dropout=0.0, head_hidden=(),
+                       stem_pool=default_stem_pool(int(image_side)))
 
 
-def config_to_train_config(config: dict, epochs: int, seed: int) -> TrainConfig:
-    """Configuration -> TrainConfig (pure).
+def config_to_train_config(config: dict, epochs: int, seed: int, *, batch_size: int) -> TrainConfig:
+    """Configuration -> TrainConfig (pure), with the fixed settings of space.py.
 
-    A baseline configuration (no `focal_gamma` key) trains with plain cross-entropy;
-    ours with focal loss (gamma, class-weight smoothing; smoothing 0 = no class weights,
-    gamma 0 = weighted cross-entropy). The surrogate skip's beta0 is used only when
-    `surrogate_skip` is on.
+    A baseline configuration (no `loss` key) trains with plain cross-entropy; "focal" is focal loss
+    with gamma FOCAL_GAMMA and class weights of smoothing CLASS_WEIGHT_SMOOTHING; "logit_adjusted"
+    is logit-adjusted cross-entropy (tau 1, Balanced Softmax). `surrogate_skip` trains with the
+    DARTS- surrogate skip from beta0 SURROGATE_BETA0.
     """
-    baseline = "focal_gamma" not in config
-    beta0 = float(config.get("beta0", 0.0)) if bool(config.get("surrogate_skip", False)) else 0.0
+    loss = str(config.get("loss", "ce"))
     return TrainConfig(
-        epochs=int(epochs), batch_size=int(config["batch_size"]), lr=float(config["lr"]),
-        weight_decay=float(config["weight_decay"]), optimizer=str(config["optimizer"]),
-        schedule=str(config["lr_schedule"]),
-        loss="ce" if baseline else "focal",
-        focal_gamma=0.0 if baseline else float(config["focal_gamma"]),
-        class_weight_smoothing=0.0 if baseline else float(config["class_weight_smoothing"]),
-        surrogate_beta0=beta0, seed=int(seed), flip=bool(config.get("flip", False)))
+        epochs=int(epochs), batch_size=int(batch_size), lr=float(config["lr"]), weight_decay=WEIGHT_DECAY,
+        optimizer="adamw", schedule="onecycle", loss=loss, focal_gamma=FOCAL_GAMMA,
+        class_weight_smoothing=CLASS_WEIGHT_SMOOTHING if loss == "focal" else 0.0,
+        surrogate_beta0=SURROGATE_BETA0 if bool(config.get("surrogate_skip", False)) else 0.0,
+        seed=int(seed), flip=bool(config.get("flip", False)))
 
 
 def build_trial_network(config: dict, ctx: TrialContext) -> torch.nn.Module:
@@ -130,9 +149,9 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0] if message else ''}"[:500]
 
 
-def evaluate_config(config: dict, budget_epochs: float, ctx: TrialContext,
+def evaluate_config(config: dict, budget: float, ctx: TrialContext,
                     time_left: Callable[[], float]) -> dict:
-    """Train one configuration for round(budget_epochs) epochs (or until time_left() runs out).
+    """Train one configuration for its budget (`budget_epochs`), or until time_left() runs out.
 
     Returns {"loss": 1 - best val macro-F1, "info": {...}}; never raises for a failing
     trial: loss 1.0 and info["error"] = "Type: message" (OOM, NaN loss, bad config, ...).
@@ -142,16 +161,20 @@ def evaluate_config(config: dict, budget_epochs: float, ctx: TrialContext,
     """
     t0 = time.monotonic()
     info: dict = {"val_macro_f1": 0.0, "val_accuracy": 0.0, "per_class_f1": [0.0] * int(ctx.n_classes),
-                  "epochs": n_epochs(budget_epochs), "epochs_done": 0, "seconds": 0.0, "n_params": 0,
+                  "epochs": n_epochs(budget), "epochs_done": 0, "seconds": 0.0, "n_params": 0,
                   "error": None, "stopped_by_deadline": False, "evaluated": False}
     loss = WORST_LOSS
     model = None
     try:
         model = build_trial_network(config, ctx)
         info["n_params"] = int(sum(p.numel() for p in model.parameters()))
-        train_config = config_to_train_config(config, n_epochs(budget_epochs), ctx.seed)
-        result = train_model(model, ctx.train, ctx.val, train_config, time_left=time_left,
-                             n_classes=ctx.n_classes)
+        epochs, fraction = budget_epochs(budget)
+        train = ctx.train
+        if fraction < 1.0:
+            train = random_subset(train, max(2 * ctx.n_classes, int(round(fraction * len(train)))), ctx.seed)
+        info["train_images"] = len(train)
+        train_config = config_to_train_config(config, epochs, ctx.seed, batch_size=ctx.batch_size)
+        result = train_model(model, train, ctx.val, train_config, time_left=time_left, n_classes=ctx.n_classes)
         info["epochs_done"] = int(result.epochs_done)
         info["stopped_by_deadline"] = bool(result.stopped_by_deadline)
         info["best_epoch"] = int(result.best_epoch)

@@ -44,11 +44,15 @@ from automl_pipeline.search_space.genotype import Genotype
 from automl_pipeline.search_space.ops import OPS, TEMPLATE_OPS
 from automl_pipeline.training.device import (autocast_context, configure_device, optimizer_kwargs,
                                              use_channels_last)
-from automl_pipeline.training.tensors import TensorData
+from automl_pipeline.training.tensors import TensorData, resize_tensor_data
 
 STEP_SAFETY = 1.5
 MAX_PLANNED_EPOCHS = 50
 FD_EPS = 0.01          # DARTS' finite-difference radius: r = FD_EPS / ||v||
+# When a search counts as a result (DartsResult.learned): its supernet beat chance by this factor on
+# the val batches of its last epoch, and its alphas moved off uniform (mean normalised entropy).
+LEARNED_ACC_OVER_CHANCE = 1.5
+MAX_LEARNED_ENTROPY = 0.995
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class DartsConfig:
     allow_zero: bool = False
     grouping: bool = False            # derive with the thesis' grouping
     max_skips: int | None = None      # derive with at most this many skips in the normal cell
+    stem_pool: bool = False           # the supernet's stem pools 2x2 (search_space.network)
+    proxy_side: int | None = None     # search on images resized to this side (None: as given)
     seed: int = 0
 
     def __post_init__(self):
@@ -84,6 +90,8 @@ class DartsConfig:
             raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
         if self.batch_size < 1 or self.n_cells < 1 or self.n_nodes < 1 or self.base_channels < 1:
             raise ValueError(f"bad DARTS sizes in {self}")
+        if self.proxy_side is not None and self.proxy_side < 4:
+            raise ValueError(f"proxy_side must be >= 4 or None, got {self.proxy_side}")
         object.__setattr__(self, "ops", tuple(self.ops))
         object.__setattr__(self, "a_betas", tuple(self.a_betas))
 
@@ -91,6 +99,13 @@ class DartsConfig:
         d = dataclasses.asdict(self)
         d["ops"], d["a_betas"] = list(self.ops), list(self.a_betas)
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DartsConfig":
+        """Inverse of to_json (the one parser of a saved DARTS configuration)."""
+        d = dict(d)
+        d["ops"], d["a_betas"] = tuple(d["ops"]), tuple(d["a_betas"])
+        return cls(**d)
 
 
 @dataclass
@@ -112,10 +127,40 @@ class DartsResult:
     history: list[dict] = field(default_factory=list)   # per epoch: losses, accuracies, lr, beta, skips
     config: DartsConfig | None = None
 
+    @property
+    def supernet_val_acc_per_epoch(self) -> list[float]:
+        return [float(row["val_acc"]) for row in self.history]
+
+    @property
+    def alpha_entropy_per_epoch(self) -> list[float]:
+        """Mean entropy of the edges' op weights (normal and reduce cells) after each epoch,
+        divided by log(n_ops): 1.0 is uniform, 0.0 one op per edge."""
+        return [alpha_entropy(np.asarray(a["normal"]), np.asarray(a["reduce"])) for a in self.alphas_per_epoch]
+
+    def learned(self, n_classes: int) -> tuple[bool, str]:
+        """(True, "") when the search produced a result worth using: the supernet's last-epoch
+        val accuracy at least LEARNED_ACC_OVER_CHANCE x chance and the alphas moved (entropy at
+        most MAX_LEARNED_ENTROPY of uniform); else (False, why)."""
+        accs, entropies = self.supernet_val_acc_per_epoch, self.alpha_entropy_per_epoch
+        if not accs or not entropies:
+            return False, "no search epoch finished"
+        chance = 1.0 / max(2, n_classes)
+        if accs[-1] < LEARNED_ACC_OVER_CHANCE * chance:
+            return False, (f"the supernet did not learn: val accuracy {accs[-1]:.3f} "
+                           f"(chance {chance:.3f})")
+        if entropies[-1] > MAX_LEARNED_ENTROPY:
+            return False, (f"the architecture weights stayed near uniform (entropy {entropies[-1]:.4f} of the "
+                           f"uniform value after {self.steps_run} steps)")
+        return True, ""
+
     def report(self) -> dict:
         """The report.json "darts" section."""
         cfg = self.config
         return {
+            "arch_steps": self.steps_run,
+            "supernet_val_acc_per_epoch": self.supernet_val_acc_per_epoch,
+            "supernet_train_acc_per_epoch": [float(row["train_acc"]) for row in self.history],
+            "alpha_entropy_per_epoch": self.alpha_entropy_per_epoch,
             "epochs_planned": self.epochs_planned, "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early, "stop_reason": self.stop_reason,
             "skip_count_per_epoch": list(self.skip_count_per_epoch), "beta_per_epoch": list(self.beta_per_epoch),
@@ -126,6 +171,14 @@ class DartsResult:
             "skip_threshold": cfg.skip_threshold if cfg else None, "skip_limit": cfg.skip_limit if cfg else None,
             "config": cfg.to_json() if cfg else None,
         }
+
+
+def alpha_entropy(weights_normal: np.ndarray, weights_reduce: np.ndarray) -> float:
+    """Mean per-edge entropy of softmaxed alphas over both cells, divided by log(n_ops)."""
+    w = np.concatenate([np.asarray(weights_normal), np.asarray(weights_reduce)]).clip(1e-12, 1.0)
+    if w.shape[1] < 2:
+        return 0.0
+    return float((-(w * np.log(w)).sum(axis=1)).mean() / np.log(w.shape[1]))
 
 
 def beta_schedule(beta0: float, epoch: int, epochs: int) -> float:
@@ -162,6 +215,8 @@ class _Search:
         if train.y is None or val.y is None or len(train) == 0 or len(val) == 0:
             raise ValueError("DARTS needs non-empty labelled train and val sets")
         torch.manual_seed(config.seed)
+        if config.proxy_side is not None:
+            train, val = resize_tensor_data(train, config.proxy_side), resize_tensor_data(val, config.proxy_side)
         self.config, self.loss, self.train, self.val = config, loss, train, val
         self.device = train.x.device
         configure_device(self.device)
@@ -169,7 +224,7 @@ class _Search:
         self.channels_last = use_channels_last(self.device, channels_last)
         self.model = SuperNet(train.x.shape[1], n_classes, int(train.x.shape[-1]), ops=config.ops,
                               n_cells=config.n_cells, base_channels=config.base_channels,
-                              n_nodes=config.n_nodes).to(self.device)
+                              n_nodes=config.n_nodes, stem_pool=config.stem_pool).to(self.device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if init_alphas is not None:

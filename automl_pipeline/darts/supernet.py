@@ -74,7 +74,8 @@ class SuperNet(nn.Module):
     """Supernet with architecture parameters alphas_normal / alphas_reduce of shape (n_edges, n_ops)."""
 
     def __init__(self, in_channels: int, n_classes: int, image_side: int, *, ops: tuple[str, ...],
-                 n_cells: int = 3, base_channels: int = 16, n_nodes: int = 4, alpha_init_std: float = 1e-3):
+                 n_cells: int = 3, base_channels: int = 16, n_nodes: int = 4, alpha_init_std: float = 1e-3,
+                 stem_pool: bool = False):
         super().__init__()
         self.ops, self.n_nodes = tuple(ops), n_nodes
 
@@ -82,7 +83,7 @@ class SuperNet(nn.Module):
             return SearchCell(n_nodes, C_pp, C_p, node_channels(width, n_nodes), reduction, reduction_prev, self.ops)
 
         self.stem, self.layout, self.cells, C_p = stack_cells(in_channels, base_channels, n_cells, image_side,
-                                                              make_cell)
+                                                              make_cell, stem_pool=stem_pool)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, n_classes)
         shape = (n_edges_for(n_nodes), len(self.ops))

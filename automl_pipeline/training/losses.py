@@ -1,4 +1,4 @@
-"""Class-imbalance aware losses: class weights, focal loss, and the loss factory."""
+"""Class-imbalance aware losses: class weights, focal loss, logit adjustment, and the loss factory."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,25 +6,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LOSS_KINDS = ("ce", "weighted_ce", "focal")
+LOSS_KINDS = ("ce", "weighted_ce", "focal", "logit_adjusted")
 
 
-def class_weights(counts: np.ndarray, smoothing: float) -> np.ndarray:
-    """Per-class weights w_c = ((1/freq_c) / mean(1/freq)) ** smoothing, normalised to mean 1.
-
-    smoothing 0 -> all ones; 1 -> inverse frequency. A class with count 0 is treated as
-    count 1 (it never occurs as a target, so its weight only matters for the normalisation;
-    this keeps every weight finite). Returns float32 of shape (n_classes,).
-    """
+def class_prior(counts: np.ndarray) -> np.ndarray:
+    """Class frequencies counts / sum(counts), a count of 0 treated as 1 (every frequency > 0).
+    Returns float64 of shape (n_classes,)."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"counts must be a non-empty 1-D array, got shape {counts.shape}")
     if np.any(counts < 0):
         raise ValueError("counts must be non-negative")
+    safe = np.maximum(counts, 1.0)
+    return safe / safe.sum()
+
+
+def class_weights(counts: np.ndarray, smoothing: float) -> np.ndarray:
+    """Per-class weights w_c = ((1/freq_c) / mean(1/freq)) ** smoothing, normalised to mean 1.
+
+    smoothing 0 -> all ones; 1 -> inverse frequency. Frequencies are class_prior(counts): a
+    class with count 0 counts as 1 (it never occurs as a target, so its weight only matters
+    for the normalisation; this keeps every weight finite). Returns float32 of shape (n_classes,).
+    """
     if not 0.0 <= smoothing <= 1.0:
         raise ValueError(f"smoothing must be in [0, 1], got {smoothing}")
-    safe = np.maximum(counts, 1.0)
-    inv = safe.sum() / safe                      # 1 / frequency
+    inv = 1.0 / class_prior(counts)
     w = (inv / inv.mean()) ** smoothing
     return (w / w.mean()).astype(np.float32)
 
@@ -59,12 +65,37 @@ class FocalLoss(nn.Module):
         return f"gamma={self.gamma}, weighted={self.weight is not None}"
 
 
-def make_loss(kind: str, counts: np.ndarray, *, gamma: float = 3.0, smoothing: float = 0.8,
+class LogitAdjustedLoss(nn.Module):
+    """Logit-adjusted cross-entropy (Menon et al., ICLR 2021): CE(logits + tau * log prior, y)
+    with prior = class_prior(counts); tau 0 is plain CE, tau 1 is Balanced Softmax (Ren et al.
+    2020). The adjustment exists only in training: the plain argmax of the model's logits is
+    the balanced prediction. Computed in float32 whatever the logits' dtype.
+    """
+
+    def __init__(self, counts: np.ndarray, tau: float = 1.0):
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"logit adjustment tau must be >= 0, got {tau}")
+        self.tau = float(tau)
+        adjustment = self.tau * np.log(class_prior(counts))
+        self.register_buffer("adjustment", torch.as_tensor(adjustment, dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.adjustment, target)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+
+def make_loss(kind: str, counts: np.ndarray, *, gamma: float = 3.0, smoothing: float = 0.8, tau: float = 1.0,
               device: torch.device | str = "cpu") -> nn.Module:
-    """"ce" (unweighted) | "weighted_ce" | "focal"; the last two weight classes with
-    class_weights(counts, smoothing) (smoothing 0 = no weighting)."""
+    """"ce" (unweighted) | "weighted_ce" | "focal" | "logit_adjusted". weighted_ce and focal weight
+    classes with class_weights(counts, smoothing) (smoothing 0 = no weighting); logit_adjusted is
+    LogitAdjustedLoss(counts, tau), unweighted."""
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown loss {kind!r}; expected one of {LOSS_KINDS}")
+    if kind == "logit_adjusted":
+        return LogitAdjustedLoss(counts, tau).to(device)
     weight = None
     if kind != "ce" and smoothing > 0:
         weight = torch.as_tensor(class_weights(counts, smoothing), device=device)

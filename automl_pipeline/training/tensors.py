@@ -83,3 +83,20 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None, *,
     cols = dx[:, None] + cols
     out = torch.gather(padded, 2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * pw))
     return torch.gather(out, 3, cols.view(n, 1, 1, w).expand(n, c, h, w))
+
+
+def resize_tensor_data(data: TensorData, side: int) -> TensorData:
+    """`data` with its images resized (area-averaged down, bilinear up) to side x side; the same
+    object when they already have that side."""
+    if data.x.shape[-1] == side and data.x.shape[-2] == side:
+        return data
+    mode = "area" if side < data.x.shape[-1] else "bilinear"
+    x = F.interpolate(data.x, size=(side, side), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return TensorData(x=x, y=data.y)
+
+
+def random_subset(data: TensorData, n: int, seed: int) -> TensorData:
+    """A seeded random subset of n images (at least 1) of `data`."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(data), generator=generator)[:max(1, n)].to(data.x.device)
+    return TensorData(x=data.x[keep], y=None if data.y is None else data.y[keep])

@@ -47,6 +47,7 @@ class TrainConfig:
     precision: "auto" (bf16 autocast on CUDA, fp32 on CPU) or "fp32" (no autocast anywhere).
     channels_last: run the model in channels_last memory format; None = the device default
     (training.device.use_channels_last).
+    logit_adjust_tau: the tau of loss "logit_adjusted" (see losses.LogitAdjustedLoss).
     """
 
     epochs: int
@@ -65,6 +66,7 @@ class TrainConfig:
     flip: bool = True
     precision: str = "auto"
     channels_last: bool | None = None
+    logit_adjust_tau: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"class_weight_smoothing must be in [0, 1], got {self.class_weight_smoothing}")
         if self.surrogate_beta0 < 0:
             raise ValueError(f"surrogate_beta0 must be >= 0, got {self.surrogate_beta0}")
+        if self.logit_adjust_tau < 0:
+            raise ValueError(f"logit_adjust_tau must be >= 0, got {self.logit_adjust_tau}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -99,10 +103,12 @@ class TrainResult:
     """What a training run produced.
 
     epochs_done: full epochs completed (a deadline-cut epoch is not counted, but is in history).
-    best_val_macro_f1 / best_epoch: best validation macro-F1 and its 1-based epoch;
+    best_val_macro_f1 / best_epoch: best validation macro-F1 and its 1-based epoch among the
+      epochs trained with surrogate beta 0 (see train_model for the deadline fallback);
       0.0 / 0 when nothing was evaluated (val None, or no time for any evaluation).
     history: one dict per (possibly partial) epoch: epoch, train_loss, val_macro_f1,
-      val_accuracy (None when not evaluated), seconds, batches, partial.
+      val_accuracy (None when not evaluated), seconds, batches, partial, batch_size,
+      beta (the surrogate beta the epoch trained with; 0.0 when off).
     state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
     batch_size: the batch size in use at the end (smaller than configured after out-of-memory
       halvings); oom_halvings: how many times it was halved.
@@ -120,8 +126,11 @@ class TrainResult:
 
 
 def surrogate_beta(beta0: float, epoch: int, epochs: int) -> float:
-    """DARTS- schedule: beta at the start of 0-based `epoch`, linear from beta0 towards 0."""
-    return beta0 * (1.0 - epoch / epochs)
+    """Surrogate-skip beta for 0-based `epoch` of `epochs`: linear from beta0 at epoch 0 to
+    exactly 0 at epoch h = epochs // 2 and 0 after, so the second half trains without the
+    surrogate; 0 throughout when epochs == 1."""
+    half = epochs // 2
+    return 0.0 if half == 0 else beta0 * max(0.0, 1.0 - epoch / half)
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -222,7 +231,10 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
       epoch; the NaN check between epochs ends is non-blocking (_FiniteWatch).
     - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
       surrogate_beta(beta0, e, epochs) at each epoch start and to 0 for every evaluation
-      and at the end: the returned weights are judged and used with the surrogate off.
+      and at the end. Only an epoch trained with beta 0 can become the best, so the
+      returned weights are judged and used in a state they trained in. If the deadline
+      stops training before any beta-0 epoch was evaluated, the last evaluated epoch
+      (still evaluated at beta 0) is returned instead.
     - Deadline: before every batch, stop if time_left() < 1.5 x batch-time estimate
       (+ the validation-pass estimate when val is given). An epoch cut short is still
       evaluated if time_left() covers the validation estimate.
@@ -250,7 +262,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
     n_batches = _batches_per_epoch(n, base_batch)
     total_steps = config.epochs * n_batches
     loss_fn = make_loss(config.loss, counts, gamma=config.focal_gamma,
-                        smoothing=config.class_weight_smoothing, device=device)
+                        smoothing=config.class_weight_smoothing, tau=config.logit_adjust_tau, device=device)
     optimizer = _make_optimizer(model, config, device)
     schedule = _make_schedule(optimizer, config, total_steps)
     schedule_steps = 0
@@ -267,7 +279,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
     batch_est: float | None = None             # seconds per training batch (running estimate)
     eval_est: float | None = None              # seconds per validation pass (measured)
     history: list[dict] = []
-    best_f1, best_epoch, best_state = 0.0, 0, None
+    best_f1, best_epoch, best_beta, best_state = 0.0, 0, 0.0, None
     epochs_done, stopped = 0, False
 
     def eval_reserve() -> float:
@@ -296,8 +308,9 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
 
     for epoch in range(1, config.epochs + 1):
         epoch_t0 = time.perf_counter()
+        beta = surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs) if use_beta else 0.0
         if use_beta:
-            model.set_surrogate_beta(surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs))
+            model.set_surrogate_beta(beta)
         model.train()
         perm = torch.randperm(n, generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
@@ -344,14 +357,17 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         if use_beta:
             model.set_surrogate_beta(0.0)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_macro_f1": None, "val_accuracy": None,
-                 "seconds": 0.0, "batches": done, "partial": n - pos >= MIN_BATCH, "batch_size": batch_size}
+                 "seconds": 0.0, "batches": done, "partial": n - pos >= MIN_BATCH, "batch_size": batch_size,
+                 "beta": beta}
         if val is not None and time_left() >= eval_reserve():
             e0 = time.perf_counter()
             metrics = _evaluate(model, val.x, y_val, n_classes, max(batch_size, 256))
             eval_est = time.perf_counter() - e0
             entry["val_macro_f1"], entry["val_accuracy"] = metrics["macro_f1"], metrics["accuracy"]
-            if best_state is None or metrics["macro_f1"] > best_f1:
-                best_f1, best_epoch, best_state = metrics["macro_f1"], epoch, _cpu_state(model)
+            # only a beta-0 epoch can be best; a surrogate-trained one is kept (the deadline
+            # fallback) just until the next evaluated epoch replaces it
+            if best_state is None or best_beta > 0 or (beta == 0 and metrics["macro_f1"] > best_f1):
+                best_f1, best_epoch, best_beta, best_state = metrics["macro_f1"], epoch, beta, _cpu_state(model)
         elif val is not None:
             stopped = True
         entry["seconds"] = time.perf_counter() - epoch_t0
