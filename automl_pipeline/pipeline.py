@@ -33,7 +33,7 @@ from submission import OutputDirError, check_output_dir, write_json
 PLOTS_RESERVE_S = 6.0   # measured: 3.6 s for all plots of a digits run on 2 cores
 PLOTS_MIN_LIMIT_S = 120.0
 # Relative weights of the phases; each phase gets its share of the time left when it starts.
-PLAN_OURS = [("first_model", 0.10), ("darts", 0.25), ("bohb", 0.40), ("final_fit", 0.25)]
+PLAN_OURS = [("first_model", 0.10), ("darts", 0.15), ("bohb", 0.35), ("final_fit", 0.40)]
 PLAN_BASELINE = [("first_model", 0.10), ("bohb", 0.60), ("final_fit", 0.30)]
 # The first model gets at least this many seconds (at most FIRST_MODEL_MAX_SHARE of the time left):
 # on short runs its 10 % share was a second or two, and it trained a few images into a useless model.
@@ -58,12 +58,22 @@ def default_max_side(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 32
 
 
+def search_section(status: str, reason: str) -> dict:
+    """The report's `darts` / `bohb` section of a search that did not run (status "skipped" or "not_run")."""
+    return {"status": status, "reason": reason, "arch_steps": 0, "cell_used": False, "n_trials": 0,
+            "model_based_picks": 0}
+
+
 class RunReport:
     """Collects report.json sections and writes the final report exactly once (main thread,
     watchdog or signal handler: whichever comes first)."""
 
     def __init__(self, settings: Settings, budget: Budget, out_dir: Path, log: RunLog, *, with_plots: bool):
-        self.sections: dict = {"settings": settings.to_json(), "time_limit_s": settings.time_limit_s}
+        self.sections: dict = {"settings": settings.to_json(), "time_limit_s": settings.time_limit_s,
+                               "darts": search_section("not_run", "the run stopped before this phase"),
+                               "bohb": search_section("not_run", "the run stopped before this phase")}
+        if settings.method == "baseline":
+            self.sections["darts"] = search_section("skipped", "the baseline runs without DARTS")
         self.delivery: Delivery | None = None
         self.heldout_labels: np.ndarray | None = None
         self.n_classes = 0
@@ -267,8 +277,7 @@ class _Run:
                     darts, why_not = None, _phase_failed(self.log, "darts", err)
         if darts is None:
             self.log.event("darts_skipped", why_not)
-            self.report.sections["darts"] = {"status": "skipped", "reason": why_not, "arch_steps": 0,
-                                             "cell_used": False}
+            self.report.sections["darts"] = search_section("skipped", why_not)
             return None
         learned, why_not_used = darts.learned(self.data.n_classes)
         section = self.report.sections["darts"] = darts.report()
@@ -296,8 +305,7 @@ class _Run:
                 bohb, why_not = None, _phase_failed(self.log, "bohb", err)
         if bohb is None:
             self.log.event("bohb_skipped", why_not)
-            self.report.sections["bohb"] = {"status": "skipped", "reason": why_not, "n_trials": 0,
-                                            "model_based_picks": 0}
+            self.report.sections["bohb"] = search_section("skipped", why_not)
         bohb = merge_kept_trials(bohb, kept)
         if bohb is not None:
             section = self.report.sections["bohb"] = bohb.report()
@@ -323,10 +331,8 @@ class _Run:
         with self.budget.start_phase("final_fit") as phase:
             _hang_if_asked("final_fit")
             try:
-                best = self.delivery.best
                 source, description, spec, config_for = phases.final_choice(
-                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
-                    val_macro_f1_to_beat=best.val_macro_f1 if best is not None else 0.0)
+                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed)
                 for candidate in phases.fit_for_the_time_left(source, description, spec, config_for, self.data,
                                                               phase.remaining, log=self.log):
                     self.deliver(candidate)

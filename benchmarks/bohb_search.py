@@ -3,8 +3,9 @@
     python benchmarks/bohb_search.py [--seconds 60] [--workers 1 2] [--n-train 800] [--device cpu]
 
 Data: scikit-learn digits (8x8 grey, 10 classes), a seeded train/val subset.
-Space: ours without DARTS (default genotype; focal loss, class weights, surrogate
-skip searchable). Budgets come from choose_budgets() with a measured epoch time.
+Space: ours without DARTS (build_config_space: default cell; loss and surrogate skip searchable).
+Budgets are planned as the pipeline plans them: choose_budgets() over a timed epoch of the
+space's default configuration (the probe counts inside the phase).
 Local workers are threads in this process (hpbandster workers over Pyro4).
 Prints a table and writes benchmarks/out/bohb_search.json.
 """
@@ -24,8 +25,13 @@ from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from automl_pipeline.bohb import TrialContext, run_bohb  # noqa: E402
+from automl_pipeline.bohb import (TrialContext, build_config_space, choose_budgets,  # noqa: E402
+                                  config_to_train_config, run_bohb, to_plain)
+from automl_pipeline.bohb.phase import default_first_configs  # noqa: E402
+from automl_pipeline.bohb.worker import build_trial_network  # noqa: E402
+from automl_pipeline.phases import MIN_TRIAL_IMAGES_PER_CLASS, MIN_TRIAL_STEPS  # noqa: E402
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data  # noqa: E402
+from automl_pipeline.training.planning import measure_epoch_seconds  # noqa: E402
 
 
 def digits_context(n_train: int, n_val: int, seed: int, device: torch.device) -> TrialContext:
@@ -37,6 +43,18 @@ def digits_context(n_train: int, n_val: int, seed: int, device: torch.device) ->
     return TrialContext(train=to_tensor_data(images[tr], digits.target[tr], device, mean, std),
                         val=to_tensor_data(images[va], digits.target[va], device, mean, std),
                         n_classes=10, in_channels=1, image_side=8, device=device, seed=seed)
+
+
+def plan_budgets(ctx: TrialContext, space, time_left) -> tuple[float, tuple[float, float] | None, float]:
+    """(epoch seconds, (min, max) budgets or None, min-budget floor) as the pipeline's BOHB phase plans them
+    (phases.search_hyperparameters): one timed epoch of the space's default configuration, then
+    choose_budgets over the time left."""
+    default = to_plain(dict(space.get_default_configuration()))
+    epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), ctx.train, ctx.val, ctx.n_classes,
+                                    config_to_train_config(default, 1, ctx.seed, batch_size=ctx.batch_size))
+    floor = max(MIN_TRIAL_STEPS * ctx.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * ctx.n_classes) / len(ctx.train)
+    budgets = choose_budgets(epoch_s, time_left(), first_configs=default_first_configs(space), min_budget_floor=floor)
+    return epoch_s, budgets, floor
 
 
 def best_at(trajectory: list, t: float) -> float:
@@ -65,9 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     for n_workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.monotonic()
-            result = run_bohb(ctx, time_left=lambda: max(0.0, args.seconds - (time.monotonic() - start)),
-                              out_dir=Path(tmp), seed=args.seed, n_local_workers=n_workers,
-                              run_id=f"bench{n_workers}", log=lambda s: None)
+
+            def time_left() -> float:
+                return max(0.0, args.seconds - (time.monotonic() - start))
+
+            space = build_config_space(seed=args.seed, baseline=False)
+            epoch_s, budgets, floor = plan_budgets(ctx, space, time_left)
+            if budgets is None:
+                print(f"{n_workers} worker(s): {args.seconds:g}s cannot hold a first bracket of "
+                      f"{default_first_configs(space)} trials of at least {floor:.2f} epochs "
+                      f"(~{epoch_s:.2f}s per epoch); not run")
+                rows.append({"workers": n_workers, "phase_s": args.seconds, "epoch_s": epoch_s, "skipped": True})
+                continue
+            result = run_bohb(ctx, time_left=time_left, out_dir=Path(tmp), config_space=space,
+                              min_budget=budgets[0], max_budget=budgets[1], seed=args.seed,
+                              n_local_workers=n_workers, run_id=f"bench{n_workers}", epoch_seconds=epoch_s,
+                              log=lambda s: None)
             wall = time.monotonic() - start
         report = result.report()
         marks = [args.seconds * f for f in (0.25, 0.5, 0.75, 1.0)]
@@ -91,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{device}, torch threads {threads}")
     print(head)
     for r in rows:
+        if r.get("skipped"):
+            print(f"{r['workers']:>7}  not run: no budget plan fits {r['phase_s']:g}s")
+            continue
         budgets = "/".join(f"{b:.3g}" for b in r["budgets"])
         at = " ".join(f"{v:.3f}" for v in r["best_f1_at"].values())
         print(f"{r['workers']:>7} {r['wall_s']:>7.1f} {r['trials']:>6} {r['trials_per_min']:>6.1f} {budgets:>14} "

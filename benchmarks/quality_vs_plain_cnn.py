@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "plain_cnn": {"network": "3 x (conv3x3 no bias - BN - ReLU - maxpool2), 32/64/128 channels; flatten - "
                                  "Linear 256 - ReLU - Linear(n_classes)",
                       "training": "train_model: AdamW lr 3e-3 wd 5e-4, batch 128, one-cycle over the epochs "
-                                  "that fit (phases.measure_epoch_seconds / epochs_that_fit), crop (pad side//8) "
+                                  "that fit (training.planning.measure_epoch_seconds / epochs_that_fit), crop (pad side//8) "
                                   "+ flip, best epoch by val macro-F1",
                       "losses": {"plain_ce": "cross-entropy",
                                  "plain_focal": "focal gamma 2, inverse-frequency class weights"}},

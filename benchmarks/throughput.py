@@ -1,35 +1,46 @@
-"""Training throughput of the two hot loops, CPU or CUDA (issue 7).
+"""Training throughput of what a run trains, against the plain CNN, CPU or CUDA (issue 7;
+"Quality per second" item 1).
 
-    python benchmarks/throughput.py --device cpu --steps 3
+    python benchmarks/throughput.py --device cpu --quick          # the whole table in ~3 min on 2 cores
+    python benchmarks/throughput.py --device cpu --steps 20
     python benchmarks/throughput.py --device cuda --steps 30 --concurrency 1,2,4
 
-Measures images/s and seconds per epoch (of EPOCH_IMAGES = 50,000 training images,
-CIFAR-10 sized) for
-  (a) the DARTS supernet search step (`darts.search._Search.step`: an alpha step on a
-      val batch plus a weight step on a train batch; images/s counts train images),
-      DartsConfig defaults (3 cells, base 16, the template ops);
-  (b) the stacked network (`build_network` with DEFAULT_GENOTYPE, 3 cells, base 16 and
-      32) trained by the real `train_model` loop (focal loss, AdamW, OneCycle,
-      augmentation, no validation),
-at batch 64 and 256, fp32 vs bf16 autocast (bf16 on CUDA only), contiguous vs
-channels_last (CUDA only), on synthetic 28x28x1 and 32x32x3 data (10 classes).
-Each configuration: `--warmup` untimed steps (cuDNN autotuning, allocator), then
-`--steps` timed steps ended by a device sync.
+Side by side on the same machine, on synthetic 28x28x1 and 32x32x3 data (10 classes):
+  (1) `plain CNN`: the network the user would write (benchmarks/plain_cnn.build_plain_cnn: 3 blocks of
+      conv3x3-BN-ReLU-maxpool with 32/64/128 channels, FC 256);
+  (2) `default`: the pipeline's default network exactly as the run builds it (phases.first_model_spec =
+      phases.network_spec(data, DEFAULT_GENOTYPE) = bohb.worker.config_to_network_spec of
+      {n_cells 3, base_channels 32}: a pooling stem on sides >= 16, DEFAULT_GENOTYPE, a linear head);
+  (3) `bohb c<n>/b<w>`: the extremes BOHB can draw (n_cells 2 and 5 x base_channels 16 and 32, default cell);
+all trained by the real `train_model` loop with one TrainConfig, the pipeline's
+phases.default_train_config (AdamW, one-cycle, augmentation, focal loss, batch `--batch` = 128, no
+validation), and reported as images/s, seconds per epoch of EPOCH_IMAGES = 50,000 training images
+(CIFAR-10 sized) and images/s as a multiple of the plain CNN's on the same data and precision;
+  (4) the DARTS search step of each proxy in phases.DARTS_PROXIES (phases.darts_config(proxy, side,
+      epochs=1, seed=0): batch DARTS_BATCH, images resized to the proxy side, the run's focal loss),
+      stepping darts.search._Search (an alpha step on a val batch plus a weight step on a train batch):
+      seconds per step, architecture steps per minute, train images/s.
+On CUDA each is measured fp32 vs bf16 autocast and contiguous vs channels_last; on CPU fp32 only.
+Each configuration: `--warmup` untimed steps (cuDNN autotuning, allocator), then `--steps` timed
+steps ended by a device sync. (Older versions measured the stacked network without its pooling stem
+and the DARTS supernet at DartsConfig defaults; neither is what a run trains any more.)
 
 CUDA only, for the question "should BOHB run several trials at once on one GPU":
-  - GPU utilisation while one stacked network trains: `nvidia-smi` sampled in a thread
+  - GPU utilisation while the default network trains: `nvidia-smi` sampled in a thread
     (utilization.gpu, % of time a kernel ran) and, with torch.profiler, the summed CUDA
     kernel time / wall time;
-  - `--concurrency 1,2,4`: k processes on the same GPU each train the stacked network;
+  - `--concurrency 1,2,4`: k processes on the same GPU each train the default network;
     aggregate images/s against k = 1.
 
 Prints markdown tables; writes benchmarks/out/throughput_<device>.json (date, machine,
-command, rows).
+command, rows, darts_rows).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import subprocess
@@ -37,6 +48,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+# Before torch loads OpenMP, as the CLI does (cli.py): idle OpenMP threads sleep instead of spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common import DEFAULT_OUT, command_line, ensure_repo_on_path, machine_info, now_iso, write_results
 
@@ -44,16 +61,24 @@ ensure_repo_on_path()
 
 import torch  # noqa: E402
 
-from automl_pipeline.darts.search import DartsConfig, _Search  # noqa: E402
-from automl_pipeline.search_space import DEFAULT_GENOTYPE, NetworkSpec, build_network  # noqa: E402
-from automl_pipeline.training import TensorData, TrainConfig, configure_threads, resolve_device, train_model  # noqa: E402
+from automl_pipeline.bohb.worker import config_to_network_spec  # noqa: E402
+from automl_pipeline.darts.search import _Search  # noqa: E402
+from automl_pipeline.phases import (DARTS_BATCH, DARTS_PROXIES, darts_config, default_train_config,  # noqa: E402
+                                    first_model_spec)
+from automl_pipeline.search_space import NetworkSpec, build_network  # noqa: E402
+from automl_pipeline.training import TensorData, configure_threads, make_loss, resolve_device, train_model  # noqa: E402
 from automl_pipeline.training.device import configure_device  # noqa: E402
+from plain_cnn import build_plain_cnn  # noqa: E402
 
 EPOCH_IMAGES = 50_000
 N_CLASSES = 10
 SHAPES = ((28, 1), (32, 3))          # (side, channels)
-BATCHES = (64, 256)
-BASE_CHANNELS = (16, 32)
+BATCH = 128                          # the run's batch on >= 5,000 training images (phases.RunData.batch_size)
+UTIL_BATCHES = (128, 256)
+BOHB_EXTREMES = tuple((n, b) for n in (2, 5) for b in (16, 32))   # space.py: n_cells 2..5, base 16/24/32
+PLAIN = "plain CNN"
+DEFAULT = "default"
+QUICK_STEPS, QUICK_WARMUP = 2, 1
 
 
 def synthetic(n: int, side: int, channels: int, device: torch.device, seed: int = 0) -> TensorData:
@@ -83,15 +108,88 @@ def row(kind: str, side: int, channels: int, batch: int, precision: str, channel
             "images_per_s": round(ips, 1), "epoch_s": round(EPOCH_IMAGES / ips, 2), **extra}
 
 
-# --------------------------------------------------------------------------- (a) DARTS supernet
+# --------------------------------------------------------------------------- the networks
 
 
-def bench_darts(device, side, channels, batch, precision, channels_last, steps, warmup) -> dict:
-    n = batch * (steps + warmup)
+def run_spec(side: int, channels: int, n_cells: int = 3, base: int = 32) -> NetworkSpec:
+    """The NetworkSpec a run builds: phases.first_model_spec for the default size (3 cells, base 32),
+    else BOHB's config_to_network_spec of {n_cells, base_channels} with the default cell."""
+    if (n_cells, base) == (3, 32):
+        return first_model_spec(SimpleNamespace(in_channels=channels, n_classes=N_CLASSES, image_side=side))
+    return config_to_network_spec({"n_cells": n_cells, "base_channels": base}, darts=None, in_channels=channels,
+                                  n_classes=N_CLASSES, image_side=side)
+
+
+def stacked_model(side: int, channels: int, base: int, device: torch.device, n_cells: int = 3) -> torch.nn.Module:
+    """The stacked network as a run builds it (run_spec), on `device`."""
+    return build_network(run_spec(side, channels, n_cells, base)).to(device)
+
+
+def networks(side: int, channels: int) -> list[tuple[str, dict, callable]]:
+    """(name, facts, builder) of every network in the training table, the plain CNN first."""
+    out = [(PLAIN, {"n_cells": None, "base_channels": None, "stem_pool": None},
+            lambda: build_plain_cnn(channels, N_CLASSES, side))]
+    for n_cells, base in ((3, 32),) + BOHB_EXTREMES:
+        spec = run_spec(side, channels, n_cells, base)
+        name = DEFAULT if (n_cells, base) == (3, 32) else f"bohb c{n_cells}/b{base}"
+        out.append((name, {"n_cells": n_cells, "base_channels": base, "stem_pool": spec.stem_pool},
+                    lambda spec=spec: build_network(spec)))
+    return out
+
+
+# --------------------------------------------------------------------------- training (train_model)
+
+
+def train_once(model, data: TensorData, batch: int, precision: str, channels_last: bool, *,
+               epochs_only: bool = False) -> float:
+    """Seconds of one train_model epoch over all of `data` with the pipeline's default TrainConfig
+    (phases.default_train_config, ours: focal loss), no validation: the whole call, or with
+    `epochs_only` the epoch's own time (history "seconds": the batches up to the epoch's loss read,
+    a device sync; without train_model's set-up and final state copy, as the run's
+    train_images_per_s and plain_cnn.py's count it)."""
+    config = dataclasses.replace(default_train_config(epochs=1, batch_size=batch, baseline=False, seed=0),
+                                 precision="auto" if precision == "bf16" else "fp32", channels_last=channels_last)
+    result = train_model(model, data, None, config, time_left=lambda: 1e9, n_classes=N_CLASSES)
+    return sum(h["seconds"] for h in result.history) if epochs_only else result.seconds
+
+
+def bench_train(device, side, channels, name, facts, build, batch, precision, channels_last, steps, warmup) -> dict:
+    torch.manual_seed(0)
+    model = build().to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    train_once(model, synthetic(batch * max(warmup, 1), side, channels, device, 2), batch, precision, channels_last)
+    data = synthetic(batch * steps, side, channels, device, 3)
+    seconds = train_once(model, data, batch, precision, channels_last, epochs_only=True)
+    return row("train", side, channels, batch, precision, channels_last, batch * steps, seconds,
+               network=name, params=n_params, **facts)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """vs_plain: images/s over the plain CNN's on the same data, batch, precision and memory format."""
+    def key(r: dict) -> tuple:
+        return r["data"], r["batch"], r["precision"], r["channels_last"]
+
+    plain = {key(r): r["images_per_s"] for r in rows if r["network"] == PLAIN}
+    for r in rows:
+        ref = plain.get(key(r))
+        r["vs_plain"] = round(r["images_per_s"] / ref, 3) if ref else None
+
+
+# --------------------------------------------------------------------------- DARTS proxies
+
+
+def proxy_name(proxy) -> str:
+    return f"{proxy.n_cells} cells x {proxy.n_nodes} nodes, base {proxy.base_channels}, <= {proxy.side} px"
+
+
+def bench_darts(device, side, channels, proxy, precision, channels_last, steps, warmup) -> dict:
+    """One proxy's search step as the run takes it (phases.darts_config; the run's focal loss)."""
+    config = darts_config(proxy, side, epochs=1, seed=0)
+    n = config.batch_size * (steps + warmup)
     train, val = synthetic(n, side, channels, device, 0), synthetic(n, side, channels, device, 1)
-    config = DartsConfig(epochs=1, batch_size=batch)
-    search = _Search(train, val, N_CLASSES, config, torch.nn.CrossEntropyLoss(),
-                     amp=precision == "bf16", channels_last=channels_last)
+    counts = np.bincount(train.y.cpu().numpy(), minlength=N_CLASSES)
+    loss = make_loss("focal", counts, gamma=3.0, smoothing=0.8, device=device)     # as phases.search_architecture
+    search = _Search(train, val, N_CLASSES, config, loss, amp=precision == "bf16", channels_last=channels_last)
     batches = search.train_batches()
     for _ in range(warmup):
         search.step(*next(batches))
@@ -103,34 +201,12 @@ def bench_darts(device, side, channels, batch, precision, channels_last, steps, 
         totals = out if totals is None else {k: totals[k] + v for k, v in out.items()}
     search.to_floats(totals)                      # the one read per epoch, as in run_darts
     sync(device)
-    return row("darts_supernet", side, channels, batch, precision, channels_last, steps * batch,
-               time.perf_counter() - t0, base_channels=config.base_channels)
-
-
-# --------------------------------------------------------------------------- (b) stacked network
-
-
-def stacked_model(side: int, channels: int, base: int, device: torch.device) -> torch.nn.Module:
-    spec = NetworkSpec(DEFAULT_GENOTYPE, in_channels=channels, n_classes=N_CLASSES, image_side=side,
-                       n_cells=3, base_channels=base)
-    return build_network(spec).to(device)
-
-
-def train_once(model, data: TensorData, batch: int, precision: str, channels_last: bool) -> float:
-    """Seconds of one train_model epoch over all of `data` (ends with a device sync)."""
-    config = TrainConfig(epochs=1, batch_size=batch, precision="auto" if precision == "bf16" else "fp32",
-                         channels_last=channels_last)
-    result = train_model(model, data, None, config, time_left=lambda: 1e9, n_classes=N_CLASSES)
-    return result.seconds
-
-
-def bench_stacked(device, side, channels, base, batch, precision, channels_last, steps, warmup) -> dict:
-    model = stacked_model(side, channels, base, device)
-    train_once(model, synthetic(batch * max(warmup, 1), side, channels, device, 2), batch, precision, channels_last)
-    data = synthetic(batch * steps, side, channels, device, 3)
-    seconds = train_once(model, data, batch, precision, channels_last)
-    return row("stacked", side, channels, batch, precision, channels_last, batch * steps, seconds,
-               base_channels=base)
+    seconds = time.perf_counter() - t0
+    step_s = seconds / steps
+    searched = config.proxy_side or side
+    return row("darts", side, channels, config.batch_size, precision, channels_last, steps * config.batch_size,
+               seconds, proxy=proxy_name(proxy), searched_side=searched, stem_pool=config.stem_pool,
+               step_s=round(step_s, 4), arch_steps_per_min=round(60.0 / step_s, 1))
 
 
 # --------------------------------------------------------------------------- GPU utilisation
@@ -240,38 +316,69 @@ def concurrency(device, side, channels, base, batch, steps, ks) -> list[dict]:
 
 def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join("" if r.get(c) is None else str(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+TRAIN_COLUMNS = [("network", "network"), ("n_cells", "cells"), ("base_channels", "base"), ("stem_pool", "stem pool"),
+                 ("params", "params"), ("data", "data"), ("batch", "batch"), ("precision", "precision"),
+                 ("channels_last", "channels_last"), ("images_per_s", "images/s"),
+                 ("vs_plain", "images/s vs plain CNN"), ("epoch_s", "s / epoch of 50k")]
+DARTS_COLUMNS = [("proxy", "DARTS proxy"), ("data", "data"), ("searched_side", "searched px"), ("batch", "batch"),
+                 ("precision", "precision"), ("channels_last", "channels_last"), ("step_s", "s / step"),
+                 ("arch_steps_per_min", "arch steps / min"), ("images_per_s", "train images/s")]
+
+
+def named_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    renamed = [{title: r.get(key) for key, title in columns} for r in rows]
+    return table(renamed, [title for _, title in columns])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotune)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"--steps {QUICK_STEPS} --warmup {QUICK_WARMUP} unless given: the whole CPU table in ~3 min")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 20)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (cuDNN autotune; default 3)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="training batch (DARTS uses phases.DARTS_BATCH)")
+    ap.add_argument("--shapes", default=",".join(f"{s}x{c}" for s, c in SHAPES),
+                    help="comma-separated SIDExCHANNELS, default 28x1,32x3")
+    ap.add_argument("--no-darts", action="store_true", help="skip the DARTS proxy rows")
     ap.add_argument("--util-seconds", type=float, default=5.0, help="CUDA: seconds of training for nvidia-smi")
     ap.add_argument("--concurrency", default="", help="CUDA: comma-separated process counts, e.g. 1,2,4")
     ap.add_argument("--concurrency-steps", type=int, default=150)
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/out/throughput_<device>.json)")
     args = ap.parse_args(argv)
+    steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else 20)
+    warmup = args.warmup if args.warmup is not None else (QUICK_WARMUP if args.quick else 3)
+    if steps < 1 or warmup < 0:
+        ap.error("--steps must be >= 1 and --warmup >= 0")
+    try:
+        shapes = [tuple(int(v) for v in s.strip().lower().split("x")) for s in args.shapes.split(",") if s.strip()]
+        assert shapes and all(len(s) == 2 and s[0] >= 4 and s[1] >= 1 for s in shapes)
+    except (ValueError, AssertionError):
+        ap.error(f"--shapes: expected e.g. 28x1,32x3, got {args.shapes!r}")
 
     device = resolve_device(args.device)
     threads = configure_threads()
     configure_device(device)
     started = now_iso()
-    rows = []
-    for side, channels in SHAPES:
-        for batch in BATCHES:
-            for precision, cl in variants(device):
-                rows.append(bench_darts(device, side, channels, batch, precision, cl, args.steps, args.warmup))
+    rows, darts_rows = [], []
+    for side, channels in shapes:
+        for precision, cl in variants(device):
+            for name, facts, build in networks(side, channels):
+                rows.append(bench_train(device, side, channels, name, facts, build, args.batch, precision, cl,
+                                        steps, warmup))
                 print(rows[-1], flush=True)
-                for base in BASE_CHANNELS:
-                    rows.append(bench_stacked(device, side, channels, base, batch, precision, cl,
-                                              args.steps, args.warmup))
-                    print(rows[-1], flush=True)
+            if not args.no_darts:
+                for proxy in DARTS_PROXIES:
+                    darts_rows.append(bench_darts(device, side, channels, proxy, precision, cl, steps, warmup))
+                    print(darts_rows[-1], flush=True)
+    add_ratios(rows)
     util, conc = [], []
     if device.type == "cuda":
-        for batch in BATCHES:
+        for batch in UTIL_BATCHES:
             util.append(gpu_utilisation(device, 32, 3, 32, batch, args.util_seconds))
             print(util[-1], flush=True)
     ks = [int(k) for k in args.concurrency.split(",") if k.strip()]
@@ -280,10 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in conc:
             print(r, flush=True)
 
-    cols = ["kind", "base_channels", "data", "batch", "precision", "channels_last", "images_per_s", "epoch_s"]
-    md = [f"device: {machine_info(str(device)).get('device_name')}, torch {torch.__version__}, "
-          f"threads {threads}, {args.steps} timed steps after {args.warmup} warm-up; "
-          f"epoch_s = seconds per {EPOCH_IMAGES:,} training images", "", table(rows, cols)]
+    md = [(f"device: {machine_info(str(device)).get('device_name')}, torch {torch.__version__}, "
+           f"threads {threads}, {steps} timed steps after {warmup} warm-up; train_model with "
+           f"phases.default_train_config (AdamW, one-cycle, augmentation, focal loss); "
+           f"s / epoch of 50k = seconds per {EPOCH_IMAGES:,} training images"), "",
+          named_table(rows, TRAIN_COLUMNS)]
+    if darts_rows:
+        md += ["", (f"DARTS search step (phases.DARTS_PROXIES, batch {DARTS_BATCH}: alpha step on a val batch + "
+                    "weight step on a train batch)"), "", named_table(darts_rows, DARTS_COLUMNS)]
     if util:
         md += ["", table(util, ["data", "base_channels", "batch", "precision", "images_per_s", "smi_util_mean",
                                 "smi_samples", "kernel_fraction"])]
@@ -294,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or DEFAULT_OUT / f"throughput_{device.type}.json"
     write_results(out, {"date": started, "finished": now_iso(), "command": command_line(),
                         "machine": machine_info(str(device)), "threads": threads, "epoch_images": EPOCH_IMAGES,
-                        "steps": args.steps, "warmup": args.warmup, "rows": rows, "gpu_utilisation": util,
-                        "concurrency": conc, "markdown": "\n".join(md)})
+                        "steps": steps, "warmup": warmup, "batch": args.batch, "rows": rows,
+                        "darts_rows": darts_rows, "gpu_utilisation": util, "concurrency": conc,
+                        "markdown": "\n".join(md)})
     print(f"wrote {out}")
     return 0
 

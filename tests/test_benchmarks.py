@@ -181,10 +181,11 @@ def _fake_row(data, limit, method, seed, f1, **extra):
 
 
 def test_plain_cnn_tables_summary_and_ratio_from_fake_rows():
-    rows = [_fake_row("digits", 60.0, "ours", 0, 0.90, source="final fit", darts_arch_steps=0, bohb_n_trials=0),
+    rows = [_fake_row("digits", 60.0, "ours", 0, 0.90, source="default_network", darts_arch_steps=0,
+                      bohb_n_trials=0),
             _fake_row("digits", 60.0, "plain_ce", 0, 0.80, epochs=12, train_images_per_s=900.0),
             _fake_row("digits", 60.0, "plain_focal", 0, 0.84),
-            _fake_row("digits", 60.0, "ours", 1, 0.92, source="first model", darts_arch_steps=120,
+            _fake_row("digits", 60.0, "ours", 1, 0.92, source="first_model", darts_arch_steps=120,
                       darts_cell_used=True, bohb_n_trials=7, bohb_model_based_picks=2),
             _fake_row("digits", 60.0, "plain_ce", 1, 0.82),
             _fake_row("digits", 60.0, "plain_focal", 1, None, status="failed", error="exit code 1: boom"),
@@ -199,19 +200,27 @@ def test_plain_cnn_tables_summary_and_ratio_from_fake_rows():
     assert digits["ratio"] == pytest.approx(0.91 / 0.84)
     assert colour["ours_macro_f1"] is None and colour["ratio"] is None and colour["best_plain"] == "plain_ce"
     assert "| digits | 60 | ours | 1 | complete | 0.9200 |" in text
-    assert "| first model | 120 | True | 7 | 2 |" in text and "boom" in text
+    assert "| first_model | 120 | True | 7 | 2 |" in text and "boom" in text
     assert "| digits | 60 | ours | 2 | 0 | 0.9100 ± 0.0141 |" in text
     assert "| digits | 60 | 0.9100 | plain_focal | 0.8400 | 1.083 |" in text
     assert "| colour-lt | 300 | - | plain_ce | 0.5000 | - |" in text
 
 
 def test_plain_cnn_benchmark_reads_old_and_new_report_keys():
-    new = {"final": {"source": "bohb incumbent", "epochs": 9, "train_images_per_s": 812.5},
-           "darts": {"arch_steps": 300, "steps_run": 1, "cell_used": False},
-           "bohb": {"n_trials": 11, "model_based_picks": 4}}
-    assert qpc.ours_facts(new) == {"source": "bohb incumbent", "epochs": 9, "train_images_per_s": 812.5,
+    new = {"final": {"source": "bohb_incumbent", "description": "final fit of the BOHB incumbent", "epochs": 9,
+                     "train_images_per_s": 812.5},
+           "darts": {"status": "completed", "arch_steps": 300, "steps_run": 1, "cell_used": False},
+           "bohb": {"status": "completed", "n_trials": 11, "model_based_picks": 4}}
+    assert qpc.ours_facts(new) == {"source": "bohb_incumbent", "epochs": 9, "train_images_per_s": 812.5,
                                    "darts_arch_steps": 300, "darts_cell_used": False, "bohb_n_trials": 11,
                                    "bohb_model_based_picks": 4}
+    # searches skipped: report.json now always has both sections, with status and reason
+    skipped = {"final": {"source": "default_network", "description": "final fit of the default network"},
+               "darts": {"status": "skipped", "reason": "19s is too short", "arch_steps": 0, "cell_used": False},
+               "bohb": {"status": "skipped", "reason": "too short", "n_trials": 0, "model_based_picks": 0}}
+    facts = qpc.ours_facts(skipped)
+    assert (facts["source"], facts["darts_arch_steps"], facts["darts_cell_used"], facts["bohb_n_trials"]) == (
+        "default_network", 0, False, 0)
     old = {"final": {"source": "first model", "epochs": 5}, "darts": {"steps_run": 42},
            "events": [{"t_s": 9.0, "kind": "bohb_skipped", "message": "50s left"}]}
     facts = qpc.ours_facts(old)

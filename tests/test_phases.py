@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,3 +42,62 @@ def test_a_first_model_on_a_small_subset_learns(digits, one_torch_thread):
                                                lambda: 1e9, log=lambda s: None)
     assert result.epochs_done == 3 and batch == 16
     assert candidate.val_macro_f1 > 0.3
+
+
+# --------------------------------------------------------------------------- DARTS planning
+
+def _step_costs(costs: dict):
+    """step_seconds for plan_darts from a table {(n_cells, n_nodes, base_channels): seconds}; records calls."""
+    calls = []
+
+    def step_seconds(config):
+        calls.append((config.n_cells, config.n_nodes, config.base_channels))
+        return costs[calls[-1]]
+    return step_seconds, calls
+
+
+def test_plan_darts_takes_the_richest_proxy_that_fits_enough_steps():
+    costs = {(p.n_cells, p.n_nodes, p.base_channels): 0.05 * 2 ** i for i, p in enumerate(phases.DARTS_PROXIES)}
+    step_seconds, calls = _step_costs(costs)
+    # 100 s: 1800, 900, 450 steps -> the second proxy (the third would fit fewer than RICHER_PROXY_STEPS)
+    config, n_train, why = phases.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
+    assert why == "" and (config.n_cells, config.n_nodes, config.base_channels) == calls[1]
+    assert len(calls) == 3                                    # the third was timed and found too slow
+    assert config.proxy_side == 16 and config.stem_pool is True   # 28 px searched at 16 px with a pooling stem
+    steps = int(0.9 * 100.0 / 0.1)
+    assert config.epochs == phases.MIN_DARTS_EPOCHS          # 900 steps are fewer than 6 epochs of 5000 images
+    assert n_train == steps // phases.MIN_DARTS_EPOCHS * config.batch_size
+    assert config.epochs * n_train // config.batch_size >= phases.MIN_ARCH_STEPS
+
+
+def test_plan_darts_skips_when_too_few_steps_fit_and_keeps_small_images():
+    step_seconds, calls = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 1.0 for p in phases.DARTS_PROXIES})
+    config, _, why = phases.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
+    assert config is None and f"at least {phases.MIN_ARCH_STEPS}" in why and len(calls) == 1
+    step_seconds, _ = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 0.01 for p in phases.DARTS_PROXIES})
+    config, n_train, why = phases.plan_darts(step_seconds, 1000.0, n_train=1000, n_classes=10, image_side=8, seed=0)
+    assert why == "" and config.proxy_side is None and config.stem_pool is False   # 8 px: no resize, no pool
+    assert n_train == 1000 and config.epochs == phases.MAX_DARTS_EPOCHS
+
+
+def test_darts_result_counts_as_learned_only_when_supernet_and_alphas_moved():
+    from automl_pipeline.darts import DartsResult
+    from automl_pipeline.search_space import DEFAULT_GENOTYPE
+
+    def result(val_acc: float, peak: float) -> DartsResult:
+        w = np.full((5, 5), (1 - peak) / 4)
+        w[:, 2] = peak
+        return DartsResult(genotype=DEFAULT_GENOTYPE, alphas_normal=w, alphas_reduce=w, epochs_planned=1,
+                           epochs_run=1, stopped_early=False, stop_reason="completed", skip_count_per_epoch=[0],
+                           beta_per_epoch=[1.0], alphas_per_epoch=[{"normal": w.tolist(), "reduce": w.tolist()}],
+                           seconds=1.0, epoch_seconds=[1.0], steps_run=300,
+                           history=[{"val_acc": val_acc, "train_acc": val_acc}])
+
+    assert result(0.6, 0.4).learned(10) == (True, "")
+    learned, why = result(0.12, 0.4).learned(10)
+    assert not learned and "did not learn" in why
+    learned, why = result(0.6, 0.2).learned(10)              # uniform alphas
+    assert not learned and "near uniform" in why
+    report = result(0.6, 0.4).report()
+    assert report["arch_steps"] == 300 and report["supernet_val_acc_per_epoch"] == [0.6]
+    assert 0 < report["alpha_entropy_per_epoch"][0] < 1

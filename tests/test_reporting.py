@@ -74,7 +74,7 @@ def fake_report(n_edges: int = 14) -> dict:
             "confusion_matrix": confusion,
         },
         "final": {
-            "source": "bohb incumbent",
+            "source": "bohb_incumbent", "description": "final fit of the BOHB incumbent",
             "architecture": {"genotype": genotype, "in_channels": 3, "n_classes": 5, "image_side": 28,
                              "n_cells": 3, "base_channels": 32, "dropout": 0.3, "head_hidden": [64, 32, 16]},
             "config": {"batch_size": 64, "lr": 0.0031, "weight_decay": 1.2e-4, "loss": "focal",
@@ -83,6 +83,7 @@ def fake_report(n_edges: int = 14) -> dict:
         },
         "environment": {"python": "3.11.2", "torch": "2.14.1", "device": "cpu"},
         "darts": {
+            "status": "completed", "learned": True, "reason": "", "cell_used": True, "arch_steps": 540,
             "epochs_planned": 15, "epochs_run": epochs, "stopped_early": True,
             "stop_reason": "skip count 3 > limit 2", "skip_count_per_epoch": [0, 0, 1, 1, 2, 3],
             "beta_per_epoch": [1.0, 0.93, 0.87, 0.8, 0.73, 0.67], "skip_limit": 2, "skip_threshold": 0.3,
@@ -90,6 +91,7 @@ def fake_report(n_edges: int = 14) -> dict:
             "ops": ["none", "skip_connect", "conv_3x3", "res_basic", "res_bottleneck"],
         },
         "bohb": {
+            "status": "completed", "failed_trials": 1,
             "n_trials": len(trials), "budgets": [5, 10, 20], "trials": trials,
             "trajectory": [{"t_s": 62.0, "val_macro_f1": 0.31}, {"t_s": 75.0, "val_macro_f1": 0.38},
                            {"t_s": 120.0, "val_macro_f1": 0.45}, {"t_s": 190.0, "val_macro_f1": 0.47}],
@@ -158,7 +160,10 @@ def test_report_md_describes_model_darts_bohb_and_data(full_run):
     assert "3 cells" in text and "64-32-16" in text
     assert "`res_bottleneck`(state 1)" in text
     assert "focal_gamma" in text
+    assert "**final fit of the BOHB incumbent** (source `bohb_incumbent`)" in text
     assert "6** of 15 planned" in text and "skip count 3 > limit 2" in text
+    assert "540 architecture steps" in text and "uses a cell from this search" in text
+    assert "28 trials; 1 failed (counted as loss 1)" in text
     assert "Hyperband" in text  # model-based picks == 0 warning
     assert "| proliferative | 0.278 | 20 |" in text
     assert "data test split" in text
@@ -197,6 +202,39 @@ def test_report_md_without_a_section(tmp_path, missing):
         assert heading not in text
     if missing == "test_metrics":
         assert "No held-out test metrics" in text
+
+
+def test_report_md_says_why_a_search_was_skipped_or_not_used(tmp_path):
+    """report.json always has `darts` and `bohb`; a skipped search is its status and reason, not a
+    table of n/a; a DARTS search that ran but learned nothing says its cell was not used."""
+    report = fake_report(n_edges=2)
+    report["darts"] = {"status": "skipped", "reason": "19s is too short for a search (at least 20s)",
+                       "arch_steps": 0, "cell_used": False}
+    report["bohb"] = {"status": "skipped", "reason": "76s cannot hold a first bracket of 12 trials",
+                      "n_trials": 0, "model_based_picks": 0}
+    text = write_report_md(report, tmp_path, {}).read_text(encoding="utf-8")
+    darts = text.split("## DARTS search", 1)[1].split("## ", 1)[0]
+    bohb = text.split("## BOHB search", 1)[1].split("## ", 1)[0]
+    assert "**Skipped**: 19s is too short for a search (at least 20s)." in darts and "n/a" not in darts
+    assert "**Skipped**: 76s cannot hold a first bracket of 12 trials." in bohb
+    assert "trials" not in bohb.replace("12 trials", "") and "Hyperband" not in bohb
+
+    report = fake_report(n_edges=2)
+    report["darts"].update(learned=False, cell_used=False, reason="the supernet did not learn")
+    text = write_report_md(report, tmp_path, {}).read_text(encoding="utf-8")
+    assert "Its cell was not used: the supernet did not learn." in text
+
+
+def test_skipped_searches_make_no_search_plots(tmp_path, monkeypatch):
+    import automl_pipeline.reporting.plots as plots
+
+    monkeypatch.setattr(plots, "DPI", 20)
+    report = fake_report(n_edges=2)
+    report["darts"] = {"status": "skipped", "reason": "too short", "arch_steps": 0, "cell_used": False}
+    report["bohb"] = {"status": "skipped", "reason": "too short", "n_trials": 0, "model_based_picks": 0}
+    errors: list[str] = []
+    made = plots.write_plots(report, tmp_path, log=lambda m: None, errors=errors)
+    assert errors == [] and "darts_alphas" not in made and "bohb" not in made and "timeline" in made
 
 
 def test_sparse_report_makes_only_the_plots_it_has_data_for(tmp_path):

@@ -137,3 +137,28 @@ def test_the_process_ends_at_once_after_its_work(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and proc.stdout == "delivered"
     assert time.monotonic() - started < 30
+
+
+def test_main_path_runs_darts_then_bohb_then_the_final_fit(tmp_path):
+    """The run as users start it, long enough for both searches on the digits demo: DARTS searches
+    (and its architecture weights move), BOHB runs trials on two budgets and models, and the final
+    fit trains the incumbent; all inside the limit."""
+    out = tmp_path / "out"
+    limit = 200
+    proc, wall = run_cli("--time-limit", str(limit), "--output-dir", str(out), "--quiet", timeout=limit + 60)
+    assert proc.returncode == 0, proc.stderr
+    assert wall < limit, f"took {wall:.1f}s"
+    report = check_outputs(out)
+    darts, bohb = report["darts"], report["bohb"]
+    assert darts["status"] == "completed", darts.get("reason")
+    assert darts["arch_steps"] >= 100 and len(darts["supernet_val_acc_per_epoch"]) == darts["epochs_run"]
+    assert darts["alpha_entropy_per_epoch"][-1] < 1.0                     # the alphas moved
+    assert bohb["status"] == "completed", bohb.get("reason")
+    assert bohb["n_trials"] >= 10 and len(bohb["trials_per_budget"]) >= 2, bohb["trials_per_budget"]
+    assert bohb["failed_trials"] == 0
+    assert bohb["incumbent"] is not None
+    names = [p["name"] for p in report["phases"]]
+    assert names == ["first_model", "darts", "bohb", "final_fit"]
+    assert report["final"]["source"] in ("first_model", "bohb_incumbent", "darts_cell")
+    assert report["final"]["train_images_per_s"] > 0
+    assert report["test_metrics"]["macro_f1"] > 0.8

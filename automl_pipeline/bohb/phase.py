@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -57,10 +58,13 @@ POSTER_MAX_BUDGET = 20.0
 # The first bracket takes this share of the phase (choose_budgets); the rest is for model-based picks.
 FIRST_BRACKET_SHARE = 0.6
 # Seconds a trial costs beyond its training epochs (building, validation passes, messages), for planning.
-TRIAL_OVERHEAD_S = 0.6
+TRIAL_OVERHEAD_S = 0.3
 INCUMBENT_RULE = ("best val macro-F1 at the largest budget among trials that ran their full budget without error "
                   "(deadline-cut trials only when none completed); ties: earlier trial")
 _LOG = logging.getLogger("automl_pipeline.bohb")
+# hpbandster's KDE (statsmodels) triggers a pandas FutureWarning about numpy's global generator on every
+# model-based pick; it says nothing a user can act on.
+warnings.filterwarnings("ignore", category=FutureWarning, module="pandas")
 
 
 # --------------------------------------------------------------------------- budgets

@@ -141,7 +141,11 @@ def _final(report: dict) -> list[str]:
     if final is None:
         return []
     lines = ["## Chosen model", ""]
-    facts = [f"source: **{final.get('source', 'unknown')}**"]
+    source, description = final.get("source"), final.get("description")
+    if description and description != source:
+        facts = [f"**{_line(description)}**" + (f" (source `{_line(source)}`)" if source else "")]
+    else:
+        facts = [f"source: **{_line(source or 'unknown')}**"]
     if final.get("epochs") is not None:
         facts.append(f"trained {final['epochs']} epochs")
     if final.get("train_s") is not None:
@@ -212,11 +216,23 @@ def _phases(report: dict, links: list[str]) -> list[str]:
     return ["## Phases", ""] + _table(["phase", "planned", "start", "end", "used", "note"], rows) + links
 
 
+def _not_run(section: dict) -> list[str]:
+    """The lines for a search section whose `status` says it did not run ("skipped"), else []."""
+    status = section.get("status")
+    if status in (None, "completed"):
+        return []
+    reason = section.get("reason")
+    return [f"**{str(status).capitalize()}**" + (f": {_line(reason)}" if reason else "") + ".", ""]
+
+
 def _darts(report: dict, links: list[str]) -> list[str]:
     darts = _dict(report, "darts")
     if darts is None:
         return []
     lines = ["## DARTS search", ""]
+    not_run = _not_run(darts)
+    if not_run:
+        return lines + not_run
     run, planned = darts.get("epochs_run"), darts.get("epochs_planned")
     text = f"Epochs run: **{run if run is not None else 'n/a'}** of {planned if planned is not None else 'n/a'} planned"
     if darts.get("stopped_early"):
@@ -225,7 +241,14 @@ def _darts(report: dict, links: list[str]) -> list[str]:
         text += f" (reason: {darts['stop_reason']})"
     if darts.get("seconds") is not None:
         text += f"; {_s(darts['seconds'])}"
+    if darts.get("arch_steps") is not None:
+        text += f"; {darts['arch_steps']} architecture steps"
     lines += [text + ".", ""]
+    if darts.get("learned") is False:
+        lines += ["Its cell was not used" + (f": {_line(darts['reason'])}" if darts.get("reason") else "") + ".", ""]
+    elif darts.get("cell_used") is not None:
+        lines += ["The delivered model " + ("uses" if darts["cell_used"] else "does not use")
+                  + " a cell from this search.", ""]
     skips = darts.get("skip_count_per_epoch") or []
     if skips:
         limit = darts.get("skip_limit", 2)
@@ -247,12 +270,15 @@ def _bohb(report: dict, links: list[str]) -> list[str]:
     if bohb is None:
         return []
     lines = ["## BOHB search", ""]
+    not_run = _not_run(bohb)
+    if not_run:
+        return lines + not_run
     trials = [t for t in bohb.get("trials") or [] if isinstance(t, dict)]
     n_trials = bohb.get("n_trials", len(trials) if trials else None)
     facts = []
     if n_trials is not None:
         facts.append(f"{n_trials} trials")
-    failed = bohb.get("n_failed")
+    failed = bohb.get("failed_trials", bohb.get("n_failed"))
     if failed is None and trials:
         failed = sum(1 for t in trials if t.get("error"))
     if failed:

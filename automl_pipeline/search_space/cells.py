@@ -3,7 +3,7 @@
 A cell takes the outputs of the two previous cells (s0, s1). They are first
 brought to the cell's node width C: s1 by ReLU-conv1x1-BN, s0 the same way, or
 by FactorizedReduce when the previous cell was a reduction (s0 then has twice
-the spatial side of s1).
+the spatial side of s1); a cell whose edges never read s0 has no adapter for it.
 
 Each intermediate node is the NORMALIZED sum of its incoming edges, i.e. their
 mean: node = (1/k) * sum_e op_e(input_e). The cell output is the channel-wise
@@ -52,8 +52,10 @@ class Cell(nn.Module):
         nodes = node_edges(edges, concat)
         self.reduction = reduction
         self.concat = tuple(concat)
-        self.preprocess0, self.preprocess1 = make_preprocess(C_pp, C_p, C, reduction_prev)
         self.inputs = [[i for _, i in node] for node in nodes]
+        self.preprocess0, self.preprocess1 = make_preprocess(C_pp, C_p, C, reduction_prev)
+        if not any(0 in inputs for inputs in self.inputs):
+            self.preprocess0 = None          # s0 unused: no adapter to compute
         self.edges = nn.ModuleList()
         for node in nodes:
             for op, i in node:
@@ -62,7 +64,7 @@ class Cell(nn.Module):
         self.out_channels = C * len(self.concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = [None if self.preprocess0 is None else self.preprocess0(s0), self.preprocess1(s1)]
         e = 0
         for inputs in self.inputs:
             states.append(sum(self.edges[e + j](states[i]) for j, i in enumerate(inputs)) / len(inputs))
