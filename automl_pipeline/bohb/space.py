@@ -33,7 +33,7 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
     cs.add([
         Float("lr", (3e-4, 3e-2), log=True, default=3e-3),
         Integer("n_cells", (2, 5), default=3),
-        Categorical("base_channels", list(BASE_CHANNELS), default=32),
+        Categorical("base_channels", list(BASE_CHANNELS), default=24),
         # horizontal flips in the augmentation: right for photos, wrong for digits and characters
         Categorical("flip", [False, True], default=False),
     ])
