@@ -111,11 +111,16 @@ def row(kind: str, side: int, channels: int, batch: int, precision: str, channel
 # --------------------------------------------------------------------------- the networks
 
 
-def run_spec(side: int, channels: int, n_cells: int = 3, base: int = 32) -> NetworkSpec:
-    """The NetworkSpec a run builds: phases.first_model_spec for the default size (3 cells, base 32),
-    else BOHB's config_to_network_spec of {n_cells, base_channels} with the default cell."""
-    if (n_cells, base) == (3, 32):
-        return first_model_spec(SimpleNamespace(in_channels=channels, n_classes=N_CLASSES, image_side=side))
+def default_spec(side: int, channels: int) -> NetworkSpec:
+    """The default network a run builds (phases.first_model_spec)."""
+    return first_model_spec(SimpleNamespace(in_channels=channels, n_classes=N_CLASSES, image_side=side))
+
+
+def run_spec(side: int, channels: int, n_cells: int | None = None, base: int | None = None) -> NetworkSpec:
+    """The NetworkSpec a run builds: the default network, or BOHB's config_to_network_spec of
+    {n_cells, base_channels} with the default cell."""
+    if n_cells is None or base is None:
+        return default_spec(side, channels)
     return config_to_network_spec({"n_cells": n_cells, "base_channels": base}, darts=None, in_channels=channels,
                                   n_classes=N_CLASSES, image_side=side)
 
@@ -129,10 +134,10 @@ def networks(side: int, channels: int) -> list[tuple[str, dict, callable]]:
     """(name, facts, builder) of every network in the training table, the plain CNN first."""
     out = [(PLAIN, {"n_cells": None, "base_channels": None, "stem_pool": None},
             lambda: build_plain_cnn(channels, N_CLASSES, side))]
-    for n_cells, base in ((3, 32),) + BOHB_EXTREMES:
-        spec = run_spec(side, channels, n_cells, base)
-        name = DEFAULT if (n_cells, base) == (3, 32) else f"bohb c{n_cells}/b{base}"
-        out.append((name, {"n_cells": n_cells, "base_channels": base, "stem_pool": spec.stem_pool},
+    default = default_spec(side, channels)
+    specs = [(DEFAULT, default)] + [(f"bohb c{n}/b{b}", run_spec(side, channels, n, b)) for n, b in BOHB_EXTREMES]
+    for name, spec in specs:
+        out.append((name, {"n_cells": spec.n_cells, "base_channels": spec.base_channels, "stem_pool": spec.stem_pool},
                     lambda spec=spec: build_network(spec)))
     return out
 
