@@ -21,7 +21,7 @@ from automl_pipeline.delivery import Candidate
 from automl_pipeline.search_space import (DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype, NetworkSpec, build_network,
                                           default_stem_pool)
 from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_loss, predict, train_model
-from automl_pipeline.training.planning import epochs_that_fit, measure_epoch_seconds
+from automl_pipeline.training.planning import batch_size_for, epochs_that_fit, measure_epoch_seconds
 from automl_pipeline.training.tensors import random_subset
 
 # DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
@@ -65,10 +65,8 @@ class RunData:
 
     @property
     def batch_size(self) -> int:
-        """Batch size of every training but DARTS': 64, or 128 from 20,000 training images on. On 2 CPU
-        cores 64 costs about as much per image as 128 and gives twice the steps, which short BOHB trials
-        need (their smallest budget must hold MIN_TRIAL_STEPS batches)."""
-        return 64 if len(self.train) < 20_000 else 128
+        """training.planning.batch_size_for the training split (BOHB's remote workers use the same rule)."""
+        return batch_size_for(len(self.train))
 
 
 def timed_epoch(model: torch.nn.Module, data: RunData, config: TrainConfig) -> float:

@@ -144,6 +144,7 @@ def worker_main(args: argparse.Namespace) -> int:
     from automl_pipeline.data import load_dataset, make_splits
     from automl_pipeline.errors import InputError
     from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data
+    from automl_pipeline.training.planning import batch_size_for
 
     deadline = time.monotonic() + args.time_limit
     try:
@@ -161,7 +162,8 @@ def worker_main(args: argparse.Namespace) -> int:
                        val=to_tensor_data(splits.val.images, splits.val.labels, device, mean, std),
                        n_classes=dataset.n_classes, in_channels=channels, image_side=height, darts=darts,
                        device=device, seed=args.seed, baseline=args.method == "baseline",
-                       darts_ops=darts.ops if darts is not None else TEMPLATE_OPS)
+                       darts_ops=darts.ops if darts is not None else TEMPLATE_OPS,
+                       batch_size=batch_size_for(len(splits.train)))
     outcome = run_remote_worker(args.run_id, args.nameserver, args.nameserver_port, ctx,
                                 lambda: deadline - time.monotonic(), host=args.host,
                                 log=lambda message: print(message, file=sys.stderr, flush=True))
