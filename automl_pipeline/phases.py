@@ -40,7 +40,7 @@ MIN_SEARCH_PHASE_S = 15.0
 # The final fit trains BOHB's incumbent only when it reached this multiple of chance macro-F1.
 INCUMBENT_OVER_CHANCE = 1.5
 # The smallest BOHB budget trains on at least this many batches and images per class.
-MIN_TRIAL_STEPS = 8
+MIN_TRIAL_STEPS = 6
 MIN_TRIAL_IMAGES_PER_CLASS = 10
 # The final fit retrains with the measured epoch time while that at least doubles the epochs.
 MAX_FINAL_ROUNDS = 3

@@ -144,7 +144,7 @@ def test_main_path_runs_darts_then_bohb_then_the_final_fit(tmp_path):
     (and its architecture weights move), BOHB runs trials on two budgets and models, and the final
     fit trains the incumbent; all inside the limit."""
     out = tmp_path / "out"
-    limit = 200
+    limit = 240
     proc, wall = run_cli("--time-limit", str(limit), "--output-dir", str(out), "--quiet", timeout=limit + 60)
     assert proc.returncode == 0, proc.stderr
     assert wall < limit, f"took {wall:.1f}s"
