@@ -148,34 +148,13 @@ def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: 
     balanced_accuracy, wall_s (the report's own, else the measured seconds), report (the parsed
     report.json or None), command. `argv` overrides the command (tests).
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report_path = output_dir / "report.json"
-    _move_stale(report_path)
     if argv is None:
         argv = pipeline_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                 device=device, extra=extra)
-    code, outcome, seconds = run_logged(argv, output_dir, time_limit_s + slack_s, cwd=REPO_ROOT)
-    report = read_json(report_path)
-    tail = _tail(output_dir / "stderr.log")
-    metrics = (report or {}).get("test_metrics")
-    metrics = metrics if isinstance(metrics, dict) else {}
-    status, error = _subprocess_status(code, outcome, seconds, time_limit_s, slack_s)
-    if status is None:
-        if report is None:
-            status, error = "failed", "no readable report.json"
-        elif num(metrics.get("macro_f1")) is None:
-            status, error = "failed", "report.json has no held-out test metrics"
-        else:
-            status = str(report.get("status", "complete"))
-    if error is not None and tail:
-        error = f"{error}: {tail.splitlines()[-1].strip()}"
-    wall = num((report or {}).get("wall_s"))
-    return {"status": status, "exit_code": code, "error": error, "seconds": round(seconds, 3),
-            "macro_f1": num(metrics.get("macro_f1")), "accuracy": num(metrics.get("accuracy")),
-            "balanced_accuracy": num(metrics.get("balanced_accuracy")),
-            "wall_s": wall if wall is not None else round(seconds, 3), "report": report,
-            "command": " ".join(shlex.quote(str(a)) for a in argv), "stderr_tail": tail if error else None}
+    return _run_and_read(argv, Path(output_dir), "report.json", "report", time_limit_s, slack_s,
+                         metrics=lambda report: report.get("test_metrics"),
+                         complete_status=lambda report: str(report.get("status", "complete")),
+                         no_metrics="report.json has no held-out test metrics")
 
 
 def plain_cnn_command(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None, loss: str,
@@ -196,32 +175,43 @@ def run_plain_cnn(*, time_limit_s: float, output_dir: Path, seed: int, data_dir:
     Keys as run_pipeline's, with `result` (the parsed result.json or None) instead of `report`;
     wall_s is the script's own process-elapsed figure, else the measured seconds.
     """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    result_path = output_dir / "result.json"
-    _move_stale(result_path)
     if argv is None:
         argv = plain_cnn_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                  loss=loss, device=device, extra=extra)
+    return _run_and_read(argv, Path(output_dir), "result.json", "result", time_limit_s, slack_s,
+                         metrics=lambda result: result, complete_status=lambda result: "complete",
+                         no_metrics="result.json has no held-out macro_f1")
+
+
+def _run_and_read(argv: Sequence[str], output_dir: Path, file_name: str, key: str, time_limit_s: float,
+                  slack_s: float, *, metrics, complete_status, no_metrics: str) -> dict:
+    """Run `argv` (logged, killed after the limit + slack), read the JSON file it writes into
+    output_dir, and return the row run_pipeline / run_plain_cnn document; the parsed file is under
+    `key`. metrics(parsed) -> the dict holding macro_f1/accuracy/balanced_accuracy;
+    complete_status(parsed) -> the status of a run that exited cleanly with metrics."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / file_name
+    _move_stale(path)
     code, outcome, seconds = run_logged(argv, output_dir, time_limit_s + slack_s, cwd=REPO_ROOT)
-    result = read_json(result_path)
+    parsed = read_json(path)
     tail = _tail(output_dir / "stderr.log")
+    found = metrics(parsed or {})
+    found = found if isinstance(found, dict) else {}
     status, error = _subprocess_status(code, outcome, seconds, time_limit_s, slack_s)
     if status is None:
-        if result is None:
-            status, error = "failed", "no readable result.json"
-        elif num(result.get("macro_f1")) is None:
-            status, error = "failed", "result.json has no held-out macro_f1"
+        if parsed is None:
+            status, error = "failed", f"no readable {file_name}"
+        elif num(found.get("macro_f1")) is None:
+            status, error = "failed", no_metrics
         else:
-            status = "complete"
+            status = complete_status(parsed)
     if error is not None and tail:
         error = f"{error}: {tail.splitlines()[-1].strip()}"
-    result_or_empty = result or {}
-    wall = num(result_or_empty.get("wall_s"))
+    wall = num((parsed or {}).get("wall_s"))
     return {"status": status, "exit_code": code, "error": error, "seconds": round(seconds, 3),
-            "macro_f1": num(result_or_empty.get("macro_f1")), "accuracy": num(result_or_empty.get("accuracy")),
-            "balanced_accuracy": num(result_or_empty.get("balanced_accuracy")),
-            "wall_s": wall if wall is not None else round(seconds, 3), "result": result,
+            "macro_f1": num(found.get("macro_f1")), "accuracy": num(found.get("accuracy")),
+            "balanced_accuracy": num(found.get("balanced_accuracy")),
+            "wall_s": wall if wall is not None else round(seconds, 3), key: parsed,
             "command": " ".join(shlex.quote(str(a)) for a in argv), "stderr_tail": tail if error else None}
 
 
