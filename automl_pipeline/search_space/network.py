@@ -3,8 +3,8 @@
 Layout rules (shared with the DARTS supernet):
 - Stem: conv3x3 (stride 1) + BN, in_channels -> base_channels; with `stem_pool` it is followed
   by ReLU + 2x2 max-pooling (ceil), so the cells work at half the side. Per image this cuts the
-  cost of every cell about 4x (measured on 28 px: the default network went from ~220 to ~800
-  images/s on one CPU thread, against ~350 for a plain 3-block CNN; benchmarks/throughput.py).
+  cost of every cell about 4x (benchmarks/throughput.py on 2 CPU cores, 28 px: the default network
+  went from 84-89 to 644 images/s, against 728 for a plain 3-block CNN; RESULTS.md).
   `default_stem_pool(side)` turns it on for sides >= STEM_POOL_MIN_SIDE.
 - Reduction cells (`reduction_cells`): n_cells == 1 -> no reduction; n_cells == 2 ->
   the second cell reduces; n_cells >= 3 -> cells n//3 and 2n//3 (DARTS' rule:
