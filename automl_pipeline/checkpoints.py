@@ -31,6 +31,7 @@ from automl_pipeline.bohb.phase import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.darts import DartsConfig, DartsResult
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.errors import InputError
+from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import Genotype
 from submission import atomic_write_bytes, write_json
 
@@ -69,9 +70,11 @@ def data_signature(data_dir: Path | None) -> dict:
     return {"path": str(path), "entries": len(entries), "digest": digest}
 
 
-def fingerprint(*, data_dir: Path | None, method: str, seed: int, image_side_cap: int) -> dict:
+def fingerprint(*, data_dir: Path | None, method: str, seed: int, image_side_cap: int,
+                search: dict | None = None) -> dict:
+    """What a resumed run must share with the killed one (search: SearchOptions.to_json(), default the full method)."""
     return {"data": data_signature(data_dir), "method": method, "seed": int(seed),
-            "image_side_cap": int(image_side_cap)}
+            "image_side_cap": int(image_side_cap), "search": SearchOptions.from_json(search or {}).to_json()}
 
 
 def sha256_file(path: Path) -> str | None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from automl_pipeline.search_options import SearchOptions, SearchOptionsError
 from automl_pipeline.settings import DEVICES, METHODS, Settings, SettingsError
 
 
@@ -34,6 +35,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nameserver-port", type=int, default=0, help="name server port (0: any free port)")
     parser.add_argument("--max-image-side", type=int, default=None,
                         help="resize images larger than this (default: 32 on CPU, 64 on CUDA)")
+    parser.add_argument("--search-config", type=Path, default=None, metavar="JSON",
+                        help="a JSON file of search options (DARTS off/random/extra ops/second order/..., random "
+                             "search instead of BOHB, a fixed loss); see automl_pipeline/search_options.py. "
+                             "Default: the full method")
     parser.add_argument("--resume", action="store_true",
                         help="continue a killed run in the same --output-dir: keeps its splits, finished DARTS "
                              "epochs, finished BOHB trials and delivered model; the time limit is this run's own")
@@ -42,11 +47,15 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """argparse namespace -> the frozen Settings (raises SettingsError)."""
+    try:
+        search = SearchOptions() if args.search_config is None else SearchOptions.load(args.search_config)
+    except SearchOptionsError as err:
+        raise SettingsError(f"--search-config {err}") from None
     return Settings(time_limit_s=args.time_limit, data_dir=args.data_dir, output_dir=args.output_dir,
                     seed=args.seed, device=args.device, quiet=args.quiet, method=args.method,
                     workers=args.workers, nameserver_host=args.nameserver_host,
                     nameserver_port=args.nameserver_port, max_image_side=args.max_image_side,
-                    resume=args.resume)
+                    resume=args.resume, search=search)
 
 
 def exit_at_once(code: int) -> NoReturn:

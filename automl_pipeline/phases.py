@@ -16,10 +16,13 @@ from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, 
                                   config_to_network_spec, config_to_train_config, run_bohb, to_plain)
 from automl_pipeline.bohb.phase import default_first_configs
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
-from automl_pipeline.darts import DartsConfig, DartsResult, estimate_epoch_seconds, run_darts, steps_per_epoch
+from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
+                                   steps_per_epoch)
 from automl_pipeline.delivery import Candidate
+from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import (DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype, NetworkSpec, build_network,
                                           default_stem_pool)
+from automl_pipeline.search_space.ops import EXTRA_OPS
 from automl_pipeline.training import TensorData, TrainConfig, TrainResult, make_loss, predict, train_model
 from automl_pipeline.training.planning import batch_size_for, epochs_that_fit, measure_epoch_seconds
 from automl_pipeline.training.tensors import random_subset
@@ -158,18 +161,27 @@ DARTS_W_LR = 0.05
 # (each probe costs a few steps).
 MIN_ARCH_STEPS = 120
 RICHER_PROXY_STEPS = 600
+# With early termination off, the skip limit is more edges than any proxy cell has.
+NO_SKIP_LIMIT = 10 ** 6
 
 
-def darts_config(proxy: DartsProxy, image_side: int, *, epochs: int, seed: int) -> DartsConfig:
-    """The DartsConfig of a proxy for images of `image_side` (never upsampled)."""
+def darts_config(proxy: DartsProxy, image_side: int, *, epochs: int, seed: int,
+                 options: SearchOptions = SearchOptions()) -> DartsConfig:
+    """The DartsConfig of a proxy for images of `image_side` (never upsampled), with the DARTS
+    switches of the search options (ops, second order, derivation, surrogate skip, early termination)."""
     side = min(image_side, proxy.side)
     return DartsConfig(epochs=epochs, batch_size=DARTS_BATCH, n_cells=proxy.n_cells, n_nodes=proxy.n_nodes,
                        base_channels=proxy.base_channels, w_lr=DARTS_W_LR, stem_pool=default_stem_pool(side),
-                       proxy_side=side if side != image_side else None, seed=seed)
+                       proxy_side=side if side != image_side else None, seed=seed,
+                       ops=TEMPLATE_OPS + (EXTRA_OPS if options.extra_ops else ()),
+                       second_order=options.second_order, allow_zero=options.allow_zero, grouping=options.grouping,
+                       max_skips=options.max_skips, beta0=DartsConfig.beta0 if options.surrogate_skip else 0.0,
+                       skip_limit=DartsConfig.skip_limit if options.early_termination else NO_SKIP_LIMIT)
 
 
 def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, n_train: int, n_classes: int,
-               image_side: int, seed: int) -> tuple[DartsConfig | None, int, str]:
+               image_side: int, seed: int, options: SearchOptions = SearchOptions()
+               ) -> tuple[DartsConfig | None, int, str]:
     """(config, training images to search on, "") or (None, 0, why not).
 
     step_seconds(config) measures one search step. The richest proxy that fits RICHER_PROXY_STEPS
@@ -179,7 +191,7 @@ def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, 
     """
     chosen, steps = None, 0
     for proxy in DARTS_PROXIES:
-        config = darts_config(proxy, image_side, epochs=MAX_DARTS_EPOCHS, seed=seed)
+        config = darts_config(proxy, image_side, epochs=MAX_DARTS_EPOCHS, seed=seed, options=options)
         fit = int(0.9 * seconds / max(step_seconds(config), 1e-6))
         if chosen is not None and fit < RICHER_PROXY_STEPS:
             break
@@ -200,7 +212,7 @@ def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, 
 
 
 def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
-                        progress: dict | None = None,
+                        options: SearchOptions = SearchOptions(), progress: dict | None = None,
                         on_checkpoint: Callable[[dict, dict], None] | None = None) -> tuple[DartsResult | None, str]:
     """The DARTS phase: (result, "") or (None, why it was skipped), planned by `plan_darts`.
 
@@ -225,7 +237,8 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
             return measured[config]
 
         config, n_train, why_not = plan_darts(step_seconds, time_left(), n_train=len(data.train),
-                                              n_classes=data.n_classes, image_side=data.image_side, seed=seed)
+                                              n_classes=data.n_classes, image_side=data.image_side, seed=seed,
+                                              options=options)
         if config is None:
             return None, why_not
         fraction = n_train / len(data.train)
@@ -253,9 +266,14 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
     return result, ""
 
 
+def random_darts_stand_in(options: SearchOptions, *, seed: int) -> DartsResult:
+    """The "darts: random" ablation: a random cell (uniform alphas) over the ops DARTS would search."""
+    return random_cell_result(TEMPLATE_OPS + (EXTRA_OPS if options.extra_ops else ()), seed=seed)
+
+
 def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, baseline: bool,
                            seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
-                           log: Callable[[str], None], previous=None,
+                           log: Callable[[str], None], options: SearchOptions = SearchOptions(), previous=None,
                            sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
     """The BOHB phase: (result, "") or (None, why it was skipped).
 
@@ -266,6 +284,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     warm-start from (a resumed run; see checkpoints.Checkpoints.previous_bohb_dir).
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
     one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
+    options: the search options: hyperparameters they fix (`fixed_choices`) leave the space.
     """
     sampling_seed = seed if sampling_seed is None else sampling_seed
     if time_left() < MIN_SEARCH_PHASE_S:
@@ -274,9 +293,10 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     ops = darts.ops if darts is not None else TEMPLATE_OPS
     ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                        image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
-                       darts_ops=ops, batch_size=data.batch_size)
-    space = build_config_space(seed=sampling_seed, cells=tuple(genotype_pool(darts, ops)), baseline=baseline)
-    default = to_plain(dict(space.get_default_configuration()))
+                       darts_ops=ops, batch_size=data.batch_size, fixed=fixed_choices(options, baseline=baseline))
+    space = build_config_space(seed=sampling_seed, cells=tuple(genotype_pool(darts, ops)), baseline=baseline,
+                               fixed=tuple(ctx.fixed))
+    default = ctx.complete_config(to_plain(dict(space.get_default_configuration())))
     epoch_s = timed_epoch(build_trial_network(default, ctx), data,
                           config_to_train_config(default, 1, seed, batch_size=data.batch_size))
     floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
@@ -298,7 +318,8 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
 
 
 def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, baseline: bool,
-                 seed: int) -> tuple[str, str, NetworkSpec, Callable[[int], TrainConfig]]:
+                 seed: int, options: SearchOptions = SearchOptions()
+                 ) -> tuple[str, str, NetworkSpec, Callable[[int], TrainConfig]]:
     """What the final fit trains: BOHB's incumbent, else DARTS' genotype, else the default network.
 
     darts: a DARTS result whose search learned, or None. An incumbent that did not reach
@@ -311,7 +332,7 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     darts = None if baseline else darts
     if (bohb is not None and bohb.incumbent_config is not None
             and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
-        config = bohb.incumbent_config
+        config = {**bohb.incumbent_config, **fixed_choices(options, baseline=baseline)}
         spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
                                       image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
         return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,
@@ -320,8 +341,8 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
         source, description, spec = "darts_cell", "final fit of the DARTS genotype", network_spec(data, darts.genotype)
     else:
         source, description, spec = "default_network", "final fit of the default network", first_model_spec(data)
-    return source, description, spec, lambda epochs: default_train_config(epochs=epochs, batch_size=data.batch_size,
-                                                                          baseline=baseline, seed=seed)
+    return source, description, spec, lambda epochs: default_train_config(
+        epochs=epochs, batch_size=data.batch_size, baseline=baseline, seed=seed, options=options)
 
 
 def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
@@ -382,12 +403,13 @@ def shrink_to_fit(data: RunData, epoch_s: float, seconds: float, *, seed: int, w
 
 
 def train_first_model(data: RunData, time_left: TimeLeft, *, baseline: bool, seed: int,
-                      log: Callable[[str], None]) -> Candidate:
+                      log: Callable[[str], None], options: SearchOptions = SearchOptions()) -> Candidate:
     """The first model: the default network for the phase's time (on a subset, see shrink_to_fit)."""
     spec = first_model_spec(data)
     model = build_network(spec)
     def config(epochs: int, batch_size: int) -> TrainConfig:
-        return default_train_config(epochs=epochs, batch_size=batch_size, baseline=baseline, seed=seed)
+        return default_train_config(epochs=epochs, batch_size=batch_size, baseline=baseline, seed=seed,
+                                    options=options)
 
     epoch_s = timed_epoch(model, data, config(1, data.batch_size))
     data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
@@ -418,13 +440,30 @@ def first_model_spec(data: RunData) -> NetworkSpec:
     return network_spec(data, DEFAULT_GENOTYPE)
 
 
-def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int) -> TrainConfig:
-    """Training settings used where no search chose them: AdamW + OneCycle; focal loss for ours.
+def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int,
+                         options: SearchOptions = SearchOptions()) -> TrainConfig:
+    """Training settings used where no search chose them: AdamW + OneCycle; focal loss for ours
+    (or the loss the search options fix); plain cross-entropy for the baseline.
 
     Crops but no flips: flips destroy digits and characters (BOHB searches `flip` per data set).
     """
-    return config_to_train_config({"lr": 3e-3, "flip": False, **({} if baseline else {"loss": "focal"})}, epochs,
-                                  seed, batch_size=batch_size)
+    config = {"lr": 3e-3, "flip": False} if baseline else {"lr": 3e-3, "flip": False, "loss": "focal",
+                                                            **fixed_choices(options, baseline=False)}
+    return config_to_train_config(config, epochs, seed, batch_size=batch_size)
+
+
+def fixed_choices(options: SearchOptions, *, baseline: bool) -> dict:
+    """BOHB hyperparameters the search options fix (the loss; the surrogate skip, off), with their
+    values: left out of BOHB's space, used by every trial and by the networks trained outside BOHB.
+    The baseline's space has neither (plain cross-entropy, no surrogate skip)."""
+    if baseline:
+        return {}
+    fixed: dict = {}
+    if options.fixed_loss is not None:
+        fixed["loss"] = options.fixed_loss
+    if not options.surrogate_skip:
+        fixed["surrogate_skip"] = False
+    return fixed
 
 
 

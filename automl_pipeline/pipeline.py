@@ -214,7 +214,8 @@ class _Run:
         max_side = settings.max_image_side or default_max_side(device)
         checkpoints = Checkpoints(out_dir)
         checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
-                                      image_side_cap=max_side), resume=settings.resume)
+                                      image_side_cap=max_side, search=settings.search.to_json()),
+                          resume=settings.resume)
         # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
         # in a thread while the data loads, not inside the first phase's time.
         warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
@@ -254,11 +255,15 @@ class _Run:
             _hang_if_asked("first_model")
             try:
                 self.deliver(phases.train_first_model(self.data, phase.remaining, baseline=self.baseline,
-                                                      seed=self.settings.seed, log=self.log))
+                                                      seed=self.settings.seed, log=self.log,
+                                                      options=self.settings.search))
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
                 _phase_failed(self.log, "first_model", err)
 
     def darts_phase(self) -> DartsResult | None:
+        mode = self.settings.search.darts
+        if mode != "search":
+            return self._no_darts_search(mode)
         resume = self.settings.resume
         outcome = self.checkpoints.load_darts_outcome() if resume else None
         if outcome is not None:
@@ -270,7 +275,8 @@ class _Run:
                 _hang_if_asked("darts")
                 try:
                     darts, why_not = phases.search_architecture(
-                        self.data, phase.remaining, seed=self.settings.seed, log=self.log, progress=progress,
+                        self.data, phase.remaining, seed=self.settings.seed, log=self.log,
+                        options=self.settings.search, progress=progress,
                         on_checkpoint=self.checkpoints.save_darts_progress)
                     self.checkpoints.save_darts_outcome(darts, why_not)
                 except Exception as err:   # noqa: BLE001
@@ -286,6 +292,23 @@ class _Run:
             self.log.event("darts_not_used", why_not_used)
         return darts if learned else None
 
+    def _no_darts_search(self, mode: str) -> DartsResult | None:
+        """The search options turned DARTS off ("off": no DARTS cell) or replaced it by a random cell
+        from uniform alphas ("random": it takes the DARTS cell's place in BOHB's pool)."""
+        if mode == "off":
+            why = "off in the search options (darts: off)"
+            self.budget.skip_phase("darts", why)
+            self.log.event("darts_skipped", why)
+            self.report.sections["darts"] = search_section("skipped", why)
+            return None
+        why = "replaced by a random cell from uniform alphas (search options: darts random)"
+        self.budget.skip_phase("darts", why)
+        darts = phases.random_darts_stand_in(self.settings.search, seed=self.settings.seed)
+        self.log.event("darts_random_cell", f"{why}: {darts.genotype}")
+        section = self.report.sections["darts"] = search_section("skipped", why)
+        section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)
+        return darts
+
     def bohb_phase(self, darts: DartsResult | None) -> BohbResult | None:
         """BOHB (warm-started from a resumed attempt's trials); the kept trials count as its own."""
         settings, checkpoints = self.settings, self.checkpoints
@@ -299,7 +322,8 @@ class _Run:
                 bohb, why_not = phases.search_hyperparameters(
                     self.data, darts, phase.remaining, baseline=self.baseline, seed=settings.seed,
                     out_dir=self.out_dir, workers=settings.workers, nameserver_host=settings.nameserver_host,
-                    nameserver_port=settings.nameserver_port, log=self.log, previous=previous,
+                    nameserver_port=settings.nameserver_port, log=self.log, options=settings.search,
+                    previous=previous,
                     sampling_seed=settings.seed + RESUME_SEED_STRIDE * checkpoints.attempt)
             except Exception as err:   # noqa: BLE001
                 bohb, why_not = None, _phase_failed(self.log, "bohb", err)
@@ -332,7 +356,8 @@ class _Run:
             _hang_if_asked("final_fit")
             try:
                 source, description, spec, config_for = phases.final_choice(
-                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed)
+                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
+                    options=self.settings.search)
                 for candidate in phases.fit_for_the_time_left(source, description, spec, config_for, self.data,
                                                               phase.remaining, log=self.log):
                     self.deliver(candidate)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from automl_pipeline.search_options import SearchOptions
+
 METHODS = ("ours", "baseline")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -29,7 +31,7 @@ class Settings:
 
     resume: continue the run whose checkpoints are in output_dir/checkpoints (its splits, finished
     DARTS epochs, finished BOHB trials and delivered model); refused (exit 2) when there are none
-    or when the data, method, seed or image side differ. The time limit is this run's own.
+    or when the data, method, seed, image side or search options differ. The time limit is this run's own.
     """
 
     time_limit_s: float
@@ -44,6 +46,7 @@ class Settings:
     nameserver_port: int = 0
     max_image_side: int | None = None
     resume: bool = False             # continue the killed run in output_dir (see automl_pipeline/checkpoints.py)
+    search: SearchOptions = SearchOptions()   # which parts of the method run (--search-config)
 
     def __post_init__(self) -> None:
         if not (self.time_limit_s > 0 and math.isfinite(self.time_limit_s)):

@@ -16,6 +16,8 @@ Every hyperparameter is numeric or categorical (hpbandster rejects ordinal ones)
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ConfigSpace import Categorical, ConfigurationSpace, Float, Integer
 
 BASE_CHANNELS = (16, 24, 32)
@@ -24,10 +26,12 @@ DEFAULT_CELL = "default"
 
 
 def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
-                       baseline: bool) -> ConfigurationSpace:
+                       baseline: bool, fixed: Collection[str] = ()) -> ConfigurationSpace:
     """The configuration space for one BOHB phase; `seed` seeds its sampler.
 
     cells: the names of the genotype pool (`genotype_pool`); one name leaves the cell fixed.
+    fixed: names of hyperparameters the search options fix ("loss", "surrogate_skip"): left out of
+    the space (the trials get their values from TrialContext.fixed).
     """
     cs = ConfigurationSpace(seed=seed)
     cs.add([
@@ -39,8 +43,10 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
     ])
     if baseline:
         return cs
-    cs.add([Categorical("loss", list(LOSSES), default="focal"),
-            Categorical("surrogate_skip", [False, True], default=False)])
+    if "loss" not in fixed:
+        cs.add(Categorical("loss", list(LOSSES), default="focal"))
+    if "surrogate_skip" not in fixed:
+        cs.add(Categorical("surrogate_skip", [False, True], default=False))
     if len(cells) > 1:
         cs.add(Categorical("cell", list(cells), default=cells[0]))
     return cs

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -57,6 +57,8 @@ class TrialContext:
     batch_size: the batch of every trial (fixed by the data size, not searched).
     seed: one seed for every trial (weights init, shuffling, augmentation), so
       trials differ by their configuration only.
+    fixed: values of hyperparameters the search options fix (left out of the space), e.g.
+      {"loss": "ce"}; every trial's configuration is completed with them (`complete_config`).
     """
 
     train: TensorData
@@ -70,6 +72,11 @@ class TrialContext:
     baseline: bool = False
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
     batch_size: int = 64
+    fixed: dict = field(default_factory=dict)
+
+    def complete_config(self, config: dict) -> dict:
+        """A configuration from the space plus the fixed values (the space never has their keys)."""
+        return {**config, **self.fixed}
 
 
 def budget_epochs(budget: float) -> tuple[int, float]:
@@ -165,6 +172,7 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
                   "error": None, "stopped_by_deadline": False, "evaluated": False}
     loss = WORST_LOSS
     model = None
+    config = ctx.complete_config(config)
     try:
         model = build_trial_network(config, ctx)
         info["n_params"] = int(sum(p.numel() for p in model.parameters()))

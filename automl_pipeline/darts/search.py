@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_pipeline.darts.discretize import derive_genotype
+from automl_pipeline.darts.discretize import derive_genotype, sample_genotype
 from automl_pipeline.darts.supernet import SuperNet
 from automl_pipeline.search_space.genotype import Genotype
 from automl_pipeline.search_space.ops import OPS, TEMPLATE_OPS
@@ -171,6 +171,18 @@ class DartsResult:
             "skip_threshold": cfg.skip_threshold if cfg else None, "skip_limit": cfg.skip_limit if cfg else None,
             "config": cfg.to_json() if cfg else None,
         }
+
+
+def random_cell_result(ops: tuple[str, ...], *, n_nodes: int = 4, seed: int = 0) -> DartsResult:
+    """A stand-in for a DARTS result without a search (the "random" DARTS ablation): uniform alphas
+    and a genotype sampled from them (`sample_genotype` at temperature 1), so every cell derived from
+    it, and every cell BOHB samples from its weights, is a random cell."""
+    n_edges = sum(2 + i for i in range(n_nodes))
+    uniform = np.full((n_edges, len(ops)), 1.0 / len(ops))
+    genotype = sample_genotype(uniform, uniform, tuple(ops), temperature=1.0, seed=seed)
+    return DartsResult(genotype=genotype, alphas_normal=uniform, alphas_reduce=uniform.copy(), epochs_planned=0,
+                       epochs_run=0, stopped_early=False, stop_reason="random_cell", skip_count_per_epoch=[],
+                       beta_per_epoch=[], alphas_per_epoch=[], seconds=0.0, epoch_seconds=[], ops=tuple(ops))
 
 
 def alpha_entropy(weights_normal: np.ndarray, weights_reduce: np.ndarray) -> float:

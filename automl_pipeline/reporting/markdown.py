@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from automl_pipeline.reporting.numbers import finite
+from automl_pipeline.search_options import SearchOptions
 from submission import atomic_write_bytes
 
 PLOT_CAPTIONS = {
@@ -91,7 +92,20 @@ def _headline(report: dict) -> list[str]:
         src = splits.get("heldout_source") or (_dict(report, "data") or {}).get("heldout_source")
         lines.append(f"Held-out test images: {test['count']}" + (f" ({src})" if src else "")
                      + "; touched once, by the final model.")
-    return lines + [""]
+    return lines + [""] + _search_options(report)
+
+
+def _search_options(report: dict) -> list[str]:
+    """One line: the --search-config options that differ from the full method."""
+    search = (_dict(report, "settings") or {}).get("search")
+    if not isinstance(search, dict):
+        return []
+    try:
+        changed = SearchOptions.from_json(search).changed()
+    except (ValueError, TypeError):
+        return [f"Search options: {_line(json.dumps(search, sort_keys=True))}", ""]
+    words = ", ".join(f"{k} = {json.dumps(v)}" for k, v in sorted(changed.items())) or "the full method (defaults)"
+    return [f"Search options: {words}", ""]
 
 
 def _node_words(pairs: list) -> list[str]:

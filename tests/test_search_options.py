@@ -1,0 +1,156 @@
+"""--search-config: parsing, refusal of bad files, and each option reaching the part it switches."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automl_pipeline import phases
+from automl_pipeline.bohb import build_config_space
+from automl_pipeline.bohb import worker as worker_module
+from automl_pipeline.bohb.worker import TrialContext, evaluate_config
+from automl_pipeline.darts import DartsConfig, random_cell_result
+from automl_pipeline.search_options import SearchOptions, SearchOptionsError
+from automl_pipeline.search_space import TEMPLATE_OPS, validate_genotype
+from automl_pipeline.search_space.ops import EXTRA_OPS
+from automl_pipeline.training import TrainResult
+from automl_pipeline.training.tensors import TensorData
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, content) -> Path:
+    path = tmp_path / "search.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_defaults_are_the_full_method_and_a_file_overrides_some(tmp_path):
+    assert SearchOptions().changed() == {}
+    options = SearchOptions.load(write(tmp_path, {"darts": "random", "max_skips": 2, "loss": "ce"}))
+    assert options.changed() == {"darts": "random", "max_skips": 2, "loss": "ce"}
+    assert options.fixed_loss == "ce" and SearchOptions().fixed_loss is None
+    assert SearchOptions.from_json(options.to_json()) == options
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"dart": "off"}, "unknown option(s) dart"),
+    ({"darts": "rand"}, "darts must be one of"),
+    ({"second_order": "yes"}, "second_order must be true or false"),
+    ({"max_skips": -1}, "max_skips must be null or an integer"),
+    ({"max_skips": True}, "max_skips must be null or an integer"),
+    ({"optimizer": "tpe"}, "optimizer must be one of"),
+    ([1, 2], "must be a JSON object"),
+    ("{not json", "not valid JSON"),
+])
+def test_bad_files_are_refused_naming_the_file(tmp_path, content, words):
+    path = write(tmp_path, content)
+    with pytest.raises(SearchOptionsError) as err:
+        SearchOptions.load(path)
+    assert words in str(err.value) and str(path) in str(err.value)
+
+
+def test_the_cli_refuses_a_bad_or_missing_file_with_exit_2(tmp_path):
+    for path in (write(tmp_path, {"loss": "hinge"}), tmp_path / "missing.json"):
+        proc = subprocess.run([sys.executable, str(REPO / "run.py"), "--time-limit", "30", "--search-config", str(path),
+                               "--output-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=60,
+                              cwd=REPO)
+        assert proc.returncode == 2 and str(path) in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "out" / "predictions.npy").exists()
+
+
+def test_darts_options_reach_the_darts_config():
+    proxy = phases.DARTS_PROXIES[0]
+    full = phases.darts_config(proxy, 28, epochs=6, seed=0)
+    assert full.ops == TEMPLATE_OPS and not full.second_order and full.beta0 == DartsConfig.beta0
+    assert full.skip_limit == DartsConfig.skip_limit
+    options = SearchOptions(extra_ops=True, second_order=True, allow_zero=True, grouping=True, max_skips=1,
+                            surrogate_skip=False, early_termination=False)
+    changed = phases.darts_config(proxy, 28, epochs=6, seed=0, options=options)
+    assert changed.ops == TEMPLATE_OPS + EXTRA_OPS and changed.second_order
+    assert changed.allow_zero and changed.grouping and changed.max_skips == 1
+    assert changed.beta0 == 0.0 and changed.skip_limit >= 10 ** 6
+
+
+def test_search_architecture_plans_with_the_options(monkeypatch):
+    """The DARTS phase times and runs the configuration the options describe."""
+    n, side = 400, 8
+    data = phases.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
+                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
+                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
+                          device=torch.device("cpu"))
+    seen = []
+    monkeypatch.setattr(phases, "estimate_epoch_seconds", lambda train, val, n_classes, config, loss, n_batches: 0.01)
+
+    def fake_run_darts(train, val, n_classes, config, **kwargs):
+        seen.append(config)
+        return random_cell_result(config.ops, seed=0)
+    monkeypatch.setattr(phases, "run_darts", fake_run_darts)
+    options = SearchOptions(extra_ops=True, second_order=True, early_termination=False)
+    result, why = phases.search_architecture(data, lambda: 100.0, seed=0, log=lambda s: None, options=options)
+    assert why == "" and result is not None
+    assert seen[0].ops == TEMPLATE_OPS + EXTRA_OPS and seen[0].second_order and seen[0].skip_limit >= 10 ** 6
+
+
+def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monkeypatch):
+    options = SearchOptions(loss="ce", surrogate_skip=False)
+    fixed = phases.fixed_choices(options, baseline=False)
+    assert fixed == {"loss": "ce", "surrogate_skip": False}
+    assert phases.fixed_choices(options, baseline=True) == {}
+    names = set(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)))
+    assert not names & {"loss", "surrogate_skip"} and {"lr", "n_cells"} <= names
+    assert {"loss", "surrogate_skip"} <= set(build_config_space(seed=0, baseline=False))
+
+    configs = []
+
+    def fake_train(model, train, val, config, **kwargs):
+        configs.append(config)
+        return TrainResult(state_dict=model.state_dict(), history=[], best_val_macro_f1=0.0, best_epoch=0,
+                           epochs_done=1, seconds=0.0, stopped_by_deadline=False)
+    monkeypatch.setattr(worker_module, "train_model", fake_train)
+    data = TensorData(torch.randn(32, 1, 8, 8), torch.arange(32) % 4)
+    ctx = TrialContext(train=data, val=data, n_classes=4, in_channels=1, image_side=8, fixed=fixed)
+    sampled = dict(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)).sample_configuration())
+    result = evaluate_config(sampled, 1.0, ctx, lambda: 100.0)
+    assert result["info"]["error"] is None, result
+    assert configs[0].loss == "ce" and configs[0].surrogate_beta0 == 0.0
+
+    first = phases.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0, options=options)
+    assert first.loss == "ce"
+    assert phases.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0).loss == "focal"
+    assert phases.default_train_config(epochs=3, batch_size=16, baseline=True, seed=0, options=options).loss == "ce"
+
+
+def test_a_random_cell_stands_in_for_darts():
+    result = random_cell_result(TEMPLATE_OPS, seed=3)
+    validate_genotype(result.genotype)
+    assert np.allclose(result.alphas_normal, 1.0 / len(TEMPLATE_OPS)) and result.ops == TEMPLATE_OPS
+    assert result.genotype == random_cell_result(TEMPLATE_OPS, seed=3).genotype
+    assert result.genotype != random_cell_result(TEMPLATE_OPS, seed=4).genotype
+    assert phases.random_darts_stand_in(SearchOptions(extra_ops=True), seed=0).ops == TEMPLATE_OPS + EXTRA_OPS
+
+
+def test_a_run_with_a_random_cell_records_the_options(tmp_path):
+    """The options as a user passes them: DARTS replaced by a random cell, a fixed loss; the report
+    says so and the delivered model trained with that loss."""
+    config = write(tmp_path, {"darts": "random", "loss": "ce"})
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(REPO / "run.py"), "--time-limit", "30", "--search-config", str(config),
+                           "--output-dir", str(out), "--quiet"], capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["search"]["darts"] == "random" and report["settings"]["search"]["loss"] == "ce"
+    assert report["darts"]["status"] == "skipped" and report["darts"]["random_cell"] is True
+    assert "random cell" in report["darts"]["reason"]
+    darts_phase = [p for p in report["phases"] if p["name"] == "darts"]
+    assert darts_phase and darts_phase[0]["status"] == "skipped", report["phases"]
+    assert report["final"]["source"] != "majority_fallback"
+    assert report["final"]["config"]["loss"] == "ce"
+    assert "darts_random_cell" in (out / "run.log").read_text()
+    assert "Search options" in (out / "report.md").read_text()
