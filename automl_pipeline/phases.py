@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
-                                  config_to_network_spec, config_to_train_config, run_bohb, to_plain)
+                                  config_to_network_spec, config_to_train_config, fixed_hyperparameters, run_bohb,
+                                  to_plain)
 from automl_pipeline.bohb.phase import default_first_configs
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
@@ -284,7 +285,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     warm-start from (a resumed run; see checkpoints.Checkpoints.previous_bohb_dir).
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
     one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
-    options: the search options: hyperparameters they fix (`fixed_choices`) leave the space.
+    options: the search options: hyperparameters they fix (bohb.space.fixed_hyperparameters) leave the space.
     """
     sampling_seed = seed if sampling_seed is None else sampling_seed
     if time_left() < MIN_SEARCH_PHASE_S:
@@ -293,7 +294,8 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     ops = darts.ops if darts is not None else TEMPLATE_OPS
     ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                        image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
-                       darts_ops=ops, batch_size=data.batch_size, fixed=fixed_choices(options, baseline=baseline))
+                       darts_ops=ops, batch_size=data.batch_size,
+                       fixed=fixed_hyperparameters(options, baseline=baseline))
     space = build_config_space(seed=sampling_seed, cells=tuple(genotype_pool(darts, ops)), baseline=baseline,
                                fixed=tuple(ctx.fixed))
     default = ctx.complete_config(to_plain(dict(space.get_default_configuration())))
@@ -332,7 +334,7 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     darts = None if baseline else darts
     if (bohb is not None and bohb.incumbent_config is not None
             and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
-        config = {**bohb.incumbent_config, **fixed_choices(options, baseline=baseline)}
+        config = {**bohb.incumbent_config, **fixed_hyperparameters(options, baseline=baseline)}
         spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
                                       image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
         return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,
@@ -448,22 +450,8 @@ def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: 
     Crops but no flips: flips destroy digits and characters (BOHB searches `flip` per data set).
     """
     config = {"lr": 3e-3, "flip": False} if baseline else {"lr": 3e-3, "flip": False, "loss": "focal",
-                                                            **fixed_choices(options, baseline=False)}
+                                                            **fixed_hyperparameters(options, baseline=False)}
     return config_to_train_config(config, epochs, seed, batch_size=batch_size)
-
-
-def fixed_choices(options: SearchOptions, *, baseline: bool) -> dict:
-    """BOHB hyperparameters the search options fix (the loss; the surrogate skip, off), with their
-    values: left out of BOHB's space, used by every trial and by the networks trained outside BOHB.
-    The baseline's space has neither (plain cross-entropy, no surrogate skip)."""
-    if baseline:
-        return {}
-    fixed: dict = {}
-    if options.fixed_loss is not None:
-        fixed["loss"] = options.fixed_loss
-    if not options.surrogate_skip:
-        fixed["surrogate_skip"] = False
-    return fixed
 
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from automl_pipeline import phases
-from automl_pipeline.bohb import build_config_space
+from automl_pipeline.bohb import build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.worker import TrialContext, evaluate_config
 from automl_pipeline.darts import DartsConfig, random_cell_result
@@ -100,9 +100,9 @@ def test_search_architecture_plans_with_the_options(monkeypatch):
 
 def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monkeypatch):
     options = SearchOptions(loss="ce", surrogate_skip=False)
-    fixed = phases.fixed_choices(options, baseline=False)
+    fixed = fixed_hyperparameters(options, baseline=False)
     assert fixed == {"loss": "ce", "surrogate_skip": False}
-    assert phases.fixed_choices(options, baseline=True) == {}
+    assert fixed_hyperparameters(options, baseline=True) == {}
     names = set(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)))
     assert not names & {"loss", "surrogate_skip"} and {"lr", "n_cells"} <= names
     assert {"loss", "surrogate_skip"} <= set(build_config_space(seed=0, baseline=False))

@@ -20,6 +20,8 @@ from collections.abc import Collection
 
 from ConfigSpace import Categorical, ConfigurationSpace, Float, Integer
 
+from automl_pipeline.search_options import SearchOptions
+
 BASE_CHANNELS = (16, 24, 32)
 LOSSES = ("focal", "logit_adjusted", "ce")
 DEFAULT_CELL = "default"
@@ -50,6 +52,21 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
     if len(cells) > 1:
         cs.add(Categorical("cell", list(cells), default=cells[0]))
     return cs
+
+
+def fixed_hyperparameters(options: SearchOptions, *, baseline: bool) -> dict:
+    """Hyperparameters the search options fix (the loss; the surrogate skip, off), with their values:
+    left out of the space (`build_config_space(fixed=...)`), given to every trial (TrialContext.fixed)
+    and to the networks trained outside BOHB. The baseline's space has neither (plain cross-entropy,
+    no surrogate skip), so nothing is fixed for it."""
+    if baseline:
+        return {}
+    fixed: dict = {}
+    if options.fixed_loss is not None:
+        fixed["loss"] = options.fixed_loss
+    if not options.surrogate_skip:
+        fixed["surrogate_skip"] = False
+    return fixed
 
 
 def n_hyperparameters(space: ConfigurationSpace) -> int:
