@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
+import ablation  # noqa: E402
 import common  # noqa: E402
 import plain_cnn  # noqa: E402
 import quality_vs_plain_cnn as qpc  # noqa: E402
@@ -240,3 +241,50 @@ def test_make_fashion_npz_colour_tints_carry_no_label_and_keep_the_garment():
     fg, bg = rgb[:, 1, 1].astype(float), rgb[:, 0, 0].astype(float)
     assert np.all(np.linalg.norm(fg - bg, axis=1) >= maker.MIN_TINT_DISTANCE - 1)
     assert len({tuple(c) for c in bg}) > 40      # a tint per image, not per class
+
+
+def test_ablation_variants_are_valid_search_configs(tmp_path):
+    from automl_pipeline.search_options import SearchOptions
+
+    for variant, spec in ablation.VARIANTS.items():
+        extra, scale = ablation.variant_arguments(variant, tmp_path)
+        if "method" in spec:
+            assert extra == ["--method", "baseline"] and scale == spec["scale"]
+        elif variant == ablation.FULL:
+            assert extra == [] and scale == 1.0
+        else:
+            options = SearchOptions.load(Path(extra[1]))
+            assert options.changed() == spec["search"], variant
+
+
+def test_ablation_pairs_by_seed_and_flags_differences_beyond_the_spread():
+    rows = [{"data": "d", "variant": v, "seed": s, "macro_f1": f1}
+            for v, scores in {"full": (0.80, 0.82, 0.84), "darts_off": (0.70, 0.71, 0.75),
+                              "loss_ce": (0.81, 0.82, None)}.items() for s, f1 in enumerate(scores)]
+    summary = {s["variant"]: s for s in ablation.summarize(rows)}
+    assert summary["full"]["full_seed_std"] == pytest.approx(0.02)
+    assert summary["darts_off"]["diff_vs_full"]["mean"] == pytest.approx(-0.1) and summary["darts_off"]["n_pairs"] == 3
+    assert summary["darts_off"]["exceeds_spread"] is True
+    assert summary["loss_ce"]["n_pairs"] == 2 and summary["loss_ce"]["exceeds_spread"] is False
+    assert summary["full"]["exceeds_spread"] is None
+    assert "**yes**" in ablation.summary_markdown(list(summary.values()))
+
+
+def test_ablation_runs_every_variant_and_resumes_only_the_missing(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_one(*, data, data_dir, variant, seed, time_limit_s, out_dir, device, slack_s, core):
+        calls.append((variant, seed))
+        f1 = 0.8 + 0.01 * seed - (0.1 if variant == "darts_off" else 0.0)
+        return {"data": data, "variant": variant, "seed": seed, "time_limit_s": time_limit_s, "status": "complete",
+                "macro_f1": f1, "error": None, "wall_s": 1.0}
+    monkeypatch.setattr(ablation, "run_one", fake_run_one)
+    argv = ["--data", "digits", "--time-limit", "20", "--seeds", "0", "1", "--variants", "full", "darts_off",
+            "--out", str(tmp_path)]
+    assert ablation.main(argv) == 0
+    assert sorted(calls) == [("darts_off", 0), ("darts_off", 1), ("full", 0), ("full", 1)]
+    saved = json.loads((tmp_path / "ablation_digits_20s.json").read_text())
+    assert len(saved["rows"]) == 4 and (tmp_path / "ablation_digits_20s_digits.png").is_file()
+    calls.clear()
+    assert ablation.main(argv + ["--seeds", "0", "1", "2", "--resume"]) == 0
+    assert sorted(calls) == [("darts_off", 2), ("full", 2)]
