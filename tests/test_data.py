@@ -483,7 +483,7 @@ def test_a_single_image_class_is_kept_in_training_only_and_noted():
     assert splits.test.class_counts(4).tolist()[1::2] == [0, 0]
     assert splits.test.class_counts(4)[[0, 2]].min() >= 1 and splits.val.class_counts(4)[[0, 2]].min() >= 1
     assert splits.notes == ("2 classes have 1 training image each ('1', '3'): they are kept in training only "
-                            "(none carved for the held-out test and validation split); their held-out test "
+                            "(none carved for the held-out test and validation splits); their held-out test "
                             "scores are absent",)
 
 
@@ -494,7 +494,7 @@ def test_one_train_only_class_note_names_it(tmp_path):
     splits = make_splits(load_dataset(d, max_side=16), seed=0)
     assert splits.train_only == (2,)
     assert splits.notes == ("class 'class2' has 1 training image: it is kept in training only (none carved for "
-                            "the held-out test and validation split); its held-out test score is absent",)
+                            "the held-out test and validation splits); its held-out test score is absent",)
 
 
 def test_a_single_image_class_stays_out_of_carved_val_when_the_data_brings_a_test(tmp_path):

@@ -91,13 +91,13 @@ def check_splittable(dataset: Dataset) -> None:
 def train_only_note(dataset: Dataset, labels: tuple[int, ...]) -> str:
     """One note for all train-only classes: which ones, where they are missing, what that means."""
     carve_test, carve_val = carves(dataset)
-    missing = " and ".join(name for name, carved in (("held-out test", carve_test), ("validation", carve_val))
-                           if carved)
+    missing = "held-out test and validation splits" if carve_test and carve_val else \
+        "held-out test split" if carve_test else "validation split"
     who = (f"class {_names(dataset, labels)} has 1 training image: it is" if len(labels) == 1 else
            f"{len(labels)} classes have 1 training image each ({_names(dataset, labels)}): they are")
     consequence = "; its held-out test score is absent" if carve_test and len(labels) == 1 else \
         "; their held-out test scores are absent" if carve_test else ""
-    return f"{who} kept in training only (none carved for the {missing} split){consequence}"
+    return f"{who} kept in training only (none carved for the {missing}){consequence}"
 
 
 def _names(dataset: Dataset, labels, shown: int = 10) -> str:
