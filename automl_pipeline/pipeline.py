@@ -229,7 +229,7 @@ class _Run:
             checkpoints.check_splits(splits_json)
         write_json(out_dir / "splits.json", splits_json)
         report.sections["data"] = _data_section(dataset, splits)
-        for note in dataset.notes:
+        for note in dataset.notes + splits.notes:
             log.event("input", note)
 
         data = _to_run_data(dataset, splits, device)
@@ -437,7 +437,8 @@ def _data_section(dataset: Dataset, splits: Splits) -> dict:
         "class_names": list(dataset.class_names),
         "image_size": list(dataset.image_shape),
         "native_side": dataset.native_side,
-        "notes": list(dataset.notes),
+        "notes": list(dataset.notes + splits.notes),
+        "train_only_classes": [dataset.class_names[label] for label in splits.train_only],
         "heldout_source": splits.heldout_source,
         "n_predict": len(splits.predict.ids),
         "splits": {name: counts(getattr(splits, name)) for name in ("train", "val", "test")},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -328,11 +329,10 @@ def bad_one_class_npz(d):
     return d, ["one.npz", "need at least 2"]
 
 
-def bad_single_image_class(d):
-    make_imagefolder(d, n_classes=3)
-    for path in sorted((d / "class2").iterdir())[1:]:
-        path.unlink()
-    return d, [str(d), "class 'class2'", "has 1 training image", "at least 2"]
+def bad_every_class_has_one_image(d):
+    make_imagefolder(d, n_classes=3, n_per_class=1)
+    return d, [str(d), "every class has only 1 training image", "'class0', 'class1', 'class2'",
+               "at least one class needs 2"]
 
 
 def bad_empty_class_folder(d):
@@ -472,6 +472,48 @@ def test_a_single_image_class_is_fine_when_nothing_is_carved(tmp_path):
         path.unlink()
     splits = make_splits(load_dataset(d, max_side=16), seed=0)
     assert splits.train.class_counts(2).tolist() == [10, 1]
+
+
+def test_a_single_image_class_is_kept_in_training_only_and_noted():
+    dataset = imbalanced_dataset(counts=(12, 1, 7, 1))
+    splits = make_splits(dataset, seed=0)
+    assert splits.train_only == (1, 3)
+    assert splits.train.class_counts(4).tolist()[1::2] == [1, 1]
+    assert splits.val.class_counts(4).tolist()[1::2] == [0, 0]
+    assert splits.test.class_counts(4).tolist()[1::2] == [0, 0]
+    assert splits.test.class_counts(4)[[0, 2]].min() >= 1 and splits.val.class_counts(4)[[0, 2]].min() >= 1
+    assert splits.notes == ("2 classes have 1 training image each ('1', '3'): they are kept in training only "
+                            "(none carved for the held-out test and validation splits); their held-out test "
+                            "scores are absent",)
+
+
+def test_one_train_only_class_note_names_it(tmp_path):
+    d = make_imagefolder(tmp_path, n_classes=3)
+    for path in sorted((d / "class2").iterdir())[1:]:
+        path.unlink()
+    splits = make_splits(load_dataset(d, max_side=16), seed=0)
+    assert splits.train_only == (2,)
+    assert splits.notes == ("class 'class2' has 1 training image: it is kept in training only (none carved for "
+                            "the held-out test and validation splits); its held-out test score is absent",)
+
+
+def test_a_single_image_class_stays_out_of_carved_val_when_the_data_brings_a_test(tmp_path):
+    d = make_imagefolder(tmp_path, nested=True, n_classes=2)
+    shutil.rmtree(d / "val")
+    for path in sorted((d / "train" / "class1").iterdir())[1:]:
+        path.unlink()
+    splits = make_splits(load_dataset(d, max_side=16), seed=0)
+    assert splits.heldout_source == HELDOUT_FROM_DATA and splits.train_only == (1,)
+    assert splits.val.class_counts(2).tolist()[1] == 0 and splits.train.class_counts(2).tolist()[1] == 1
+    assert splits.notes[0].endswith("(none carved for the validation split)")   # the data's test scores it
+
+
+def test_no_train_only_classes_when_nothing_is_carved(tmp_path):
+    d = make_imagefolder(tmp_path, nested=True, n_classes=2)
+    for path in sorted((d / "train" / "class1").iterdir())[1:]:
+        path.unlink()
+    splits = make_splits(load_dataset(d, max_side=16), seed=0)
+    assert splits.train_only == () and splits.notes == ()
 
 
 def test_splits_json_has_ids_and_per_class_counts():

@@ -322,3 +322,21 @@ def test_markdown_output_is_deterministic(tmp_path):
     a = markdown.render_report_md(copy.deepcopy(report), tmp_path, {})
     b = markdown.render_report_md(json.loads(json.dumps(report)), tmp_path, {})
     assert a == b
+
+
+def test_a_train_only_class_reads_absent_in_report_md_and_gets_no_bar(tmp_path, monkeypatch):
+    import automl_pipeline.reporting.plots as plots
+
+    monkeypatch.setattr(plots, "DPI", 20)
+    report = {key: fake_report(n_edges=2)[key] for key in ("time_limit_s", "wall_s", "status", "data",
+                                                           "test_metrics")}
+    report["data"]["train_only_classes"] = ["proliferative"]
+    report["data"]["splits"]["test"]["per_class"][4] = 0
+    report["test_metrics"]["per_class_f1"][4] = None
+    logs: list[str] = []
+    path = write_run_report(report, tmp_path, log=logs.append)
+    assert logs == []
+    text = path.read_text(encoding="utf-8")
+    assert "| proliferative | absent | 0 |" in text
+    assert "Kept in training only (1 image, nothing carved from them): proliferative." in text
+    assert (tmp_path / "plots" / "per_class_f1.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -162,3 +162,36 @@ def test_main_path_runs_darts_then_bohb_then_the_final_fit(tmp_path):
     assert report["final"]["source"] in ("first_model", "bohb_incumbent", "darts_cell")
     assert report["final"]["train_images_per_s"] > 0
     assert report["test_metrics"]["macro_f1"] > 0.8
+
+
+def test_a_class_with_one_image_runs_kept_in_training_only(tmp_path):
+    from tests import data_builders
+
+    data_dir = data_builders.make_imagefolder(tmp_path / "data", n_classes=3)
+    for path in sorted((data_dir / "class2").iterdir())[1:]:
+        path.unlink()
+    out = tmp_path / "out"
+    proc, wall = run_cli("--time-limit", "25", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = check_outputs(out, n_expected=report_predict_count(out))
+    assert report["data"]["train_only_classes"] == ["class2"]
+    assert report["data"]["splits"]["train"]["per_class"][2] == 1
+    assert report["data"]["splits"]["test"]["per_class"][2] == report["data"]["splits"]["val"]["per_class"][2] == 0
+    assert report["test_metrics"]["per_class_f1"][2] is None
+    assert all(isinstance(v, float) for v in report["test_metrics"]["per_class_f1"][:2])
+    note = "class 'class2' has 1 training image: it is kept in training only"
+    assert any(note in n for n in report["data"]["notes"])
+    assert any(e["kind"] == "input" and note in e["message"] for e in report["events"])
+    assert note in (out / "run.log").read_text()
+
+
+def test_every_class_with_one_image_is_refused(tmp_path):
+    from tests import data_builders
+
+    data_dir = data_builders.make_imagefolder(tmp_path / "data", n_classes=3, n_per_class=1)
+    out = tmp_path / "out"
+    proc, _ = run_cli("--time-limit", "30", "--data-dir", str(data_dir), "--output-dir", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert str(data_dir) in proc.stderr and "every class has only 1 training image" in proc.stderr
+    assert "'class0', 'class1', 'class2'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "predictions.npy").exists()

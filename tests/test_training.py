@@ -169,13 +169,26 @@ def test_metrics_hand_example_with_absent_class():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = classification_metrics(y_true, y_pred, n_classes=4)    # class 3 never occurs
-    # class 0: P=1/2 R=1/2 F=.5; class 1: P=2/3 R=1 F=.8; class 2: 0; class 3: 0
-    np.testing.assert_allclose(m["per_class_f1"], [0.5, 0.8, 0.0, 0.0])
-    assert m["macro_f1"] == pytest.approx(np.mean(m["per_class_f1"])) == pytest.approx(0.325)
+    # class 0: P=1/2 R=1/2 F=.5; class 1: P=2/3 R=1 F=.8; class 2: 0; class 3: absent from y_true, unscored
+    assert m["per_class_f1"][3] is None
+    np.testing.assert_allclose(m["per_class_f1"][:3], [0.5, 0.8, 0.0])
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     assert m["accuracy"] == pytest.approx(0.6)
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert m["confusion_matrix"] == [[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
     json.dumps(m)   # plain Python numbers only
+
+
+def test_macro_f1_is_sklearns_over_the_classes_present_in_the_labels():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y_true = rng.choice([0, 2, 3], size=60)          # classes 1 and 4 never occur in the labels
+    y_pred = rng.integers(0, 5, size=60)             # ... but are predicted
+    m = classification_metrics(y_true, y_pred, n_classes=5)
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=[0, 2, 3], average="macro"))
+    assert [v is None for v in m["per_class_f1"]] == [False, True, False, False, True]
+    assert classification_metrics([], [], n_classes=2)["per_class_f1"] == [None, None]
 
 
 # ---------------------------------------------------------------- augmentation

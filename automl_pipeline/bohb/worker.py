@@ -194,7 +194,7 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
             if not math.isfinite(f1):
                 raise FloatingPointError(f"validation macro-F1 is {f1}")
             info.update(val_macro_f1=f1, val_accuracy=float(metrics["accuracy"]),
-                        per_class_f1=[float(v) for v in metrics["per_class_f1"]], evaluated=True)
+                        per_class_f1=metrics["per_class_f1"], evaluated=True)
             loss = 1.0 - f1
         # else: the deadline came before the first validation pass -> worst loss, evaluated=False
     except Exception as exc:   # a crashed trial is a result, never a dead search

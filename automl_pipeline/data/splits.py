@@ -12,11 +12,14 @@ Policy:
 Carving is stratified by construction: each class is shuffled with the seed
 and cut separately.  Per class of n train images, the test gets
 round(n * test_fraction) and val round(n * val_fraction) images, each at least 1
-while images remain, and at least one image always stays in train.  So the
-minimum is 2 images per class whenever something is carved: with 2 images and
-both splits carved, the class goes 1 to train and 1 to the held-out test (none
-to val).  (Per-class cutting replaces sklearn's train_test_split(stratify=...),
-which fails for classes with fewer than 2 images and for small test sizes.)
+while images remain, and at least one image always stays in train.  So a class
+of 2 images, with both splits carved, goes 1 to train and 1 to the held-out test
+(none to val); a class of 1 image is kept in training only ("train-only": it has
+no image in the carved splits, so its held-out score is absent, and a note says
+so).  Something must be left to carve: when anything is carved, at least one
+class needs 2 training images, else the data is refused.  (Per-class cutting
+replaces sklearn's train_test_split(stratify=...), which fails for classes with
+fewer than 2 images and for small test sizes.)
 Every split keeps the dataset's order; the same seed gives the same splits.
 """
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Splits:
     predict: ImageSet         # what predictions are written for, in order
     heldout_source: str       # HELDOUT_FROM_DATA | HELDOUT_CARVED
     n_classes: int
+    train_only: tuple[int, ...] = ()   # labels kept in training only (1 image, nothing carved from them)
+    notes: tuple[str, ...] = ()        # what the split did that the user should know, for run.log and the report
 
     def to_json(self, seed: int) -> dict:
         """Ids and per-class counts of every split, for OUT/splits.json."""
@@ -60,21 +65,45 @@ def carves(dataset: Dataset) -> tuple[bool, bool]:
     return not has_labelled_test, dataset.val is None
 
 
-def min_images_per_class(dataset: Dataset) -> int:
-    """2 when anything is carved from train (1 stays, 1 leaves), else 1."""
-    return 2 if any(carves(dataset)) else 1
+def train_only_classes(dataset: Dataset) -> tuple[int, ...]:
+    """Labels with a single training image while something is carved: they stay in train only."""
+    if not any(carves(dataset)):
+        return ()
+    counts = dataset.train.class_counts(dataset.n_classes)
+    return tuple(int(label) for label in np.flatnonzero(counts == 1))
 
 
 def check_splittable(dataset: Dataset) -> None:
-    """InputError naming the first class with too few train images for `make_splits`."""
-    needed = min_images_per_class(dataset)
+    """InputError when `make_splits` has nothing to carve: every class has 1 training image.
+
+    (Classes with no training image at all are refused by the loaders, `checks.check_classes`.)
+    """
+    if not any(carves(dataset)):
+        return
     counts = dataset.train.class_counts(dataset.n_classes)
-    for label, count in enumerate(counts):
-        if count < needed:
-            raise InputError(dataset.source,
-                             f"class {dataset.class_names[label]!r} (label {label}) has {count} training "
-                             f"image(s); at least {needed} are needed to carve the held-out test/validation "
-                             "split(s) from train")
+    if counts.max(initial=0) < 2:
+        raise InputError(dataset.source,
+                         f"every class has only 1 training image ({_names(dataset, range(dataset.n_classes))}); "
+                         "at least one class needs 2 to carve the held-out test/validation split(s) from train "
+                         "(a class with 1 image is kept in training only)")
+
+
+def train_only_note(dataset: Dataset, labels: tuple[int, ...]) -> str:
+    """One note for all train-only classes: which ones, where they are missing, what that means."""
+    carve_test, carve_val = carves(dataset)
+    missing = "held-out test and validation splits" if carve_test and carve_val else \
+        "held-out test split" if carve_test else "validation split"
+    who = (f"class {_names(dataset, labels)} has 1 training image: it is" if len(labels) == 1 else
+           f"{len(labels)} classes have 1 training image each ({_names(dataset, labels)}): they are")
+    consequence = "; its held-out test score is absent" if carve_test and len(labels) == 1 else \
+        "; their held-out test scores are absent" if carve_test else ""
+    return f"{who} kept in training only (none carved for the {missing}){consequence}"
+
+
+def _names(dataset: Dataset, labels, shown: int = 10) -> str:
+    labels = list(labels)
+    text = ", ".join(repr(dataset.class_names[label]) for label in labels[:shown])
+    return text + (f", ... ({len(labels)} in all)" if len(labels) > shown else "")
 
 
 def make_splits(dataset: Dataset, *, seed: int, val_fraction: float = 0.15,
@@ -91,11 +120,13 @@ def make_splits(dataset: Dataset, *, seed: int, val_fraction: float = 0.15,
     test = dataset.train.subset(test_idx) if carve_test else dataset.test
     if len(val) == 0:
         raise InputError(dataset.source, "too few images to carve a validation split "
-                                         "(every class has only 2 training images); add images or a val split")
+                                         "(no class has more than 2 training images); add images or a val split")
     predict = dataset.test if dataset.test is not None else test
+    train_only = train_only_classes(dataset)
     return Splits(train=train, val=val, test=test, predict=predict,
                   heldout_source=HELDOUT_CARVED if carve_test else HELDOUT_FROM_DATA,
-                  n_classes=dataset.n_classes)
+                  n_classes=dataset.n_classes, train_only=train_only,
+                  notes=(train_only_note(dataset, train_only),) if train_only else ())
 
 
 def _stratified_cut(labels: np.ndarray, n_classes: int, seed: int, test_fraction: float,

@@ -211,6 +211,10 @@ def _data(report: dict, links: list[str]) -> list[str]:
                     cls = _class_names(report, k)
                     rows = [[cls[i]] + [(per[s][i] if i < len(per[s]) else "") for s in per] for i in range(k)]
                     lines += _table(["class"] + list(per), rows)
+    train_only = data.get("train_only_classes") or []
+    if train_only:
+        lines += [f"Kept in training only (1 image, nothing carved from them): "
+                  f"{_line(', '.join(str(x) for x in train_only))}.", ""]
     notes = data.get("notes") or []
     if notes:
         lines += ["Notes:", ""] + [f"- {_line(n)}" for n in notes] + [""]
@@ -345,11 +349,14 @@ def _per_class(report: dict, links: list[str]) -> list[str]:
         support = test.get("per_class") if isinstance(test, dict) else None
         rows = []
         for i, v in enumerate(f1):
-            row = [names[i], _f(v)]
+            row = [names[i], "absent" if v is None else _f(v)]
             if support:
                 row.append(support[i] if i < len(support) else "")
             rows.append(row)
         lines += _table(["class", "F1"] + (["test images"] if support else []), rows)
+        if any(v is None for v in f1):
+            lines += ["A class with no held-out test image has no score (\"absent\"); the macro-F1 is the mean "
+                      "over the classes present in the held-out test.", ""]
     if not f1 and not links:
         return []
     return lines + links

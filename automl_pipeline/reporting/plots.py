@@ -326,7 +326,8 @@ def plot_confusion(report: dict, path: Path) -> Path | None:
 
 
 def plot_per_class_f1(report: dict, path: Path) -> Path | None:
-    """Held-out per-class F1 as bars, with the macro-F1 as a line."""
+    """Held-out per-class F1 as bars, with the macro-F1 as a line; a class without a score (None:
+    absent from the held-out test) gets no bar, only the word "absent"."""
     metrics = _section(report, "test_metrics")
     if metrics is None or not metrics.get("per_class_f1"):
         return None
@@ -334,9 +335,10 @@ def plot_per_class_f1(report: dict, path: Path) -> Path | None:
     n = len(f1)
     names = class_names(report, n)
     fig, ax = plt.subplots(figsize=(min(max(5.0, 0.5 * n + 2), 18.0), 4))
-    ax.bar(range(n), np.nan_to_num(f1), color="tab:blue")
+    scored = np.flatnonzero(~np.isnan(f1))
+    ax.bar(scored, f1[scored], color="tab:blue")
     for i, v in enumerate(f1):
-        ax.text(i, (0 if np.isnan(v) else v) + 0.01, "n/a" if np.isnan(v) else f"{v:.2f}",
+        ax.text(i, (0 if np.isnan(v) else v) + 0.01, "absent" if np.isnan(v) else f"{v:.2f}",
                 ha="center", va="bottom", fontsize=7)
     macro = finite(metrics.get("macro_f1"))
     if macro is not None:

@@ -8,10 +8,15 @@ from sklearn.metrics import confusion_matrix, f1_score
 def classification_metrics(y_true, y_pred, n_classes: int) -> dict:
     """Macro-F1 (headline), accuracy, balanced accuracy, per-class F1, confusion matrix.
 
-    All classes 0..n_classes-1 are scored: a class absent from both y_true and y_pred
-    has F1 0 and counts in the macro mean. Balanced accuracy is the mean recall over
-    the classes present in y_true (sklearn's definition, without its warning).
-    Confusion matrix rows are true classes, columns predicted classes.
+    A class is scored only where it occurs in y_true: its per-class F1 is None (JSON null,
+    "absent") otherwise, and the macro-F1 is the mean over the classes present in y_true
+    (sklearn's f1_score with labels=the present classes). Predicting a class absent from
+    y_true still costs the recall of the true class. One rule for the held-out test and
+    for validation (the search objective), so a class kept out of a split (train-only)
+    neither drags a score down nor lifts it. Balanced accuracy is the mean recall over the
+    same present classes (sklearn's definition, without its warning). With no labels at
+    all every score is 0 and every per-class F1 None.
+    Confusion matrix rows are true classes, columns predicted classes (all n_classes).
     """
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
@@ -20,16 +25,19 @@ def classification_metrics(y_true, y_pred, n_classes: int) -> dict:
     labels = list(range(n_classes))
     if y_true.size == 0:
         return {"macro_f1": 0.0, "accuracy": 0.0, "balanced_accuracy": 0.0,
-                "per_class_f1": [0.0] * n_classes, "confusion_matrix": [[0] * n_classes for _ in labels]}
-    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+                "per_class_f1": [None] * n_classes, "confusion_matrix": [[0] * n_classes for _ in labels]}
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     support = cm.sum(axis=1)
-    present = support > 0
+    present = np.flatnonzero(support > 0)
+    scored = f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    per_class: list[float | None] = [None] * n_classes
+    for label, value in zip(present, scored):
+        per_class[int(label)] = float(value)
     recall = np.diag(cm)[present] / support[present]
     return {
-        "macro_f1": float(np.mean(per_class)),
+        "macro_f1": float(np.mean(scored)),
         "accuracy": float(np.mean(y_true == y_pred)),
         "balanced_accuracy": float(recall.mean()),
-        "per_class_f1": [float(v) for v in per_class],
+        "per_class_f1": per_class,
         "confusion_matrix": [[int(v) for v in row] for row in cm],
     }
