@@ -9,7 +9,6 @@ import os
 import platform
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +45,6 @@ WATCHDOG_GRACE_S = 1.5
 DELIVERY_WAIT_S = 0.4
 # Exit code when the run was stopped (limit or signal) before any prediction existed.
 NO_PREDICTIONS_EXIT_CODE = 3
-# TEST-ONLY hook: AUTOML_TEST_HANG_PHASE=<phase name> makes that phase hang forever, so tests can
-# check that the watchdog still ends the run in time with valid predictions (tests/test_faults.py).
-HANG_PHASE_ENV = "AUTOML_TEST_HANG_PHASE"
 # A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
 RESUME_SEED_STRIDE = 7919
 
@@ -252,7 +248,6 @@ class _Run:
             self.budget.skip_phase("first_model", "resumed: the delivered trained model is kept")
             return
         with self.budget.start_phase("first_model") as phase:
-            _hang_if_asked("first_model")
             try:
                 self.deliver(phases.train_first_model(self.data, phase.remaining, baseline=self.baseline,
                                                       seed=self.settings.seed, log=self.log,
@@ -272,7 +267,6 @@ class _Run:
         else:
             progress = self.checkpoints.load_darts_progress() if resume else None
             with self.budget.start_phase("darts") as phase:
-                _hang_if_asked("darts")
                 try:
                     darts, why_not = phases.search_architecture(
                         self.data, phase.remaining, seed=self.settings.seed, log=self.log,
@@ -317,7 +311,6 @@ class _Run:
         if kept:
             previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
         with self.budget.start_phase("bohb") as phase:
-            _hang_if_asked("bohb")
             try:
                 bohb, why_not = phases.search_hyperparameters(
                     self.data, darts, phase.remaining, baseline=self.baseline, seed=settings.seed,
@@ -353,7 +346,6 @@ class _Run:
 
     def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
         with self.budget.start_phase("final_fit") as phase:
-            _hang_if_asked("final_fit")
             try:
                 source, description, spec, config_for = phases.final_choice(
                     self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
@@ -403,13 +395,6 @@ def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, da
     log.event("resume", f"resumed from {checkpoints.dir} (attempt {checkpoints.attempt}): {darts_epochs} DARTS "
                         f"epochs, {n_trials} BOHB trials kept ({darts_note}); delivered model: {note}")
     return section
-
-
-def _hang_if_asked(phase_name: str) -> None:
-    """TEST-ONLY (HANG_PHASE_ENV): hang here for ever, as a stuck phase would."""
-    if os.environ.get(HANG_PHASE_ENV) == phase_name:
-        while True:
-            time.sleep(0.5)
 
 
 def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> phases.RunData:
