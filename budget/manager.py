@@ -121,12 +121,6 @@ class Budget:
             kept.update((name, _PhaseRecord(name, float(weight))) for name, weight in weights)
             self._records = kept
 
-    def set_weight(self, name: str, weight: float) -> None:
-        """Re-weight one phase not yet started (e.g. from measured costs)."""
-        _check_weight(name, weight)
-        with self._lock:
-            self._pending_record(name, "re-weight").weight = float(weight)
-
     def skip_phase(self, name: str, reason: str) -> None:
         """Mark a phase as skipped with a reason; its weight goes to the others.
 
@@ -222,13 +216,6 @@ class Phase:
             return 0.0
         end = min(self.deadline, self._budget.work_deadline)
         return max(0.0, end - self._budget.now())
-
-    def exhausted(self) -> bool:
-        return self.remaining() <= 0
-
-    def can_afford(self, seconds: float) -> bool:
-        """True if work expected to take ``seconds`` fits in the time left."""
-        return seconds <= self.remaining()
 
     def finish(self) -> None:
         """Record the end time; idempotent."""
