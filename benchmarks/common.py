@@ -42,7 +42,7 @@ def ensure_repo_on_path() -> None:
 
 ensure_repo_on_path()
 from automl_pipeline.reporting.numbers import finite  # noqa: E402  (needs the repo on sys.path)
-from automl_pipeline.compare import run_logged  # noqa: E402
+from automl_pipeline.processes import run_logged  # noqa: E402
 from submission import write_json  # noqa: E402
 
 # --------------------------------------------------------------------------- numbers and json
