@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from automl_pipeline.reporting.numbers import finite  # noqa: E402
@@ -304,11 +305,9 @@ def plot_cell_stack(report: dict, path: Path) -> Path | None:
     skips = [finite(c.get("skips")) or 0.0 for c in stack]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(min(max(4.5, 0.9 * n + 2), 12.0), 3.6))
-    for i, (c, v) in enumerate(zip(stack, skips)):
-        stage = int(c.get("stage") or 0)
-        ax.bar(i, v, color=colours[stage % len(colours)], edgecolor="black",
-               hatch="//" if c.get("reduction") else None,
-               label=f"stage {stage}" if stage not in [int(d.get("stage") or 0) for d in stack[:i]] else None)
+    stages = [int(c.get("stage") or 0) for c in stack]
+    for i, (c, v, stage) in enumerate(zip(stack, skips, stages)):
+        ax.bar(i, v, color=colours[stage % len(colours)], edgecolor="black", hatch="//" if c.get("reduction") else None)
         ax.text(i, v + 0.05, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(n))
     ax.set_xticklabels([f"{i}{' (red.)' if c.get('reduction') else ''}\n{c.get('cell') or 'shared cell'}"
@@ -318,7 +317,8 @@ def plot_cell_stack(report: dict, path: Path) -> Path | None:
     ax.set_ylim(0, max(skips + [1.0]) * 1.25)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title("Chosen model: cell and skip edges per position")
-    ax.legend(fontsize=8)
+    ax.legend(handles=[Patch(facecolor=colours[s % len(colours)], edgecolor="black", label=f"stage {s}")
+                       for s in sorted(set(stages))], fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
