@@ -41,7 +41,7 @@ WEIGHT_DECAY = 5e-4
 FOCAL_GAMMA = 3.0
 CLASS_WEIGHT_SMOOTHING = 0.8
 SURROGATE_BETA0 = 1.0
-# The genotype pool (`genotype_pool`): cells sampled from softmax(log(w) / T) of the DARTS weights, ...
+# The genotype pool (`genotype_pool`): sampled cells (softmax(log(w) / T) of the DARTS weights), skip_heavy.
 AMPLIFY_TEMPERATURE = 0.5
 N_SAMPLED_CELLS = 2
 SKIP_HEAVY_EXTRA = 2   # skip edges the pool's "skip_heavy" cell adds to the DARTS normal cell

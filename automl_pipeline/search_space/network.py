@@ -160,9 +160,8 @@ class NetworkSpec:
         """The stack per position: [{"position", "stage", "reduction", "cell" (the stage's name, or None
         without stage_cells), "skips" (skip_connect edges of the cell built there: the normal or the reduce
         part by its kind)}]."""
-        stack = []
-        for position, (reduction, stage) in enumerate(zip(self.reduction_layout(),
-                                                          cell_stages(self.reduction_layout()))):
+        stack, layout = [], self.reduction_layout()
+        for position, (reduction, stage) in enumerate(zip(layout, cell_stages(layout))):
             g = self.stage_genotype(stage)
             edges = g.reduce if reduction else g.normal
             stack.append({"position": position, "stage": stage, "reduction": bool(reduction),
