@@ -17,6 +17,8 @@ import torch
 
 from automl_pipeline import phases
 from automl_pipeline.bohb import BohbResult
+from automl_pipeline.bohb.space import DEFAULT_CELL
+from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.checkpoints import Checkpoints, config_fits, fingerprint, merge_kept_trials
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
@@ -334,15 +336,15 @@ class _Run:
         return bohb
 
     def note_cell_use(self, bohb: BohbResult | None) -> None:
-        """darts.cell_used: the delivered model's cell came from the DARTS search (its genotype or
-        one sampled from its weights)."""
+        """darts.cell_used: a cell of the delivered model came from the DARTS search (its genotype or
+        one sampled from or derived from its weights, in any stage)."""
         section, best = self.report.sections.get("darts"), self.delivery.best
         if section is None or best is None:
             return
-        cell = None
+        cells: tuple[str, ...] = ()
         if best.source == "bohb_incumbent" and bohb is not None and bohb.incumbent_config is not None:
-            cell = bohb.incumbent_config.get("cell")
-        section["cell_used"] = best.source == "darts_cell" or (cell is not None and cell != "default")
+            cells = config_cells(bohb.incumbent_config)
+        section["cell_used"] = best.source == "darts_cell" or any(cell != DEFAULT_CELL for cell in cells)
 
     def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
         with self.budget.start_phase("final_fit") as phase:

@@ -24,9 +24,10 @@ from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.phase import (FIRST_BRACKET_SHARE, BohbResult, TrialRecord, bracket_sizes, choose_budgets,
                                         hpbandster_budgets, run_bohb, select_incumbent)
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
-from automl_pipeline.bohb.space import build_config_space
-from automl_pipeline.bohb.worker import (TrialContext, budget_epochs, config_to_network_spec, config_to_train_config,
-                                         evaluate_config, genotype_pool)
+from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space
+from automl_pipeline.bohb.worker import (SKIP_HEAVY_EXTRA, TrialContext, budget_epochs, config_cells,
+                                         config_to_network_spec, config_to_train_config, evaluate_config,
+                                         genotype_pool)
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,14 +97,20 @@ def test_space_variants_sample_valid_configurations(with_darts, baseline):
     names = set(cs.keys())
     assert {"lr", "n_cells", "base_channels", "flip"} <= names
     assert ({"loss", "surrogate_skip"} <= names) is (not baseline)
-    assert ("cell" in names) is with_darts
-    assert len(names) <= 7                                   # small enough for the KDE (module docstring)
+    assert (set(STAGE_CELL_KEYS) <= names) is with_darts and "cell" not in names
+    assert not with_darts or all(list(cs[key].choices) == list(pool) for key in STAGE_CELL_KEYS)
+    assert len(names) == (9 if with_darts else 6 if not baseline else 4)   # small for the KDE (module docstring)
     for config in cs.sample_configuration(40):
         plain = to_plain(dict(config))
         Configuration(cs, values=plain)                      # plain values are valid in the space
         assert all(type(v) in (int, float, str, bool) for v in plain.values()), plain
         spec = config_to_network_spec(plain, darts=darts, in_channels=1, n_classes=10, image_side=8)
-        assert spec.n_cells == plain["n_cells"] and spec.genotype == pool[plain.get("cell", "default")]
+        assert spec.n_cells == plain["n_cells"]
+        if with_darts:
+            assert spec.stage_cells == tuple(plain[key] for key in STAGE_CELL_KEYS)
+            assert spec.stage_genotypes == tuple(pool[plain[key]] for key in STAGE_CELL_KEYS)
+        else:
+            assert spec.stage_genotypes == () and spec.genotype == DEFAULT_GENOTYPE
         train = config_to_train_config(plain, epochs=3, seed=0, batch_size=32)
         assert train.loss == plain.get("loss", "ce") and train.batch_size == 32
 
@@ -112,12 +119,32 @@ def test_genotype_pool_is_a_fixed_set_of_names():
     darts = fake_darts(1)
     assert genotype_pool(None) == {"default": DEFAULT_GENOTYPE}
     pool = genotype_pool(darts)
-    assert set(pool) == {"default", "darts", "sampled_1", "sampled_2", "sampled_3"}
+    assert list(pool) == ["default", "darts", "sampled_1", "sampled_2", "skip_heavy"]
     assert pool["darts"] == darts.genotype and pool == genotype_pool(darts)      # deterministic
     assert all(isinstance(g, Genotype) for g in pool.values())
+    n_skips = [sum(op == "skip_connect" for op, _ in pool[name].normal) for name in ("darts", "skip_heavy")]
+    assert n_skips[1] == n_skips[0] + SKIP_HEAVY_EXTRA and pool["skip_heavy"].reduce == darts.genotype.reduce
     with pytest.raises(ValueError, match="not in the pool"):
-        config_to_network_spec({"n_cells": 2, "base_channels": 16, "cell": "darts"}, darts=None,
+        config_to_network_spec({"n_cells": 2, "base_channels": 16, "cell_stage1": "darts"}, darts=None,
                                in_channels=1, n_classes=10, image_side=8)
+
+
+def test_config_to_network_spec_builds_each_stage_from_its_cell():
+    darts = fake_darts(2)
+    pool = genotype_pool(darts)
+    config = {"n_cells": 5, "base_channels": 16, "cell_stage0": "darts", "cell_stage1": "default",
+              "cell_stage2": "skip_heavy"}
+    spec = config_to_network_spec(config, darts=darts, in_channels=1, n_classes=10, image_side=8)
+    assert spec.stage_cells == ("darts", "default", "skip_heavy") and spec.genotype == pool["darts"]
+    stack = spec.cell_stack()
+    assert [(c["stage"], c["reduction"], c["cell"]) for c in stack] == [
+        (0, False, "darts"), (1, True, "default"), (1, False, "default"), (2, True, "skip_heavy"),
+        (2, False, "skip_heavy")]                                # 5 cells: cells 1 and 3 reduce
+    assert stack[4]["skips"] == sum(op == "skip_connect" for op, _ in pool["skip_heavy"].normal)
+    # two cells (one reduction): stage 2's choice is unused
+    short = config_to_network_spec(dict(config, n_cells=2), darts=darts, in_channels=1, n_classes=10, image_side=8)
+    assert [c["cell"] for c in short.cell_stack()] == ["darts", "default"]
+    assert config_cells({"n_cells": 2}) == ("default",) * 3
 
 
 def test_space_is_seeded():

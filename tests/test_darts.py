@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from automl_pipeline.darts import (DartsConfig, MixedOp, SuperNet, beta_schedule, derive_genotype,
-                                   estimate_epoch_seconds, n_edges_for, run_darts, sample_genotype, skip_count)
+                                   estimate_epoch_seconds, n_edges_for, run_darts, sample_genotype, skip_count,
+                                   with_more_skips)
 from automl_pipeline.darts.search import _Search
 from automl_pipeline.search_space import EXTRA_OPS, OPS, TEMPLATE_OPS, validate_genotype
 from automl_pipeline.training.tensors import TensorData
@@ -133,6 +134,23 @@ def test_max_skips_replaces_weakest_skips_in_normal_cell_only():
     assert g.normal[4][1] == 1 and g.normal[7][1] == 4          # inputs kept, ops replaced
     assert g.normal[4][0] != "skip_connect" and g.normal[7][0] != "skip_connect"
     assert sum(op == "skip_connect" for op, _ in g.reduce) == 3  # reduce untouched
+
+
+def test_with_more_skips_turns_the_edges_with_the_largest_skip_weight_into_skips():
+    a = NORMAL.copy()
+    a[4, OPS5.index("skip_connect")] = 0.3      # node 3's conv_3x3 from state 2: the largest skip weight
+    a[1, OPS5.index("skip_connect")] = 0.2      # node 2's res_basic from state 1: the second
+    g = derive_genotype(a, a, OPS5)
+    more = with_more_skips(g, a, OPS5, extra=2)
+    assert more.normal == (("conv_3x3", 0), ("skip_connect", 1),
+                           ("res_bottleneck", 0), ("skip_connect", 2),
+                           ("skip_connect", 1), ("res_basic", 3),
+                           ("skip_connect", 0), ("skip_connect", 4))
+    assert more.reduce == g.reduce and more.normal_concat == g.normal_concat
+    validate_genotype(more)
+    assert with_more_skips(g, a, OPS5, extra=0) == g
+    with pytest.raises(ValueError):
+        with_more_skips(g, a[:9], OPS5, extra=1)             # 3 nodes of weights for a 4-node genotype
 
 
 def test_derive_rejects_bad_shapes():

@@ -41,6 +41,13 @@ def fake_report(n_edges: int = 14) -> dict:
                    ["res_basic", 1], ["conv_3x3", 2], ["res_bottleneck", 3], ["conv_3x3", 4]],
         "reduce_concat": [2, 3, 4, 5],
     }
+    # stage 2's cell: more skips with depth (the poster's finding)
+    skip_heavy = dict(genotype, normal=[["skip_connect", i] if k in (1, 3) else [op, i]
+                                        for k, (op, i) in enumerate(genotype["normal"])])
+    stack = [{"position": i, "stage": stage, "reduction": red, "cell": cell, "skips": skips}
+             for i, (stage, red, cell, skips) in enumerate([(0, False, "darts", 2), (1, True, "sampled_1", 0),
+                                                            (1, False, "sampled_1", 2), (2, True, "skip_heavy", 0),
+                                                            (2, False, "skip_heavy", 4)])]
     confusion = [[150, 8, 12, 3, 1], [20, 15, 6, 4, 1], [18, 5, 52, 10, 7],
                  [6, 2, 14, 40, 6], [2, 1, 5, 7, 5]]
     trials = [{"budget": b, "loss": float(l), "t_s": 60.0 + 3 * i, "model_based_pick": False}
@@ -76,7 +83,9 @@ def fake_report(n_edges: int = 14) -> dict:
         "final": {
             "source": "bohb_incumbent", "description": "final fit of the BOHB incumbent",
             "architecture": {"genotype": genotype, "in_channels": 3, "n_classes": 5, "image_side": 28,
-                             "n_cells": 3, "base_channels": 32, "dropout": 0.3, "head_hidden": [64, 32, 16]},
+                             "n_cells": 5, "base_channels": 32, "dropout": 0.3, "head_hidden": [64, 32, 16],
+                             "stem_pool": False, "stage_genotypes": [genotype, genotype, skip_heavy],
+                             "stage_cells": ["darts", "sampled_1", "skip_heavy"], "cell_stack": stack},
             "config": {"batch_size": 64, "lr": 0.0031, "weight_decay": 1.2e-4, "loss": "focal",
                        "focal_gamma": 3.0, "class_weight_smoothing": 0.8, "schedule": "onecycle"},
             "epochs": 41, "train_s": 78.9, "val_macro_f1": 0.47,
@@ -95,7 +104,8 @@ def fake_report(n_edges: int = 14) -> dict:
             "n_trials": len(trials), "budgets": [5, 10, 20], "trials": trials,
             "trajectory": [{"t_s": 62.0, "val_macro_f1": 0.31}, {"t_s": 75.0, "val_macro_f1": 0.38},
                            {"t_s": 120.0, "val_macro_f1": 0.45}, {"t_s": 190.0, "val_macro_f1": 0.47}],
-            "incumbent_config": {"n_cells": 3, "lr": 0.0031, "batch_size": 64},
+            "incumbent_config": {"n_cells": 5, "lr": 0.0031, "batch_size": 64, "cell_stage0": "darts",
+                                 "cell_stage1": "sampled_1", "cell_stage2": "skip_heavy"},
             "incumbent_val_macro_f1": 0.47, "incumbent_budget": 20, "model_based_picks": 0,
         },
         "events": [
@@ -157,8 +167,10 @@ def test_report_md_has_headline_numbers_first(full_run):
 
 def test_report_md_describes_model_darts_bohb_and_data(full_run):
     text = full_run[1].read_text(encoding="utf-8")
-    assert "3 cells" in text and "64-32-16" in text
+    assert "5 cells" in text and "64-32-16" in text
     assert "`res_bottleneck`(state 1)" in text
+    assert "**stage 2 (`skip_heavy`) normal cell**: node 2 = `conv_3x3`(state 0) + `skip_connect`(state 1)" in text
+    assert "| 3 | 2 | reduction | skip_heavy | 0 |" in text and "| 4 | 2 | normal | skip_heavy | 4 |" in text
     assert "focal_gamma" in text
     assert "**final fit of the BOHB incumbent** (source `bohb_incumbent`)" in text
     assert "6** of 15 planned" in text and "skip count 3 > limit 2" in text
@@ -173,7 +185,7 @@ def test_report_md_describes_model_darts_bohb_and_data(full_run):
 def test_report_md_links_only_existing_files(full_run):
     out, path, _ = full_run
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text(encoding="utf-8"))
-    assert len(links) == 6
+    assert len(links) == 7
     for link in links:
         assert (out / link).is_file(), link
 
@@ -246,6 +258,18 @@ def test_sparse_report_makes_only_the_plots_it_has_data_for(tmp_path):
                                                                       "timeline.png"]
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text(encoding="utf-8"))
     assert sorted(links) == ["plots/confusion.png", "plots/per_class_f1.png", "plots/timeline.png"]
+
+
+def test_report_md_of_an_architecture_with_one_shared_cell(tmp_path):
+    report = fake_report(n_edges=2)
+    arch = report["final"]["architecture"]
+    for key in ("stage_genotypes", "stage_cells", "cell_stack"):
+        del arch[key]                                              # a report of an earlier version
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    assert "- **normal cell**: node 2 = `conv_3x3`(state 0)" in text and "Cell stack" not in text
+    arch["cell_stack"] = [{"position": 0, "stage": 0, "reduction": False, "cell": None, "skips": 2}]
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    assert "| 0 | 0 | normal | (one cell for all) | 2 |" in text
 
 
 def test_minimal_report_gives_report_md_without_plots(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from automl_pipeline.search_space import (DEFAULT_GENOTYPE, EXTRA_OPS, OPS, TEMPLATE_OPS, Genotype, NetworkSpec,
-                                          build_network, make_op, reduction_cells, validate_genotype)
+                                          build_network, cell_stages, make_op, reduction_cells, validate_genotype)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,8 +102,8 @@ def test_reduction_rule(n_cells, side, expected):
     assert reduction_cells(n_cells, side) == expected
 
 
-def _spec(side=8, n_cells=3, in_channels=1, base=8, **kw) -> NetworkSpec:
-    return NetworkSpec(genotype=DEFAULT_GENOTYPE, in_channels=in_channels, n_classes=5, image_side=side,
+def _spec(side=8, n_cells=3, in_channels=1, base=8, genotype=DEFAULT_GENOTYPE, **kw) -> NetworkSpec:
+    return NetworkSpec(genotype=genotype, in_channels=in_channels, n_classes=5, image_side=side,
                        n_cells=n_cells, base_channels=base, **kw)
 
 
@@ -158,3 +158,57 @@ def test_bad_spec_raises():
         _spec(n_cells=0)
     with pytest.raises(ValueError):
         _spec(dropout=1.0)
+
+
+# --------------------------------------------------------------------------- per-stage cells
+
+NO_SKIP = DEFAULT_GENOTYPE._replace(normal=tuple(("conv_3x3" if op == "skip_connect" else op, i)
+                                                 for op, i in DEFAULT_GENOTYPE.normal))
+ALL_SKIP = DEFAULT_GENOTYPE._replace(normal=tuple(("skip_connect", i) for _, i in DEFAULT_GENOTYPE.normal))
+
+
+def _staged(n_cells=5, side=28, **kw) -> NetworkSpec:
+    return _spec(side=side, n_cells=n_cells, base=4, genotype=NO_SKIP, stage_genotypes=(NO_SKIP, DEFAULT_GENOTYPE,
+                 ALL_SKIP), stage_cells=("darts", "default", "skip_heavy"), **kw)
+
+
+@pytest.mark.parametrize("layout,stages", [
+    ((False,), (0,)), ((False, True), (0, 1)), ((False, True, True), (0, 1, 2)),
+    ((False, True, False, True, False), (0, 1, 1, 2, 2)), ((True, False), (1, 1))])
+def test_cell_stages_open_at_each_reduction(layout, stages):
+    assert cell_stages(layout) == stages
+
+
+def test_each_position_is_built_from_its_stage_genotype():
+    spec = _staged()
+    net = build_network(spec)
+    assert net.layout == (False, True, False, True, False) and net.stages == (0, 1, 1, 2, 2)
+    identities = [sum(isinstance(e.op, torch.nn.Identity) for e in cell.edges) for cell in net.cells]
+    assert identities == [0, 3, 2, 3, 8]     # normal cells NO_SKIP, DEFAULT, ALL_SKIP; reduce: DEFAULT's 3 skips
+    stack = spec.cell_stack()
+    assert [c["cell"] for c in stack] == ["darts", "default", "default", "skip_heavy", "skip_heavy"]
+    assert [c["skips"] for c in stack if not c["reduction"]] == [0, 2, 8]
+    assert [c["skips"] for c in stack if c["reduction"]] == [3, 3]       # DEFAULT_GENOTYPE.reduce
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    # one reduction: stage 2's genotype is unused
+    assert [c["stage"] for c in _staged(n_cells=2).cell_stack()] == [0, 1]
+
+
+def test_stage_genotypes_json_roundtrip_and_old_json():
+    spec = _staged()
+    d = json.loads(json.dumps(spec.to_json()))
+    assert d["cell_stack"] == spec.cell_stack() and d["stage_cells"] == ["darts", "default", "skip_heavy"]
+    assert NetworkSpec.from_json(d) == spec
+    old = {k: v for k, v in _spec().to_json().items() if k not in ("stage_genotypes", "stage_cells", "cell_stack")}
+    back = NetworkSpec.from_json(old)              # JSON of earlier runs (checkpoints, model.pt metadata)
+    assert back == _spec() and back.stage_genotypes == () and back.stage_cells == ()
+    assert [c["cell"] for c in back.cell_stack()] == [None] * 3
+
+
+def test_bad_stage_genotypes_raise():
+    with pytest.raises(ValueError, match="3 genotypes"):
+        _spec(stage_genotypes=(DEFAULT_GENOTYPE,))
+    with pytest.raises(ValueError, match="spec's genotype"):
+        _spec(stage_genotypes=(NO_SKIP, DEFAULT_GENOTYPE, ALL_SKIP))
+    with pytest.raises(ValueError, match="one name per stage"):
+        _spec(stage_genotypes=(DEFAULT_GENOTYPE,) * 3, stage_cells=("default",))

@@ -99,7 +99,7 @@ def run_remote_worker(run_id: str, nameserver: str, nameserver_port: int, ctx: T
 
 @dataclass(frozen=True)
 class DartsCells:
-    """What a worker needs of a DARTS result to build a configuration's cell (see config_genotype)."""
+    """What a worker needs of a DARTS result to build a configuration's cells (see genotype_pool)."""
 
     genotype: Genotype
     alphas_normal: np.ndarray

@@ -7,9 +7,13 @@ of minutes reaches, so the space keeps the dimensions that measured to matter an
 (AdamW, one-cycle, weight decay 5e-4, linear head without dropout, batch from the data size,
 focal gamma 3 with class-weight smoothing 0.8, surrogate beta0 1.0):
 
-* ours: lr, depth (`n_cells`), width (`base_channels`), the cell (`cell`: a name from the genotype
-  pool, see `genotype_pool`), the loss (`focal` + class weights, `logit_adjusted`, plain `ce`),
-  horizontal flips, and the DARTS- surrogate skip during training. d = 7.
+* ours: lr, depth (`n_cells`), width (`base_channels`), the loss (`focal` + class weights,
+  `logit_adjusted`, plain `ce`), horizontal flips, the DARTS- surrogate skip during training (d = 6),
+  and, when the genotype pool has more than one cell (a DARTS result that learned, see
+  `genotype_pool`), the cell of each stage of the stack (`cell_stage0`, `cell_stage1`, `cell_stage2`:
+  names from the pool; stages as in `search_space.network.cell_stages`; a network with fewer
+  reduction cells leaves the later stage choices unused). d = 9, so the KDE needs 20 results on a
+  budget and BOHB's first bracket has 22 configurations (bohb/phase.py `default_first_configs`).
 * baseline: lr, depth, width and flips over the fixed default cell with plain cross-entropy. d = 4.
 
 Every hyperparameter is numeric or categorical (hpbandster rejects ordinal ones).
@@ -21,19 +25,22 @@ from collections.abc import Collection
 from ConfigSpace import Categorical, ConfigurationSpace, Float, Integer
 
 from automl_pipeline.search_options import SearchOptions
+from automl_pipeline.search_space.network import N_STAGES
 
 BASE_CHANNELS = (16, 24, 32)
 LOSSES = ("focal", "logit_adjusted", "ce")
 DEFAULT_CELL = "default"
+STAGE_CELL_KEYS = tuple(f"cell_stage{s}" for s in range(N_STAGES))   # the config key of each stage's cell
 
 
 def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
                        baseline: bool, fixed: Collection[str] = ()) -> ConfigurationSpace:
     """The configuration space for one BOHB phase; `seed` seeds its sampler.
 
-    cells: the names of the genotype pool (`genotype_pool`); one name leaves the cell fixed.
+    cells: the names of the genotype pool (`genotype_pool`); one name leaves the cell fixed, more add
+      one categorical per stage (STAGE_CELL_KEYS), default cells[0].
     fixed: names of hyperparameters the search options fix ("loss", "surrogate_skip"): left out of
-    the space (the trials get their values from TrialContext.fixed).
+      the space (the trials get their values from TrialContext.fixed).
     """
     cs = ConfigurationSpace(seed=seed)
     cs.add([
@@ -50,7 +57,7 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
     if "surrogate_skip" not in fixed:
         cs.add(Categorical("surrogate_skip", [False, True], default=False))
     if len(cells) > 1:
-        cs.add(Categorical("cell", list(cells), default=cells[0]))
+        cs.add([Categorical(key, list(cells), default=cells[0]) for key in STAGE_CELL_KEYS])
     return cs
 
 

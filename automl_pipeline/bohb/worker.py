@@ -29,7 +29,7 @@ import torch
 from hpbandster.core.worker import Worker
 
 from automl_pipeline.bohb.serialization import to_plain
-from automl_pipeline.bohb.space import DEFAULT_CELL
+from automl_pipeline.bohb.space import DEFAULT_CELL, STAGE_CELL_KEYS
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
 from automl_pipeline.training import TensorData, TrainConfig, classification_metrics, predict, train_model
@@ -41,9 +41,10 @@ WEIGHT_DECAY = 5e-4
 FOCAL_GAMMA = 3.0
 CLASS_WEIGHT_SMOOTHING = 0.8
 SURROGATE_BETA0 = 1.0
-# The genotype pool: cells sampled from softmax(log(w) / T) of the DARTS weights.
+# The genotype pool (`genotype_pool`): sampled cells (softmax(log(w) / T) of the DARTS weights), skip_heavy.
 AMPLIFY_TEMPERATURE = 0.5
-N_SAMPLED_CELLS = 3
+N_SAMPLED_CELLS = 2
+SKIP_HEAVY_EXTRA = 2   # skip edges the pool's "skip_heavy" cell adds to the DARTS normal cell
 _BUILD_LOCK = threading.Lock()   # seeding + building is atomic, so in-process workers build reproducibly
 
 
@@ -92,36 +93,54 @@ def n_epochs(budget: float) -> int:
 
 
 def genotype_pool(darts=None, ops: tuple[str, ...] = TEMPLATE_OPS) -> dict[str, Genotype]:
-    """The cells BOHB chooses from, by name: the default cell, and with a DARTS result its derived
-    genotype plus N_SAMPLED_CELLS genotypes sampled from the amplified DARTS distribution
-    softmax(log(w) / AMPLIFY_TEMPERATURE) with seeds 1, 2, ... (a fixed pool: a categorical the KDE can
-    model, where a seed integer gave it nothing to learn)."""
+    """The cells BOHB chooses from, by name (a fixed pool: a categorical the KDE can model):
+
+    - "default": DEFAULT_GENOTYPE, the only cell without a DARTS result;
+    - "darts": the DARTS genotype;
+    - "sampled_1" .. "sampled_{N_SAMPLED_CELLS}": genotypes sampled from the amplified DARTS distribution
+      softmax(log(w) / AMPLIFY_TEMPERATURE) with seeds 1, 2, ...;
+    - "skip_heavy": the DARTS genotype with SKIP_HEAVY_EXTRA more skip edges in its normal cell, the
+      non-skip edges with the largest skip weight (`darts.with_more_skips`), for the poster's finding that
+      BOHB picks more skips with depth. Left out when the ops have no skip_connect.
+    """
     pool = {DEFAULT_CELL: DEFAULT_GENOTYPE}
     if darts is not None:
-        from automl_pipeline.darts import sample_genotype
+        from automl_pipeline.darts import sample_genotype, with_more_skips
+        alphas_normal, alphas_reduce = np.asarray(darts.alphas_normal), np.asarray(darts.alphas_reduce)
         pool["darts"] = darts.genotype
         for k in range(1, N_SAMPLED_CELLS + 1):
-            pool[f"sampled_{k}"] = sample_genotype(np.asarray(darts.alphas_normal), np.asarray(darts.alphas_reduce),
-                                                   tuple(ops), temperature=AMPLIFY_TEMPERATURE, seed=k)
+            pool[f"sampled_{k}"] = sample_genotype(alphas_normal, alphas_reduce, tuple(ops),
+                                                   temperature=AMPLIFY_TEMPERATURE, seed=k)
+        if "skip_connect" in ops:
+            pool["skip_heavy"] = with_more_skips(darts.genotype, alphas_normal, tuple(ops), extra=SKIP_HEAVY_EXTRA)
     return pool
 
 
-def config_genotype(config: dict, *, darts=None, ops: tuple[str, ...] = TEMPLATE_OPS) -> Genotype:
-    """The cell genotype a configuration asks for (`cell`, default: the default cell)."""
-    name = str(config.get("cell", DEFAULT_CELL))
-    pool = genotype_pool(darts, ops)
-    if name not in pool:
-        raise ValueError(f"cell {name!r} is not in the pool {sorted(pool)} (a DARTS result is needed for it)")
-    return pool[name]
+def config_cells(config: dict) -> tuple[str, ...]:
+    """The cell name of each stage a configuration asks for (STAGE_CELL_KEYS, default: the default cell)."""
+    return tuple(str(config.get(key, DEFAULT_CELL)) for key in STAGE_CELL_KEYS)
 
 
 def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: int, image_side: int,
                            ops: tuple[str, ...] = TEMPLATE_OPS) -> NetworkSpec:
-    """Configuration -> NetworkSpec (pure; the sampled genotypes depend only on the alphas)."""
-    return NetworkSpec(genotype=config_genotype(config, darts=darts, ops=ops), in_channels=int(in_channels),
-                       n_classes=int(n_classes), image_side=int(image_side), n_cells=int(config["n_cells"]),
-                       base_channels=int(config["base_channels"]), dropout=0.0, head_hidden=(),
-                       stem_pool=default_stem_pool(int(image_side)))
+    """Configuration -> NetworkSpec (pure; the sampled genotypes depend only on the alphas).
+
+    A configuration with stage cells (STAGE_CELL_KEYS) gets one genotype per stage and their names
+    (NetworkSpec.stage_genotypes / stage_cells); one without them gets the default cell everywhere.
+    """
+    stage_genotypes: tuple[Genotype, ...] = ()
+    names = config_cells(config) if any(key in config for key in STAGE_CELL_KEYS) else ()
+    if names:
+        pool = genotype_pool(darts, ops)
+        missing = sorted(set(names) - set(pool))
+        if missing:
+            raise ValueError(f"cells {missing} are not in the pool {sorted(pool)} (a DARTS result is needed for them)")
+        stage_genotypes = tuple(pool[name] for name in names)
+    return NetworkSpec(genotype=stage_genotypes[0] if stage_genotypes else DEFAULT_GENOTYPE,
+                       in_channels=int(in_channels), n_classes=int(n_classes), image_side=int(image_side),
+                       n_cells=int(config["n_cells"]), base_channels=int(config["base_channels"]), dropout=0.0,
+                       head_hidden=(), stem_pool=default_stem_pool(int(image_side)),
+                       stage_genotypes=stage_genotypes, stage_cells=names)
 
 
 def config_to_train_config(config: dict, epochs: int, seed: int, *, batch_size: int) -> TrainConfig:

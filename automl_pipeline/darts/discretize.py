@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from automl_pipeline.search_space.genotype import Genotype
+from automl_pipeline.search_space.genotype import Genotype, node_edges
 
 # Operation groups for "discretization by grouping" (thesis section 3.5).
 GROUPS = {"none": "none", "skip_connect": "skip", "max_pool_3x3": "pool", "avg_pool_3x3": "pool"}
@@ -107,6 +107,28 @@ def derive_genotype(alphas_normal, alphas_reduce, ops, *, k: int = 2, allow_zero
     normal, normal_concat = _cell(alphas_normal, ops, k, allow_zero, grouping, max_skips)
     reduce, reduce_concat = _cell(alphas_reduce, ops, k, allow_zero, grouping, None)
     return Genotype(normal, normal_concat, reduce, reduce_concat)
+
+
+def with_more_skips(genotype: Genotype, alphas_normal, ops, *, extra: int) -> Genotype:
+    """A skip-heavier variant of a genotype derived from these weights: of its NORMAL cell's non-skip
+    edges, the `extra` ones whose skip_connect weight is largest (ties: the earlier edge) become
+    skip_connect from the same input; the reduction cell is unchanged. The edges DARTS was closest
+    to making skips are the ones that become skips (BOHB's pool, `bohb.worker.genotype_pool`)."""
+    ops = tuple(ops)
+    if "skip_connect" not in ops:
+        raise ValueError(f"no skip_connect among the ops {ops}")
+    a, n_nodes = _check(alphas_normal, ops)
+    nodes = node_edges(genotype.normal, genotype.normal_concat)
+    if len(nodes) != n_nodes:
+        raise ValueError(f"the genotype has {len(nodes)} normal nodes, the weights {n_nodes}")
+    skip = ops.index("skip_connect")
+    edges = [edge for node in nodes for edge in node]
+    rows = [j * (j + 3) // 2 + i for j, node in enumerate(nodes) for _, i in node]   # node j's inputs start there
+    candidates = sorted((n for n, (op, _) in enumerate(edges) if op != "skip_connect"),
+                        key=lambda n: (-a[rows[n], skip], n))
+    for n in candidates[:max(0, int(extra))]:
+        edges[n] = ("skip_connect", edges[n][1])
+    return genotype._replace(normal=tuple(edges))
 
 
 def amplify(weights: np.ndarray, temperature: float) -> np.ndarray:

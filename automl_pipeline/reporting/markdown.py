@@ -22,6 +22,7 @@ PLOT_CAPTIONS = {
     "class_counts": "Images per class and split",
     "darts_alphas": "DARTS architecture weights per edge and skip count per epoch",
     "bohb": "BOHB: best validation macro-F1 over time and losses per budget",
+    "cell_stack": "Chosen model: cell and skip edges per position of the stack",
     "confusion": "Held-out test confusion matrix",
     "per_class_f1": "Held-out test F1 per class",
 }
@@ -134,23 +135,40 @@ def describe_architecture(arch: dict) -> list[str]:
                  + (f"an MLP head {head_text}" if head_text else "a linear head")
                  + (f" with dropout {arch['dropout']}" if arch.get("dropout") is not None else "")
                  + f", {arch.get('n_classes', '?')} outputs.")
-    genotype = arch.get("genotype")
-    if isinstance(genotype, dict):
-        lines.append("")
-        lines.append("Cells (DARTS convention: states 0 and 1 are the cell's inputs, the outputs of the two "
-                     "previous cells; state k ≥ 2 is intermediate node k; node inputs are summed):")
-        lines.append("")
-        for cell in ("normal", "reduce"):
-            pairs = genotype.get(cell)
+    stages = arch.get("stage_genotypes")
+    names = arch.get("stage_cells") or []
+    stack = arch.get("cell_stack")
+    if isinstance(stages, list) and stages:
+        used = sorted({c.get("stage") for c in stack if isinstance(c, dict)}) if isinstance(stack, list) else []
+        cells = [(f"stage {s}" + (f" (`{names[s]}`)" if s < len(names) else ""), stages[s])
+                 for s in used or range(len(stages)) if isinstance(s, int) and 0 <= s < len(stages)]
+    else:
+        cells = [("", arch.get("genotype"))]
+    cell_lines = []
+    for label, genotype in cells:
+        if not isinstance(genotype, dict):
+            continue
+        for kind in ("normal", "reduce"):
+            pairs = genotype.get(kind)
             if not isinstance(pairs, list):
                 continue
-            concat = genotype.get(f"{cell}_concat")
-            lines.append(f"- **{cell} cell**: " + "; ".join(_node_words(pairs))
-                         + (f"; output = concat of states {list(concat)}" if concat else ""))
+            concat = genotype.get(f"{kind}_concat")
+            cell_lines.append(f"- **{(label + ' ') if label else ''}{kind} cell**: " + "; ".join(_node_words(pairs))
+                              + (f"; output = concat of states {list(concat)}" if concat else ""))
+    if cell_lines:
+        lines += ["", "Cells (DARTS convention: states 0 and 1 are the cell's inputs, the outputs of the two "
+                  "previous cells; state k ≥ 2 is intermediate node k; node inputs are summed):", ""] + cell_lines
+    if isinstance(stack, list) and stack:
+        lines += ["", "Cell stack (stage s starts at the s-th reduction cell; skips = skip_connect edges of the "
+                  "cell built at that position):", ""]
+        lines += _table(["position", "stage", "kind", "cell", "skips"],
+                        [[c.get("position"), c.get("stage"), "reduction" if c.get("reduction") else "normal",
+                          c.get("cell") or "(one cell for all)", c.get("skips")]
+                         for c in stack if isinstance(c, dict)])
     return lines
 
 
-def _final(report: dict) -> list[str]:
+def _final(report: dict, links: list[str]) -> list[str]:
     final = _dict(report, "final")
     if final is None:
         return []
@@ -169,7 +187,7 @@ def _final(report: dict) -> list[str]:
     lines += ["; ".join(facts) + ".", ""]
     arch = final.get("architecture")
     if isinstance(arch, dict) and arch:
-        lines += describe_architecture(arch) + [""]
+        lines += describe_architecture(arch) + [""] + links
     else:
         lines += ["No network architecture (not a trained network).", ""]
     config = final.get("config")
@@ -414,7 +432,7 @@ def render_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] |
     link = lambda *names: _plot_links(out_dir, plots, names)  # noqa: E731
     lines: list[str] = []
     lines += _headline(report)
-    lines += _final(report)
+    lines += _final(report, link("cell_stack"))
     lines += _data(report, link("class_counts"))
     lines += _phases(report, link("timeline"))
     lines += _darts(report, link("darts_alphas"))

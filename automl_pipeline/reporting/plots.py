@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
 from automl_pipeline.reporting.numbers import finite  # noqa: E402
@@ -289,6 +290,40 @@ def plot_bohb(report: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+# --------------------------------------------------------------------------- cell stack
+
+
+def plot_cell_stack(report: dict, path: Path) -> Path | None:
+    """The chosen model's stack (final.architecture.cell_stack): skip edges of the cell at each position,
+    coloured by stage, reduction cells hatched, the cell's name under each bar. Whether deeper cells have
+    more skips (the poster's finding for BOHB's choices) is read off left to right."""
+    arch = (_section(report, "final") or {}).get("architecture")
+    stack = arch.get("cell_stack") if isinstance(arch, dict) else None
+    if not isinstance(stack, list) or not stack:
+        return None
+    n = len(stack)
+    skips = [finite(c.get("skips")) or 0.0 for c in stack]
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(min(max(4.5, 0.9 * n + 2), 12.0), 3.6))
+    stages = [int(c.get("stage") or 0) for c in stack]
+    for i, (c, v, stage) in enumerate(zip(stack, skips, stages)):
+        ax.bar(i, v, color=colours[stage % len(colours)], edgecolor="black", hatch="//" if c.get("reduction") else None)
+        ax.text(i, v + 0.05, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([f"{i}{' (red.)' if c.get('reduction') else ''}\n{c.get('cell') or 'shared cell'}"
+                        for i, c in enumerate(stack)], fontsize=8)
+    ax.set_xlabel("position in the stack (red. = reduction cell, hatched)")
+    ax.set_ylabel("skip_connect edges")
+    ax.set_ylim(0, max(skips + [1.0]) * 1.25)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Chosen model: cell and skip edges per position")
+    ax.legend(handles=[Patch(facecolor=colours[s % len(colours)], edgecolor="black", label=f"stage {s}")
+                       for s in sorted(set(stages))], fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------- test metrics
 
 
@@ -391,6 +426,7 @@ PLOTTERS: dict[str, Plotter] = {
     "class_counts": plot_class_counts,
     "darts_alphas": plot_darts_alphas,
     "bohb": plot_bohb,
+    "cell_stack": plot_cell_stack,
     "confusion": plot_confusion,
     "per_class_f1": plot_per_class_f1,
 }

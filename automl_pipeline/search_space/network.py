@@ -17,6 +17,11 @@ Layout rules (shared with the DARTS supernet):
   `node_channels(width, len(concat)) = max(2, width // len(concat))` channels.
 - Head: global average pool -> [Linear -> ReLU -> Dropout] per entry of
   head_hidden -> Linear(n_classes) logits.
+- Stages (`cell_stages`): stage 0 = the cells before the first reduction cell, stage 1 = from the first
+  reduction cell up to the second, stage 2 = from the second reduction cell on (a reduction cell belongs to
+  the stage it opens). A spec may give one genotype per stage (`NetworkSpec.stage_genotypes`); each cell is
+  built from its stage's genotype, the normal or the reduce part by the cell's kind. A network with fewer
+  reductions has fewer stages and leaves the later stage genotypes unused.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from automl_pipeline.search_space.genotype import Genotype, validate_genotype
 
 
 STEM_POOL_MIN_SIDE = 16
+N_STAGES = 3          # at most two reduction cells -> stages 0, 1, 2
 
 
 def default_stem_pool(image_side: int) -> bool:
@@ -53,9 +59,25 @@ def reduction_cells(n_cells: int, image_side: int) -> tuple[bool, ...]:
     return tuple(layout)
 
 
+def cell_stages(layout: tuple[bool, ...]) -> tuple[int, ...]:
+    """The stage of each cell of a reduction layout: the number of reduction cells up to and including it."""
+    stages, stage = [], 0
+    for reduction in layout:
+        stage += bool(reduction)
+        if stage >= N_STAGES:
+            raise ValueError(f"a layout with more than {N_STAGES - 1} reduction cells: {layout}")
+        stages.append(stage)
+    return tuple(stages)
+
+
 def node_channels(width: int, n_concat: int) -> int:
     """Channels per intermediate node for a cell of the given output width."""
     return max(2, width // n_concat)
+
+
+def cells_side(image_side: int, stem_pool: bool) -> int:
+    """The spatial side the first cell sees."""
+    return -(-image_side // 2) if stem_pool else image_side
 
 
 def stack_cells(in_channels: int, base_channels: int, n_cells: int, image_side: int,
@@ -70,8 +92,7 @@ def stack_cells(in_channels: int, base_channels: int, n_cells: int, image_side: 
     if stem_pool:
         stem.append(nn.ReLU())
         stem.append(nn.MaxPool2d(2, ceil_mode=True))
-        image_side = -(-image_side // 2)
-    layout = reduction_cells(n_cells, image_side)
+    layout = reduction_cells(n_cells, cells_side(image_side, stem_pool))
     cells = nn.ModuleList()
     C_pp = C_p = width = base_channels
     reduction_prev = False
@@ -86,6 +107,15 @@ def stack_cells(in_channels: int, base_channels: int, n_cells: int, image_side: 
 
 @dataclass(frozen=True)
 class NetworkSpec:
+    """A stacked network as data.
+
+    genotype: the cell of every position, or with `stage_genotypes` the cell of stage 0.
+    stage_genotypes: () or one genotype per stage (N_STAGES of them, see `cell_stages`); when given,
+      stage_genotypes[0] == genotype.
+    stage_cells: () or the stage genotypes' names (BOHB's pool names, `bohb.worker.genotype_pool`), one per
+      stage; labels for the report, the network is built from the genotypes.
+    """
+
     genotype: Genotype
     in_channels: int
     n_classes: int
@@ -95,6 +125,8 @@ class NetworkSpec:
     dropout: float = 0.3
     head_hidden: tuple[int, ...] = (64, 32, 16)
     stem_pool: bool = False
+    stage_genotypes: tuple[Genotype, ...] = ()
+    stage_cells: tuple[str, ...] = ()
 
     def __post_init__(self):
         validate_genotype(self.genotype)
@@ -103,19 +135,59 @@ class NetworkSpec:
         if self.n_cells < 1 or self.base_channels < 1 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"bad network sizes in {self}")
         object.__setattr__(self, "head_hidden", tuple(int(h) for h in self.head_hidden))
+        object.__setattr__(self, "stage_genotypes", tuple(self.stage_genotypes))
+        object.__setattr__(self, "stage_cells", tuple(str(c) for c in self.stage_cells))
+        if self.stage_genotypes:
+            if len(self.stage_genotypes) != N_STAGES:
+                raise ValueError(f"stage_genotypes needs {N_STAGES} genotypes, got {len(self.stage_genotypes)}")
+            for g in self.stage_genotypes:
+                validate_genotype(g)
+            if self.stage_genotypes[0] != self.genotype:
+                raise ValueError("stage_genotypes[0] must be the spec's genotype")
+        if self.stage_cells and len(self.stage_cells) != len(self.stage_genotypes):
+            raise ValueError(f"stage_cells {self.stage_cells} needs one name per stage genotype "
+                             f"({len(self.stage_genotypes)})")
+
+    def stage_genotype(self, stage: int) -> Genotype:
+        """The genotype of a stage's cells."""
+        return self.stage_genotypes[stage] if self.stage_genotypes else self.genotype
+
+    def reduction_layout(self) -> tuple[bool, ...]:
+        """Which cells reduce (`reduction_cells` at the side the first cell sees)."""
+        return reduction_cells(self.n_cells, cells_side(self.image_side, self.stem_pool))
+
+    def cell_stack(self) -> list[dict]:
+        """The stack per position: [{"position", "stage", "reduction", "cell" (the stage's name, or None
+        without stage_cells), "skips" (skip_connect edges of the cell built there: the normal or the reduce
+        part by its kind)}]."""
+        stack, layout = [], self.reduction_layout()
+        for position, (reduction, stage) in enumerate(zip(layout, cell_stages(layout))):
+            g = self.stage_genotype(stage)
+            edges = g.reduce if reduction else g.normal
+            stack.append({"position": position, "stage": stage, "reduction": bool(reduction),
+                          "cell": self.stage_cells[stage] if self.stage_cells else None,
+                          "skips": sum(op == "skip_connect" for op, _ in edges)})
+        return stack
 
     def to_json(self) -> dict:
+        """JSON-ready dict; `cell_stack` is derived (for the report) and ignored by from_json."""
         d = dataclasses.asdict(self)
         d["genotype"] = self.genotype.to_json()
         d["head_hidden"] = list(self.head_hidden)
+        d["stage_genotypes"] = [g.to_json() for g in self.stage_genotypes]
+        d["stage_cells"] = list(self.stage_cells)
+        d["cell_stack"] = self.cell_stack()
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "NetworkSpec":
-        d = dict(d)
+        """Inverse of to_json; reads JSON of earlier versions too (no stem_pool, no stage keys)."""
+        d = {k: v for k, v in d.items() if k != "cell_stack"}
         d["genotype"] = Genotype.from_json(d["genotype"])
         d["head_hidden"] = tuple(d.get("head_hidden", (64, 32, 16)))
         d["stem_pool"] = bool(d.get("stem_pool", False))
+        d["stage_genotypes"] = tuple(Genotype.from_json(g) for g in d.get("stage_genotypes", ()))
+        d["stage_cells"] = tuple(d.get("stage_cells", ()))
         return cls(**d)
 
 
@@ -132,14 +204,16 @@ class Network(nn.Module):
 
     def __init__(self, spec: NetworkSpec):
         super().__init__()
-        g = spec.genotype
+        stages = iter(cell_stages(spec.reduction_layout()))   # stack_cells builds the cells in order
 
         def make_cell(C_pp: int, C_p: int, width: int, reduction: bool, reduction_prev: bool) -> Cell:
+            g = spec.stage_genotype(next(stages))
             edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
             return Cell(edges, concat, C_pp, C_p, node_channels(width, len(concat)), reduction, reduction_prev)
 
         self.stem, self.layout, self.cells, C_p = stack_cells(spec.in_channels, spec.base_channels, spec.n_cells,
                                                               spec.image_side, make_cell, stem_pool=spec.stem_pool)
+        self.stages = cell_stages(self.layout)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = mlp_head(C_p, spec.head_hidden, spec.n_classes, spec.dropout)
 
