@@ -22,7 +22,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from automl_pipeline.delivery import Candidate
 from automl_pipeline.errors import InputError
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import Genotype
-from submission import atomic_write_bytes, write_json
+from submission import atomic_write_bytes, to_jsonable, write_json
 
 FORMAT_VERSION = 1
 # Settings whose change makes earlier results meaningless; a resume that changes one is refused.
@@ -276,7 +276,7 @@ class Checkpoints:
         target = self.dir / "bohb_previous"
         target.mkdir(parents=True, exist_ok=True)
         for name, lines in (("configs.json", config_lines), ("results.json", result_lines)):
-            text = "".join(json.dumps(_plain(line)) + "\n" for line in lines)
+            text = "".join(json.dumps(to_jsonable(line)) + "\n" for line in lines)
             atomic_write_bytes(target / name, text.encode())
         return target
 
@@ -334,23 +334,12 @@ def _json_lines(path: Path) -> list:
 
 
 def _key(result_line: list) -> str:
-    return json.dumps(_plain(result_line), sort_keys=True)
+    return json.dumps(to_jsonable(result_line), sort_keys=True)
 
 
 def _unique_id(batch: int, config_id) -> tuple:
     ids = [int(v) for v in config_id]
     return (ids[0] - (batch + 1) * ID_STRIDE, *ids[1:])
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None (hpbandster writes NaN tokens; strict JSON has none)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def config_fits(space, config: dict) -> bool:
