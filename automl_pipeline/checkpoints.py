@@ -4,7 +4,7 @@ Files (each written atomically: a reader sees the old file or the new one, never
 
 | file | written | content |
 | --- | --- | --- |
-| `run.json` | at start | fingerprint of what the results depend on (data source, method, seed, image side), attempt number |
+| `run.json` | at start | fingerprint of what the results depend on (data source, method, seed, image side, search options), attempt number |
 | `delivered.json` | after every delivery | the delivered candidate: source, val macro-F1, held-out and predict labels, sha256 of predictions.npy |
 | `darts.pt` | after every DARTS epoch | the search state (`run_darts(on_checkpoint=...)`), tensors and plain types only |
 | `darts_outcome.json` | when the DARTS phase ends | the DartsResult report, or why DARTS was skipped: a resumed run reuses it |
@@ -37,7 +37,7 @@ from submission import atomic_write_bytes, to_jsonable, write_json
 
 FORMAT_VERSION = 1
 # Settings whose change makes earlier results meaningless; a resume that changes one is refused.
-FINGERPRINT_KEYS = ("data", "method", "seed", "image_side_cap")
+FINGERPRINT_KEYS = ("data", "method", "seed", "image_side_cap", "search")
 # Config ids of kept BOHB trials are (attempt * ID_STRIDE + iteration, stage, index): unique across attempts.
 ID_STRIDE = 100_000
 

@@ -83,6 +83,8 @@ def test_start_resume_and_refusals(tmp_path):
         Checkpoints(tmp_path).start(_fp(method="baseline"), resume=True)
     with pytest.raises(InputError, match="image_side_cap"):
         Checkpoints(tmp_path).start(_fp(image_side_cap=64), resume=True)
+    with pytest.raises(InputError, match="search"):
+        Checkpoints(tmp_path).start(_fp(search={"loss": "ce"}), resume=True)
     again = Checkpoints(tmp_path)
     again.start(_fp(), resume=True)
     assert again.attempt == 1
