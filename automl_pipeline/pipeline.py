@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_pipeline import phases
+from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
 from automl_pipeline.bohb import BohbResult
 from automl_pipeline.bohb.space import DEFAULT_CELL
 from automl_pipeline.bohb.worker import config_cells
@@ -196,7 +196,7 @@ class _Run:
     log: RunLog
     report: RunReport
     checkpoints: Checkpoints
-    data: phases.RunData
+    data: common.RunData
     delivery: Delivery
     resumed: dict | None
 
@@ -237,7 +237,7 @@ class _Run:
         resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
         run = cls(settings=settings, budget=budget, out_dir=out_dir, log=log, report=report,
                   checkpoints=checkpoints, data=data, delivery=delivery, resumed=resumed)
-        run.deliver(phases.majority_candidate(data, splits.val.labels))
+        run.deliver(common.majority_candidate(data, splits.val.labels))
         return run
 
     def deliver(self, candidate) -> None:
@@ -251,7 +251,7 @@ class _Run:
             return
         with self.budget.start_phase("first_model") as phase:
             try:
-                self.deliver(phases.train_first_model(self.data, phase.remaining, baseline=self.baseline,
+                self.deliver(first_model.train_first_model(self.data, phase.remaining, baseline=self.baseline,
                                                       seed=self.settings.seed, log=self.log,
                                                       options=self.settings.search))
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
@@ -270,7 +270,7 @@ class _Run:
             progress = self.checkpoints.load_darts_progress() if resume else None
             with self.budget.start_phase("darts") as phase:
                 try:
-                    darts, why_not = phases.search_architecture(
+                    darts, why_not = architecture.search_architecture(
                         self.data, phase.remaining, seed=self.settings.seed, log=self.log,
                         options=self.settings.search, progress=progress,
                         on_checkpoint=self.checkpoints.save_darts_progress)
@@ -299,7 +299,7 @@ class _Run:
             return None
         why = "replaced by a random cell from uniform alphas (search options: darts random)"
         self.budget.skip_phase("darts", why)
-        darts = phases.random_darts_stand_in(self.settings.search, seed=self.settings.seed)
+        darts = architecture.random_darts_stand_in(self.settings.search, seed=self.settings.seed)
         self.log.event("darts_random_cell", f"{why}: {darts.genotype}")
         section = self.report.sections["darts"] = search_section("skipped", why)
         section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)
@@ -314,7 +314,7 @@ class _Run:
             previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
         with self.budget.start_phase("bohb") as phase:
             try:
-                bohb, why_not = phases.search_hyperparameters(
+                bohb, why_not = hyperparameters.search_hyperparameters(
                     self.data, darts, phase.remaining, baseline=self.baseline, seed=settings.seed,
                     out_dir=self.out_dir, workers=settings.workers, nameserver_host=settings.nameserver_host,
                     nameserver_port=settings.nameserver_port, log=self.log, options=settings.search,
@@ -349,10 +349,10 @@ class _Run:
     def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
         with self.budget.start_phase("final_fit") as phase:
             try:
-                source, description, spec, config_for = phases.final_choice(
+                source, description, spec, config_for = final_fit.final_choice(
                     self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
                     options=self.settings.search)
-                for candidate in phases.fit_for_the_time_left(source, description, spec, config_for, self.data,
+                for candidate in final_fit.fit_for_the_time_left(source, description, spec, config_for, self.data,
                                                               phase.remaining, log=self.log):
                     self.deliver(candidate)
             except Exception as err:   # noqa: BLE001
@@ -366,7 +366,7 @@ def _phase_failed(log: RunLog, name: str, err: Exception) -> str:
     return f"failed ({text})"
 
 
-def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, data: phases.RunData, log: RunLog,
+def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, data: common.RunData, log: RunLog,
             report: RunReport) -> dict:
     """Take over what the killed attempt left: its delivered model, DARTS epochs and BOHB trials.
 
@@ -399,14 +399,14 @@ def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, da
     return section
 
 
-def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> phases.RunData:
+def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> common.RunData:
     mean, std = channel_stats(splits.train.images)
     tensors = {name: to_tensor_data(getattr(splits, name).images, getattr(splits, name).labels, device, mean, std)
                for name in ("train", "val", "test")}
     predict_is_heldout = splits.predict is splits.test
     predict = None if predict_is_heldout else to_tensor_data(splits.predict.images, None, device, mean, std)
     height, _, channels = dataset.image_shape
-    return phases.RunData(train=tensors["train"], val=tensors["val"], heldout=tensors["test"], predict=predict,
+    return common.RunData(train=tensors["train"], val=tensors["val"], heldout=tensors["test"], predict=predict,
                           n_classes=dataset.n_classes, in_channels=channels, image_side=height,
                           train_counts=np.bincount(splits.train.labels, minlength=dataset.n_classes),
                           device=device)

@@ -29,7 +29,7 @@ from automl_pipeline.bohb import (TrialContext, build_config_space, choose_budge
                                   config_to_train_config, run_bohb, to_plain)
 from automl_pipeline.bohb.phase import default_first_configs  # noqa: E402
 from automl_pipeline.bohb.worker import build_trial_network  # noqa: E402
-from automl_pipeline.phases import MIN_TRIAL_IMAGES_PER_CLASS, MIN_TRIAL_STEPS  # noqa: E402
+from automl_pipeline.phases.hyperparameters import MIN_TRIAL_IMAGES_PER_CLASS, MIN_TRIAL_STEPS  # noqa: E402
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data  # noqa: E402
 from automl_pipeline.training.planning import measure_epoch_seconds  # noqa: E402
 
@@ -47,7 +47,7 @@ def digits_context(n_train: int, n_val: int, seed: int, device: torch.device) ->
 
 def plan_budgets(ctx: TrialContext, space, time_left) -> tuple[float, tuple[float, float] | None, float]:
     """(epoch seconds, (min, max) budgets or None, min-budget floor) as the pipeline's BOHB phase plans them
-    (phases.search_hyperparameters): one timed epoch of the space's default configuration, then
+    (hyperparameters.search_hyperparameters): one timed epoch of the space's default configuration, then
     choose_budgets over the time left."""
     default = to_plain(dict(space.get_default_configuration()))
     epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), ctx.train, ctx.val, ctx.n_classes,

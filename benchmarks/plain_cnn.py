@@ -140,7 +140,7 @@ def training_facts(fit: dict) -> dict:
     result = fit["result"]
     history = result.history if result is not None else []
     result_s = result.seconds if result is not None else 0.0
-    # as ours' final.train_images_per_s (phases.train_candidate): images / seconds of the epochs, validation included
+    # as ours' final.train_images_per_s (phases.common.train_candidate): images / seconds of the epochs, validation included
     images = sum(h["batches"] * h.get("batch_size", BATCH_SIZE) for h in history)
     seconds = sum(h["seconds"] for h in history)
     return {"epochs": result.epochs_done if result is not None else 0, "epochs_planned": fit["epochs_planned"],

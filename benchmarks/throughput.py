@@ -8,15 +8,15 @@
 Side by side on the same machine, on synthetic 28x28x1 and 32x32x3 data (10 classes):
   (1) `plain CNN`: the network the user would write (benchmarks/plain_cnn.build_plain_cnn: 3 blocks of
       conv3x3-BN-ReLU-maxpool with 32/64/128 channels, FC 256);
-  (2) `default`: the pipeline's default network exactly as the run builds it (phases.first_model_spec =
-      phases.network_spec(data, DEFAULT_GENOTYPE) = bohb.worker.config_to_network_spec of
+  (2) `default`: the pipeline's default network exactly as the run builds it (phases.common.first_model_spec =
+      phases.common.network_spec(data, DEFAULT_GENOTYPE) = bohb.worker.config_to_network_spec of
       {n_cells 3, base_channels 32}: a pooling stem on sides >= 16, DEFAULT_GENOTYPE, a linear head);
   (3) `bohb c<n>/b<w>`: the extremes BOHB can draw (n_cells 2 and 5 x base_channels 16 and 32, default cell);
 all trained by the real `train_model` loop with one TrainConfig, the pipeline's
-phases.default_train_config (AdamW, one-cycle, augmentation, focal loss, batch `--batch` = 128, no
+phases.common.default_train_config (AdamW, one-cycle, augmentation, focal loss, batch `--batch` = 128, no
 validation), and reported as images/s, seconds per epoch of EPOCH_IMAGES = 50,000 training images
 (CIFAR-10 sized) and images/s as a multiple of the plain CNN's on the same data and precision;
-  (4) the DARTS search step of each proxy in phases.DARTS_PROXIES (phases.darts_config(proxy, side,
+  (4) the DARTS search step of each proxy in phases.architecture.DARTS_PROXIES (phases.architecture.darts_config(proxy, side,
       epochs=1, seed=0): batch DARTS_BATCH, images resized to the proxy side, the run's focal loss),
       stepping darts.search._Search (an alpha step on a val batch plus a weight step on a train batch):
       seconds per step, architecture steps per minute, train images/s.
@@ -63,8 +63,8 @@ import torch  # noqa: E402
 
 from automl_pipeline.bohb.worker import config_to_network_spec  # noqa: E402
 from automl_pipeline.darts.search import _Search  # noqa: E402
-from automl_pipeline.phases import (DARTS_BATCH, DARTS_PROXIES, darts_config, default_train_config,  # noqa: E402
-                                    first_model_spec)
+from automl_pipeline.phases.architecture import DARTS_BATCH, DARTS_PROXIES, darts_config  # noqa: E402
+from automl_pipeline.phases.common import default_train_config, first_model_spec  # noqa: E402
 from automl_pipeline.search_space import NetworkSpec, build_network  # noqa: E402
 from automl_pipeline.training import TensorData, configure_threads, make_loss, resolve_device, train_model  # noqa: E402
 from automl_pipeline.training.device import configure_device  # noqa: E402
@@ -73,7 +73,7 @@ from plain_cnn import build_plain_cnn  # noqa: E402
 EPOCH_IMAGES = 50_000
 N_CLASSES = 10
 SHAPES = ((28, 1), (32, 3))          # (side, channels)
-BATCH = 128                          # the run's batch on >= 5,000 training images (phases.RunData.batch_size)
+BATCH = 128                          # the run's batch on >= 5,000 training images (phases.common.RunData.batch_size)
 UTIL_BATCHES = (128, 256)
 BOHB_EXTREMES = tuple((n, b) for n in (2, 5) for b in (16, 32))   # space.py: n_cells 2..5, base 16/24/32
 PLAIN = "plain CNN"
@@ -112,7 +112,7 @@ def row(kind: str, side: int, channels: int, batch: int, precision: str, channel
 
 
 def default_spec(side: int, channels: int) -> NetworkSpec:
-    """The default network a run builds (phases.first_model_spec)."""
+    """The default network a run builds (phases.common.first_model_spec)."""
     return first_model_spec(SimpleNamespace(in_channels=channels, n_classes=N_CLASSES, image_side=side))
 
 
@@ -148,7 +148,7 @@ def networks(side: int, channels: int) -> list[tuple[str, dict, callable]]:
 def train_once(model, data: TensorData, batch: int, precision: str, channels_last: bool, *,
                epochs_only: bool = False) -> float:
     """Seconds of one train_model epoch over all of `data` with the pipeline's default TrainConfig
-    (phases.default_train_config, ours: focal loss), no validation: the whole call, or with
+    (phases.common.default_train_config, ours: focal loss), no validation: the whole call, or with
     `epochs_only` the epoch's own time (history "seconds": the batches up to the epoch's loss read,
     a device sync; without train_model's set-up and final state copy, as the run's
     train_images_per_s and plain_cnn.py's count it)."""
@@ -188,12 +188,12 @@ def proxy_name(proxy) -> str:
 
 
 def bench_darts(device, side, channels, proxy, precision, channels_last, steps, warmup) -> dict:
-    """One proxy's search step as the run takes it (phases.darts_config; the run's focal loss)."""
+    """One proxy's search step as the run takes it (phases.architecture.darts_config; the run's focal loss)."""
     config = darts_config(proxy, side, epochs=1, seed=0)
     n = config.batch_size * (steps + warmup)
     train, val = synthetic(n, side, channels, device, 0), synthetic(n, side, channels, device, 1)
     counts = np.bincount(train.y.cpu().numpy(), minlength=N_CLASSES)
-    loss = make_loss("focal", counts, gamma=3.0, smoothing=0.8, device=device)     # as phases.search_architecture
+    loss = make_loss("focal", counts, gamma=3.0, smoothing=0.8, device=device)     # as phases.architecture.search_architecture
     search = _Search(train, val, N_CLASSES, config, loss, amp=precision == "bf16", channels_last=channels_last)
     batches = search.train_batches()
     for _ in range(warmup):
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"--steps {QUICK_STEPS} --warmup {QUICK_WARMUP} unless given: the whole CPU table in ~3 min")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per configuration (default 20)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (cuDNN autotune; default 3)")
-    ap.add_argument("--batch", type=int, default=BATCH, help="training batch (DARTS uses phases.DARTS_BATCH)")
+    ap.add_argument("--batch", type=int, default=BATCH, help="training batch (DARTS uses phases.architecture.DARTS_BATCH)")
     ap.add_argument("--shapes", default=",".join(f"{s}x{c}" for s, c in SHAPES),
                     help="comma-separated SIDExCHANNELS, default 28x1,32x3")
     ap.add_argument("--no-darts", action="store_true", help="skip the DARTS proxy rows")
@@ -394,11 +394,11 @@ def main(argv: list[str] | None = None) -> int:
 
     md = [(f"device: {machine_info(str(device)).get('device_name')}, torch {torch.__version__}, "
            f"threads {threads}, {steps} timed steps after {warmup} warm-up; train_model with "
-           f"phases.default_train_config (AdamW, one-cycle, augmentation, focal loss); "
+           f"phases.common.default_train_config (AdamW, one-cycle, augmentation, focal loss); "
            f"s / epoch of 50k = seconds per {EPOCH_IMAGES:,} training images"), "",
           named_table(rows, TRAIN_COLUMNS)]
     if darts_rows:
-        md += ["", (f"DARTS search step (phases.DARTS_PROXIES, batch {DARTS_BATCH}: alpha step on a val batch + "
+        md += ["", (f"DARTS search step (phases.architecture.DARTS_PROXIES, batch {DARTS_BATCH}: alpha step on a val batch + "
                     "weight step on a train batch)"), "", named_table(darts_rows, DARTS_COLUMNS)]
     if util:
         md += ["", table(util, ["data", "base_channels", "batch", "precision", "images_per_s", "smi_util_mean",

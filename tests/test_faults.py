@@ -154,12 +154,12 @@ def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
     started = time.monotonic()
     # run.py, with the DARTS search replaced by one that never returns (as a stuck phase would)
     hang = ("import sys, time\n"
-            "from automl_pipeline import phases\n"
+            "from automl_pipeline.phases import architecture\n"
             "from automl_pipeline.cli import exit_at_once, main\n"
             "def stuck(*args, **kwargs):\n"
             "    while True:\n"
             "        time.sleep(0.5)\n"
-            "phases.search_architecture = stuck\n"
+            "architecture.search_architecture = stuck\n"
             "exit_at_once(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", hang, "--time-limit", "20", "--output-dir", str(out),
                            "--quiet", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=60)

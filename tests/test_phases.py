@@ -1,4 +1,4 @@
-"""Helpers of the run's phases (automl_pipeline/phases.py) that the end-to-end tests only see from outside."""
+"""Helpers of the run's phases (automl_pipeline/phases/) that the end-to-end tests only see from outside."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,38 +7,38 @@ import numpy as np
 import pytest
 import torch
 
-from automl_pipeline import phases
+from automl_pipeline.phases import architecture, common, first_model
 from automl_pipeline.training.tensors import random_subset
 from automl_pipeline.data import load_dataset, make_splits
 from automl_pipeline.pipeline import _to_run_data
 
 
 @pytest.fixture(scope="module")
-def digits() -> phases.RunData:
+def digits() -> common.RunData:
     dataset = load_dataset(None, max_side=8)
     return _to_run_data(dataset, make_splits(dataset, seed=0), torch.device("cpu"))
 
 
 def test_batch_for_steps_halves_the_batch_until_enough_steps():
-    assert phases.batch_for_steps(5000, 10, 128) == 128                 # plenty of steps: unchanged
-    assert phases.batch_for_steps(361, 3, 64) == 16                      # 18 steps at 64, 69 at 16
-    assert phases.batch_for_steps(1400, 3, 64) == 64                     # 66 steps at 64
-    assert phases.batch_for_steps(1200, 3, 64) == 32                     # 57 at 64, 114 at 32
-    assert phases.batch_for_steps(10, 1, 64) == phases.MIN_FIRST_MODEL_BATCH   # never below the floor
+    assert first_model.batch_for_steps(5000, 10, 128) == 128                 # plenty of steps: unchanged
+    assert first_model.batch_for_steps(361, 3, 64) == 16                      # 18 steps at 64, 69 at 16
+    assert first_model.batch_for_steps(1400, 3, 64) == 64                     # 66 steps at 64
+    assert first_model.batch_for_steps(1200, 3, 64) == 32                     # 57 at 64, 114 at 32
+    assert first_model.batch_for_steps(10, 1, 64) == first_model.MIN_FIRST_MODEL_BATCH   # never below the floor
     for n, epochs in [(361, 3), (803, 2), (3000, 1)]:
-        batch = phases.batch_for_steps(n, epochs, 128)
+        batch = first_model.batch_for_steps(n, epochs, 128)
         steps = epochs * -(-n // batch)
-        assert steps >= phases.MIN_FIRST_MODEL_STEPS or batch == phases.MIN_FIRST_MODEL_BATCH
-        assert batch == 128 or epochs * -(-n // (2 * batch)) < phases.MIN_FIRST_MODEL_STEPS   # the largest such
+        assert steps >= first_model.MIN_FIRST_MODEL_STEPS or batch == first_model.MIN_FIRST_MODEL_BATCH
+        assert batch == 128 or epochs * -(-n // (2 * batch)) < first_model.MIN_FIRST_MODEL_STEPS   # the largest such
 
 
 def test_a_first_model_on_a_small_subset_learns(digits, one_torch_thread):
     """Three epochs on a 361-image subset, as a 60 s digits run's first model gets: with batch 64 (18
     steps) it stayed at chance (val macro-F1 0.02); the step rule makes it learn."""
     data = dataclasses.replace(digits, train=random_subset(digits.train, 361, 0))
-    batch = phases.batch_for_steps(len(data.train), 3, data.batch_size)
-    config = phases.default_train_config(epochs=3, batch_size=batch, baseline=False, seed=0)
-    candidate, result = phases.train_candidate("first_model", phases.first_model_spec(data), config, data,
+    batch = first_model.batch_for_steps(len(data.train), 3, data.batch_size)
+    config = common.default_train_config(epochs=3, batch_size=batch, baseline=False, seed=0)
+    candidate, result = common.train_candidate("first_model", common.first_model_spec(data), config, data,
                                                lambda: 1e9, log=lambda s: None)
     assert result.epochs_done == 3 and batch == 16
     assert candidate.val_macro_f1 > 0.3
@@ -57,27 +57,27 @@ def _step_costs(costs: dict):
 
 
 def test_plan_darts_takes_the_richest_proxy_that_fits_enough_steps():
-    costs = {(p.n_cells, p.n_nodes, p.base_channels): 0.05 * 2 ** i for i, p in enumerate(phases.DARTS_PROXIES)}
+    costs = {(p.n_cells, p.n_nodes, p.base_channels): 0.05 * 2 ** i for i, p in enumerate(architecture.DARTS_PROXIES)}
     step_seconds, calls = _step_costs(costs)
     # 100 s: 1800, 900, 450 steps -> the second proxy (the third would fit fewer than RICHER_PROXY_STEPS)
-    config, n_train, why = phases.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
+    config, n_train, why = architecture.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
     assert why == "" and (config.n_cells, config.n_nodes, config.base_channels) == calls[1]
     assert len(calls) == 3                                    # the third was timed and found too slow
     assert config.proxy_side == 16 and config.stem_pool is True   # 28 px searched at 16 px with a pooling stem
     steps = int(0.9 * 100.0 / 0.1)
-    assert config.epochs == phases.MIN_DARTS_EPOCHS          # 900 steps are fewer than 6 epochs of 5000 images
-    assert n_train == steps // phases.MIN_DARTS_EPOCHS * config.batch_size
-    assert config.epochs * n_train // config.batch_size >= phases.MIN_ARCH_STEPS
+    assert config.epochs == architecture.MIN_DARTS_EPOCHS          # 900 steps are fewer than 6 epochs of 5000 images
+    assert n_train == steps // architecture.MIN_DARTS_EPOCHS * config.batch_size
+    assert config.epochs * n_train // config.batch_size >= architecture.MIN_ARCH_STEPS
 
 
 def test_plan_darts_skips_when_too_few_steps_fit_and_keeps_small_images():
-    step_seconds, calls = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 1.0 for p in phases.DARTS_PROXIES})
-    config, _, why = phases.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
-    assert config is None and f"at least {phases.MIN_ARCH_STEPS}" in why and len(calls) == 1
-    step_seconds, _ = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 0.01 for p in phases.DARTS_PROXIES})
-    config, n_train, why = phases.plan_darts(step_seconds, 1000.0, n_train=1000, n_classes=10, image_side=8, seed=0)
+    step_seconds, calls = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 1.0 for p in architecture.DARTS_PROXIES})
+    config, _, why = architecture.plan_darts(step_seconds, 100.0, n_train=5000, n_classes=10, image_side=28, seed=0)
+    assert config is None and f"at least {architecture.MIN_ARCH_STEPS}" in why and len(calls) == 1
+    step_seconds, _ = _step_costs({(p.n_cells, p.n_nodes, p.base_channels): 0.01 for p in architecture.DARTS_PROXIES})
+    config, n_train, why = architecture.plan_darts(step_seconds, 1000.0, n_train=1000, n_classes=10, image_side=8, seed=0)
     assert why == "" and config.proxy_side is None and config.stem_pool is False   # 8 px: no resize, no pool
-    assert n_train == 1000 and config.epochs == phases.MAX_DARTS_EPOCHS
+    assert n_train == 1000 and config.epochs == architecture.MAX_DARTS_EPOCHS
 
 
 def test_darts_result_counts_as_learned_only_when_supernet_and_alphas_moved():

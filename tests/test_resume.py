@@ -210,7 +210,7 @@ def test_sigkill_during_bohb_then_resume_keeps_the_finished_trials(tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, str(REPO / "run.py"), "--output-dir", str(out), "--quiet", "--method", "baseline",
             "--device", "cpu"]
-    # 240 s: BOHB's share must hold its first bracket (phases.search_hyperparameters / choose_budgets:
+    # 240 s: BOHB's share must hold its first bracket (phases.hyperparameters.search_hyperparameters / choose_budgets:
     # 12 trials of at least ~0.5 epoch of digits); at 150 s that needed an epoch under ~3.3 s, which a
     # loaded 2-core machine missed. The kill comes at the first finished trial, so the run lasts far
     # less; a BOHB phase that is skipped all the same ends the test at once (no wait for the limit).

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl_pipeline import phases
+from automl_pipeline.phases import architecture, common
 from automl_pipeline.bohb import build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.worker import TrialContext, evaluate_config
@@ -65,13 +65,13 @@ def test_the_cli_refuses_a_bad_or_missing_file_with_exit_2(tmp_path):
 
 
 def test_darts_options_reach_the_darts_config():
-    proxy = phases.DARTS_PROXIES[0]
-    full = phases.darts_config(proxy, 28, epochs=6, seed=0)
+    proxy = architecture.DARTS_PROXIES[0]
+    full = architecture.darts_config(proxy, 28, epochs=6, seed=0)
     assert full.ops == TEMPLATE_OPS and not full.second_order and full.beta0 == DartsConfig.beta0
     assert full.skip_limit == DartsConfig.skip_limit
     options = SearchOptions(extra_ops=True, second_order=True, allow_zero=True, grouping=True, max_skips=1,
                             surrogate_skip=False, early_termination=False)
-    changed = phases.darts_config(proxy, 28, epochs=6, seed=0, options=options)
+    changed = architecture.darts_config(proxy, 28, epochs=6, seed=0, options=options)
     assert changed.ops == TEMPLATE_OPS + EXTRA_OPS and changed.second_order
     assert changed.allow_zero and changed.grouping and changed.max_skips == 1
     assert changed.beta0 == 0.0 and changed.skip_limit >= 10 ** 6
@@ -80,20 +80,20 @@ def test_darts_options_reach_the_darts_config():
 def test_search_architecture_plans_with_the_options(monkeypatch):
     """The DARTS phase times and runs the configuration the options describe."""
     n, side = 400, 8
-    data = phases.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
+    data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
                           val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
                           heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
                           n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
                           device=torch.device("cpu"))
     seen = []
-    monkeypatch.setattr(phases, "estimate_epoch_seconds", lambda train, val, n_classes, config, loss, n_batches: 0.01)
+    monkeypatch.setattr(architecture, "estimate_epoch_seconds", lambda train, val, n_classes, config, loss, n_batches: 0.01)
 
     def fake_run_darts(train, val, n_classes, config, **kwargs):
         seen.append(config)
         return random_cell_result(config.ops, seed=0)
-    monkeypatch.setattr(phases, "run_darts", fake_run_darts)
+    monkeypatch.setattr(architecture, "run_darts", fake_run_darts)
     options = SearchOptions(extra_ops=True, second_order=True, early_termination=False)
-    result, why = phases.search_architecture(data, lambda: 100.0, seed=0, log=lambda s: None, options=options)
+    result, why = architecture.search_architecture(data, lambda: 100.0, seed=0, log=lambda s: None, options=options)
     assert why == "" and result is not None
     assert seen[0].ops == TEMPLATE_OPS + EXTRA_OPS and seen[0].second_order and seen[0].skip_limit >= 10 ** 6
 
@@ -121,10 +121,10 @@ def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monk
     assert result["info"]["error"] is None, result
     assert configs[0].loss == "ce" and configs[0].surrogate_beta0 == 0.0
 
-    first = phases.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0, options=options)
+    first = common.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0, options=options)
     assert first.loss == "ce"
-    assert phases.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0).loss == "focal"
-    assert phases.default_train_config(epochs=3, batch_size=16, baseline=True, seed=0, options=options).loss == "ce"
+    assert common.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0).loss == "focal"
+    assert common.default_train_config(epochs=3, batch_size=16, baseline=True, seed=0, options=options).loss == "ce"
 
 
 def test_a_random_cell_stands_in_for_darts():
@@ -133,7 +133,7 @@ def test_a_random_cell_stands_in_for_darts():
     assert np.allclose(result.alphas_normal, 1.0 / len(TEMPLATE_OPS)) and result.ops == TEMPLATE_OPS
     assert result.genotype == random_cell_result(TEMPLATE_OPS, seed=3).genotype
     assert result.genotype != random_cell_result(TEMPLATE_OPS, seed=4).genotype
-    assert phases.random_darts_stand_in(SearchOptions(extra_ops=True), seed=0).ops == TEMPLATE_OPS + EXTRA_OPS
+    assert architecture.random_darts_stand_in(SearchOptions(extra_ops=True), seed=0).ops == TEMPLATE_OPS + EXTRA_OPS
 
 
 def test_a_run_with_a_random_cell_records_the_options(tmp_path):

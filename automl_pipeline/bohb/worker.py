@@ -36,7 +36,7 @@ from automl_pipeline.training import TensorData, TrainConfig, classification_met
 from automl_pipeline.training.tensors import random_subset
 
 WORST_LOSS = 1.0
-# The settings space.py fixes (see its docstring); also the default network's training (phases.py).
+# The settings space.py fixes (see its docstring); also the default network's training (phases/common.py).
 WEIGHT_DECAY = 5e-4
 FOCAL_GAMMA = 3.0
 CLASS_WEIGHT_SMOOTHING = 0.8

@@ -1,0 +1,173 @@
+"""Phase 2, DARTS: plan a proxy search that fits the phase (or a random cell / none, by the search
+options), run it, and say whether its cell is worth using."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
+                                   steps_per_epoch)
+from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft
+from automl_pipeline.search_options import SearchOptions
+from automl_pipeline.search_space import TEMPLATE_OPS, default_stem_pool
+from automl_pipeline.search_space.ops import EXTRA_OPS
+from automl_pipeline.training import make_loss
+from automl_pipeline.training.tensors import random_subset
+
+# DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
+# the search runs on a random subset instead, never below MIN_DARTS_IMAGES_PER_CLASS on average.
+MAX_DARTS_EPOCHS = 15
+
+
+MIN_DARTS_EPOCHS = 6
+
+
+MIN_DARTS_IMAGES_PER_CLASS = 20
+
+
+@dataclass(frozen=True)
+class DartsProxy:
+    """One size of supernet to search with; `side` caps the image side it sees."""
+
+    n_cells: int
+    n_nodes: int
+    base_channels: int
+    side: int
+
+
+# Supernets to search with, cheapest first. On 2 CPU cores a full-size supernet (3 cells of 4 nodes on
+# 28 px) took ~3 s per architecture + weight step, so a 65 s phase made ~20 steps and learned nothing;
+# the cheapest proxy here takes ~0.15 s (batch 32, measured with benchmarks/darts_search.py).
+DARTS_PROXIES = (DartsProxy(n_cells=2, n_nodes=2, base_channels=8, side=16),
+                 DartsProxy(n_cells=2, n_nodes=3, base_channels=16, side=16),
+                 DartsProxy(n_cells=3, n_nodes=3, base_channels=16, side=32),
+                 DartsProxy(n_cells=3, n_nodes=4, base_channels=16, side=32))
+
+
+DARTS_BATCH = 32
+
+
+# Weight learning rate of the proxy search (SGD, cosine to DartsConfig.w_lr_min). The poster's 0.005 is for
+# 15 full epochs; in ~130 steps on digits it left the supernet at chance (val accuracy 0.16), 0.05
+# reached 0.58 and moved the alphas 10x further (mean normalised entropy 0.90 instead of 0.98).
+DARTS_W_LR = 0.05
+
+
+# DARTS runs only when this many architecture steps fit (whether its cell is then used is decided by
+# DartsResult.learned); a richer proxy is timed only while the current one fits RICHER_PROXY_STEPS
+# (each probe costs a few steps).
+MIN_ARCH_STEPS = 120
+
+
+RICHER_PROXY_STEPS = 600
+
+
+# With early termination off, the skip limit is more edges than any proxy cell has.
+NO_SKIP_LIMIT = 10 ** 6
+
+
+def darts_config(proxy: DartsProxy, image_side: int, *, epochs: int, seed: int,
+                 options: SearchOptions = SearchOptions()) -> DartsConfig:
+    """The DartsConfig of a proxy for images of `image_side` (never upsampled), with the DARTS
+    switches of the search options (ops, second order, derivation, surrogate skip, early termination)."""
+    side = min(image_side, proxy.side)
+    return DartsConfig(epochs=epochs, batch_size=DARTS_BATCH, n_cells=proxy.n_cells, n_nodes=proxy.n_nodes,
+                       base_channels=proxy.base_channels, w_lr=DARTS_W_LR, stem_pool=default_stem_pool(side),
+                       proxy_side=side if side != image_side else None, seed=seed,
+                       ops=TEMPLATE_OPS + (EXTRA_OPS if options.extra_ops else ()),
+                       second_order=options.second_order, allow_zero=options.allow_zero, grouping=options.grouping,
+                       max_skips=options.max_skips, beta0=DartsConfig.beta0 if options.surrogate_skip else 0.0,
+                       skip_limit=DartsConfig.skip_limit if options.early_termination else NO_SKIP_LIMIT)
+
+
+def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, n_train: int, n_classes: int,
+               image_side: int, seed: int, options: SearchOptions = SearchOptions()
+               ) -> tuple[DartsConfig | None, int, str]:
+    """(config, training images to search on, "") or (None, 0, why not).
+
+    step_seconds(config) measures one search step. The richest proxy that fits RICHER_PROXY_STEPS
+    steps (else the cheapest, if it fits MIN_ARCH_STEPS) searches for MAX_DARTS_EPOCHS epochs at most;
+    when fewer than MIN_DARTS_EPOCHS epochs of the whole training split fit, it searches a subset so
+    that they do (never below MIN_DARTS_IMAGES_PER_CLASS images per class on average).
+    """
+    chosen, steps = None, 0
+    for proxy in DARTS_PROXIES:
+        config = darts_config(proxy, image_side, epochs=MAX_DARTS_EPOCHS, seed=seed, options=options)
+        fit = int(0.9 * seconds / max(step_seconds(config), 1e-6))
+        if chosen is not None and fit < RICHER_PROXY_STEPS:
+            break
+        if chosen is None and fit < MIN_ARCH_STEPS:
+            return None, 0, f"{fit} architecture steps fit in {seconds:.0f}s; at least {MIN_ARCH_STEPS} are needed"
+        chosen, steps = config, fit
+        if fit < RICHER_PROXY_STEPS:
+            break
+    full_epoch_steps = steps_per_epoch(n_train, chosen)
+    epochs = min(MAX_DARTS_EPOCHS, steps // full_epoch_steps)
+    if epochs >= MIN_DARTS_EPOCHS:
+        return dataclasses.replace(chosen, epochs=epochs), n_train, ""
+    n_subset = (steps // MIN_DARTS_EPOCHS) * chosen.batch_size
+    if n_subset < MIN_DARTS_IMAGES_PER_CLASS * n_classes:
+        return None, 0, (f"{steps} steps leave {n_subset} images for {MIN_DARTS_EPOCHS} epochs "
+                         f"(at least {MIN_DARTS_IMAGES_PER_CLASS} per class are needed)")
+    return dataclasses.replace(chosen, epochs=MIN_DARTS_EPOCHS), n_subset, ""
+
+
+def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
+                        options: SearchOptions = SearchOptions(), progress: dict | None = None,
+                        on_checkpoint: Callable[[dict, dict], None] | None = None) -> tuple[DartsResult | None, str]:
+    """The DARTS phase: (result, "") or (None, why it was skipped), planned by `plan_darts`.
+
+    progress: {"meta", "state"} of an earlier attempt's last finished epoch (checkpoints.py): the
+    search continues with that attempt's config and subset, however little time is left (at worst
+    it ends at once with the checkpoint's alphas).
+    on_checkpoint(state, meta): after every finished epoch; meta says how to rebuild the search.
+    """
+    loss = make_loss("focal", data.train_counts, gamma=3.0, smoothing=0.8, device=data.device)
+    if progress is not None:
+        meta = progress["meta"]
+        config = DartsConfig.from_json(meta["config"])
+        log(f"DARTS: resuming after epoch {int(progress['state']['epoch'])}/{config.epochs}")
+    else:
+        if time_left() < MIN_SEARCH_PHASE_S:
+            return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
+        measured: dict[DartsConfig, float] = {}
+
+        def step_seconds(config: DartsConfig) -> float:
+            measured[config] = (estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss,
+                                                       n_batches=2) / steps_per_epoch(len(data.train), config))
+            return measured[config]
+
+        config, n_train, why_not = plan_darts(step_seconds, time_left(), n_train=len(data.train),
+                                              n_classes=data.n_classes, image_side=data.image_side, seed=seed,
+                                              options=options)
+        if config is None:
+            return None, why_not
+        fraction = n_train / len(data.train)
+        meta = {"config": config.to_json(), "n_train": n_train,
+                "n_val": max(config.batch_size, int(len(data.val) * fraction)),
+                "step_s": measured[dataclasses.replace(config, epochs=MAX_DARTS_EPOCHS)]}
+    train, val = data.train, data.val
+    if int(meta["n_train"]) < len(train):
+        train = random_subset(train, int(meta["n_train"]), seed)
+        val = random_subset(val, min(len(val), int(meta["n_val"])), seed)
+    log(f"DARTS: {config.epochs} epochs of {len(train)} training images, {config.n_cells} cells of "
+        f"{config.n_nodes} nodes, {config.base_channels} channels, {config.proxy_side or data.image_side} px")
+
+    def on_epoch(row: dict) -> None:
+        log(f"DARTS epoch {row['epoch']}/{config.epochs}: skips {row['skip_count']}, beta {row['beta']:.2f}, "
+            f"supernet train acc {row['train_acc']:.3f}, val acc {row['val_acc']:.3f}")
+
+    result = run_darts(train, val, data.n_classes, config, time_left=time_left, loss=loss, on_epoch=on_epoch,
+                       step_seconds=meta.get("step_s"),
+                       on_checkpoint=None if on_checkpoint is None else (lambda state: on_checkpoint(state, meta)),
+                       resume=None if progress is None else progress["state"])
+    learned, why = result.learned(data.n_classes)
+    log(f"DARTS: {result.stop_reason} after {result.epochs_run} epochs, {result.steps_run} architecture steps; "
+        + (f"genotype {result.genotype}" if learned else f"not used: {why}"))
+    return result, ""
+
+
+def random_darts_stand_in(options: SearchOptions, *, seed: int) -> DartsResult:
+    """The "darts: random" ablation: a random cell (uniform alphas) over the ops DARTS would search."""
+    return random_cell_result(TEMPLATE_OPS + (EXTRA_OPS if options.extra_ops else ()), seed=seed)

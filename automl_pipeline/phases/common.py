@@ -1,0 +1,135 @@
+"""What the phases share: the run's data as tensors, training one candidate network, the default
+network and its training settings. No phase logic here."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from automl_pipeline.bohb import config_to_network_spec, config_to_train_config, fixed_hyperparameters
+from automl_pipeline.delivery import Candidate
+from automl_pipeline.search_options import SearchOptions
+from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network
+from automl_pipeline.training import TensorData, TrainConfig, TrainResult, predict, train_model
+from automl_pipeline.training.planning import batch_size_for, measure_epoch_seconds
+
+# A search phase shorter than this is skipped without even timing it (timing costs seconds).
+MIN_SEARCH_PHASE_S = 15.0
+
+
+TimeLeft = Callable[[], float]
+
+
+@dataclass
+class RunData:
+    """The splits as tensors on the training device, plus what the phases need to know about them."""
+
+    train: TensorData
+    val: TensorData
+    heldout: TensorData
+    predict: TensorData | None      # None when predictions are for the held-out images themselves
+    n_classes: int
+    in_channels: int
+    image_side: int
+    train_counts: np.ndarray
+    device: torch.device
+
+    @property
+    def batch_size(self) -> int:
+        """training.planning.batch_size_for the training split (BOHB's remote workers use the same rule)."""
+        return batch_size_for(len(self.train))
+
+
+def timed_epoch(model: torch.nn.Module, data: RunData, config: TrainConfig) -> float:
+    """Seconds of one epoch of `config` over data.train plus a validation pass (training.planning)."""
+    return measure_epoch_seconds(model, data.train, data.val, data.n_classes, config)
+
+
+def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: RunData,
+                    time_left: TimeLeft, *, log: Callable[[str], None], description: str | None = None,
+                    init_state: dict | None = None) -> tuple[Candidate, TrainResult]:
+    """Build `spec` (from `init_state` when given), train it with `config` until done or out of
+    time, and predict with its best weights. source: the report's `final.source` name;
+    description: the words for logs and report.md (default: source)."""
+    description = description or source
+    torch.manual_seed(config.seed)
+    model = build_network(spec).to(data.device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+
+    def on_epoch(row: dict) -> None:
+        score = row.get("val_macro_f1")
+        log(f"{description}: epoch {row['epoch']}/{config.epochs} val macro-F1 "
+            + ("-" if score is None else f"{score:.4f}"))
+
+    result = train_model(model, data.train, data.val, config, time_left=time_left,
+                         n_classes=data.n_classes, on_epoch=on_epoch)
+    model.load_state_dict(result.state_dict)
+    heldout_predictions = predict(model, data.heldout.x)
+    predict_labels = heldout_predictions if data.predict is None else predict(model, data.predict.x)
+    images_seen = sum(row["batches"] * row["batch_size"] for row in result.history)
+    train_s = sum(row["seconds"] for row in result.history)
+    candidate = Candidate(
+        source=source,
+        description=description,
+        train_images_per_s=images_seen / train_s if train_s > 0 else 0.0,
+        val_macro_f1=float(result.best_val_macro_f1),
+        predict_labels=predict_labels,
+        heldout_predictions=heldout_predictions,
+        architecture=spec.to_json(),
+        config=config.to_json(),
+        epochs=result.epochs_done,
+        train_s=result.seconds,
+        state_dict={k: v.detach().cpu() for k, v in result.state_dict.items()},
+    )
+    return candidate, result
+
+
+def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
+    """The fallback written before any training: every image gets the most frequent training class."""
+    from automl_pipeline.training import classification_metrics
+
+    majority = int(np.argmax(data.train_counts))
+    val_f1 = classification_metrics(val_labels, np.full_like(val_labels, majority), data.n_classes)["macro_f1"]
+    n_predict = len(data.heldout) if data.predict is None else len(data.predict)
+    return Candidate(
+        source="majority_fallback",
+        description="majority-class fallback",
+        val_macro_f1=float(val_f1),
+        predict_labels=np.full(n_predict, majority, dtype=np.int64),
+        heldout_predictions=np.full(len(data.heldout), majority, dtype=np.int64),
+        config={"majority_class": majority},
+    )
+
+
+def network_spec(data: RunData, genotype: Genotype) -> NetworkSpec:
+    """A stacked network for this data from a genotype, sized as BOHB's default configuration:
+    3 cells from 24 channels, a pooling stem on images of 16 px and more, a linear head (at 24 channels it
+    trains ~1.2x the images/s of the plain 3-block CNN on 28 px, at 32 ~0.75x: benchmarks/throughput.py)."""
+    spec = config_to_network_spec({"n_cells": 3, "base_channels": 24}, darts=None, in_channels=data.in_channels,
+                                  n_classes=data.n_classes, image_side=data.image_side)
+    return dataclasses.replace(spec, genotype=genotype)
+
+
+def first_model_spec(data: RunData) -> NetworkSpec:
+    """The fixed default network trained first, so that good predictions exist early.
+
+    A linear head: the poster's 64-32-16 MLP head with dropout learned far slower on short budgets
+    (digits, 6 epochs: val macro-F1 0.47 with it, 0.96 without).
+    """
+    return network_spec(data, DEFAULT_GENOTYPE)
+
+
+def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int,
+                         options: SearchOptions = SearchOptions()) -> TrainConfig:
+    """Training settings used where no search chose them: AdamW + OneCycle; focal loss for ours
+    (or the loss the search options fix); plain cross-entropy for the baseline.
+
+    Crops but no flips: flips destroy digits and characters (BOHB searches `flip` per data set).
+    """
+    config = {"lr": 3e-3, "flip": False} if baseline else {"lr": 3e-3, "flip": False, "loss": "focal",
+                                                            **fixed_hyperparameters(options, baseline=False)}
+    return config_to_train_config(config, epochs, seed, batch_size=batch_size)

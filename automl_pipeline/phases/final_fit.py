@@ -1,0 +1,86 @@
+"""Phase 4, the final fit: BOHB's incumbent, else the DARTS cell, else the default network,
+trained for all the time left (retrained or fine-tuned when a round ends early)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from automl_pipeline.bohb import BohbResult, config_to_network_spec, config_to_train_config, fixed_hyperparameters
+from automl_pipeline.darts import DartsResult
+from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
+                                           timed_epoch, train_candidate)
+from automl_pipeline.search_options import SearchOptions
+from automl_pipeline.search_space import TEMPLATE_OPS, NetworkSpec, build_network
+from automl_pipeline.training import TrainConfig
+from automl_pipeline.training.planning import epochs_that_fit
+
+# The final fit trains BOHB's incumbent only when it reached this multiple of chance macro-F1.
+INCUMBENT_OVER_CHANCE = 1.5
+
+
+# The final fit retrains with the measured epoch time while that at least doubles the epochs.
+MAX_FINAL_ROUNDS = 3
+
+
+MIN_FINE_TUNE_EPOCHS = 1
+
+
+def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, baseline: bool,
+                 seed: int, options: SearchOptions = SearchOptions()
+                 ) -> tuple[str, str, NetworkSpec, Callable[[int], TrainConfig]]:
+    """What the final fit trains: BOHB's incumbent, else DARTS' genotype, else the default network.
+
+    darts: a DARTS result whose search learned, or None. An incumbent that did not reach
+    INCUMBENT_OVER_CHANCE x chance (1 / n_classes) validation macro-F1 is passed over: its trials
+    learned nothing to rank by. (It is not compared with the model delivered so far: its trials
+    trained for a fraction of the final fit's epochs.)
+    Returns (source, description, network spec, epochs -> TrainConfig); source is one of
+    "bohb_incumbent", "darts_cell", "default_network" (report.json `final.source`).
+    """
+    darts = None if baseline else darts
+    if (bohb is not None and bohb.incumbent_config is not None
+            and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
+        config = {**bohb.incumbent_config, **fixed_hyperparameters(options, baseline=baseline)}
+        spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
+                                      image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
+        return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,
+                lambda epochs: config_to_train_config(config, epochs, seed, batch_size=data.batch_size))
+    if darts is not None:
+        source, description, spec = "darts_cell", "final fit of the DARTS genotype", network_spec(data, darts.genotype)
+    else:
+        source, description, spec = "default_network", "final fit of the default network", first_model_spec(data)
+    return source, description, spec, lambda epochs: default_train_config(
+        epochs=epochs, batch_size=data.batch_size, baseline=baseline, seed=seed, options=options)
+
+
+def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
+                          data: RunData, time_left: TimeLeft, *, log: Callable[[str], None]):
+    """Train `spec` with as many epochs as fit; yield each finished candidate.
+
+    The epoch count comes from a timed probe. When a round ends early (the probe overestimated,
+    e.g. on a machine whose load dropped), the time left is used, for up to MAX_FINAL_ROUNDS rounds:
+    if the measured epoch time allows at least twice the epochs, training starts again from scratch
+    with the longer schedule; otherwise, with at least MIN_FINE_TUNE_EPOCHS left, the best weights
+    are fine-tuned at a tenth of the learning rate on a cosine schedule.
+    """
+    epoch_s = timed_epoch(build_network(spec), data, config_for(1))
+    last_epochs, best = 0, None
+    for round_index in range(MAX_FINAL_ROUNDS):
+        epochs = epochs_that_fit(time_left(), epoch_s, low=0)
+        if round_index == 0 or epochs >= 2 * last_epochs:
+            name, config, init_state = description, config_for(max(1, epochs)), None
+        elif epochs >= MIN_FINE_TUNE_EPOCHS:
+            base = config_for(epochs)
+            name, init_state = f"{description} (fine-tuned)", best.state_dict
+            config = dataclasses.replace(base, lr=base.lr / 10, schedule="cosine", surrogate_beta0=0.0)
+        else:
+            return
+        log(f"{name}: ~{epoch_s:.2f}s/epoch, {config.epochs} epochs planned")
+        candidate, result = train_candidate(source, spec, config, data, time_left, log=log, description=name,
+                                            init_state=init_state)
+        yield candidate
+        if best is None or candidate.val_macro_f1 > best.val_macro_f1:
+            best = candidate
+        if result.stopped_by_deadline or result.epochs_done == 0:
+            return
+        epoch_s, last_epochs = result.seconds / result.epochs_done, config.epochs

@@ -1,0 +1,67 @@
+"""Phase 3, BOHB: the space (with the DARTS cells when DARTS learned), budgets sized from a timed
+epoch of the default configuration, and the time-bounded search."""
+from __future__ import annotations
+
+from typing import Callable
+
+from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
+                                  config_to_train_config, fixed_hyperparameters, run_bohb, to_plain)
+from automl_pipeline.bohb.phase import default_first_configs
+from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
+from automl_pipeline.darts import DartsResult
+from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft, timed_epoch
+from automl_pipeline.search_options import SearchOptions
+from automl_pipeline.search_space import TEMPLATE_OPS
+
+# The smallest BOHB budget trains on at least this many batches and images per class.
+MIN_TRIAL_STEPS = 6
+
+
+MIN_TRIAL_IMAGES_PER_CLASS = 10
+
+
+def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, baseline: bool,
+                           seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
+                           log: Callable[[str], None], options: SearchOptions = SearchOptions(), previous=None,
+                           sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
+    """The BOHB phase: (result, "") or (None, why it was skipped).
+
+    darts: a DARTS result whose search learned (its cells join the pool), or None.
+    Budgets (epochs, fractional ones on a subset) come from the measured epoch time of the space's
+    default configuration and the phase length (bohb.phase.choose_budgets).
+    previous: None, or `space -> directory | None` giving hpbandster logs of earlier trials to
+    warm-start from (a resumed run; see checkpoints.Checkpoints.previous_bohb_dir).
+    sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
+    one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
+    options: the search options: hyperparameters they fix (bohb.space.fixed_hyperparameters) leave the space.
+    """
+    sampling_seed = seed if sampling_seed is None else sampling_seed
+    if time_left() < MIN_SEARCH_PHASE_S:
+        return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
+    darts = None if baseline else darts
+    ops = darts.ops if darts is not None else TEMPLATE_OPS
+    ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
+                       image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
+                       darts_ops=ops, batch_size=data.batch_size,
+                       fixed=fixed_hyperparameters(options, baseline=baseline))
+    space = build_config_space(seed=sampling_seed, cells=tuple(genotype_pool(darts, ops)), baseline=baseline,
+                               fixed=tuple(ctx.fixed))
+    default = ctx.complete_config(to_plain(dict(space.get_default_configuration())))
+    epoch_s = timed_epoch(build_trial_network(default, ctx), data,
+                          config_to_train_config(default, 1, seed, batch_size=data.batch_size))
+    floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
+    budgets = choose_budgets(epoch_s, time_left(), first_configs=default_first_configs(space), min_budget_floor=floor)
+    if budgets is None:
+        return None, (f"{time_left():.0f}s cannot hold a first bracket of {default_first_configs(space)} trials "
+                      f"of at least {floor:.2f} epochs (~{epoch_s:.2f}s per epoch of the default configuration)")
+    log(f"BOHB: ~{epoch_s:.2f}s per epoch of the default configuration, {workers} worker(s)")
+    previous_dir = None if previous is None else previous(space)
+    if previous_dir is not None:
+        log(f"BOHB: warm start from the trials in {previous_dir}")
+    result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, config_space=space, min_budget=budgets[0],
+                      max_budget=budgets[1], seed=sampling_seed, n_local_workers=workers,
+                      nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
+                      log=log, previous_result=previous_dir)
+    if result.warning():
+        log(f"BOHB: {result.warning()}")
+    return result, ""
