@@ -9,21 +9,17 @@ import os
 import platform
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
-from automl_pipeline.bohb import BohbResult
-from automl_pipeline.bohb.space import DEFAULT_CELL
-from automl_pipeline.bohb.worker import config_cells
-from automl_pipeline.checkpoints import Checkpoints, config_fits, fingerprint, merge_kept_trials
-from automl_pipeline.darts import DartsResult
+from automl_pipeline.checkpoints import Checkpoints, fingerprint
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
 from automl_pipeline.delivery import Delivery
 from automl_pipeline.errors import InputError
+from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
+from automl_pipeline.phases.context import RunContext, search_section
 from automl_pipeline.runlog import RunLog
 from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
@@ -47,19 +43,11 @@ WATCHDOG_GRACE_S = 1.5
 DELIVERY_WAIT_S = 0.4
 # Exit code when the run was stopped (limit or signal) before any prediction existed.
 NO_PREDICTIONS_EXIT_CODE = 3
-# A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
-RESUME_SEED_STRIDE = 7919
 
 
 def default_max_side(device: torch.device) -> int:
     """Working resolution cap: images larger than this are resized down once, at load time."""
     return 64 if device.type == "cuda" else 32
-
-
-def search_section(status: str, reason: str) -> dict:
-    """The report's `darts` / `bohb` section of a search that did not run (status "skipped" or "not_run")."""
-    return {"status": status, "reason": reason, "arch_steps": 0, "cell_used": False, "n_trials": 0,
-            "model_based_picks": 0}
 
 
 class RunReport:
@@ -165,13 +153,12 @@ def run(settings: Settings) -> int:
 
 def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> None:
     """Load the data, deliver the fallback, then run the phases of the plan in order."""
-    run = _Run.load(settings, budget, out_dir, log, report)
-    budget.plan(phase_plan(budget.remaining(), baseline=run.baseline))
-    run.first_model_phase()
-    darts = None if run.baseline else run.darts_phase()
-    bohb = run.bohb_phase(darts)
-    run.final_fit_phase(darts, bohb)
-    run.note_cell_use(bohb)
+    ctx = _load(settings, budget, out_dir, log, report)
+    budget.plan(phase_plan(budget.remaining(), baseline=ctx.baseline))
+    first_model.run(ctx)
+    darts = None if ctx.baseline else architecture.run(ctx)
+    bohb = hyperparameters.run(ctx, darts)
+    final_fit.run(ctx, darts, bohb)
 
 
 def phase_plan(remaining_s: float, *, baseline: bool) -> list[tuple[str, float]]:
@@ -183,187 +170,40 @@ def phase_plan(remaining_s: float, *, baseline: bool) -> list[tuple[str, float]]
     return [(first_name, raised)] + [(name, weight * scale) for name, weight in rest]
 
 
-@dataclass
-class _Run:
-    """What the phases of one run share; one method per phase of the plan.
+def _load(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> RunContext:
+    """Data, splits and tensors; the resumed attempt's work; the majority-class fallback delivered."""
+    device = resolve_device(settings.device)
+    threads = configure_threads()
+    max_side = settings.max_image_side or default_max_side(device)
+    checkpoints = Checkpoints(out_dir)
+    checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
+                                  image_side_cap=max_side, search=settings.search.to_json()),
+                      resume=settings.resume)
+    # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
+    # in a thread while the data loads, not inside the first phase's time.
+    warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
+    warming.start()
+    report.sections["environment"] = _environment(device, threads)
+    log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
+    dataset = load_dataset(settings.data_dir, max_side=max_side)
+    splits = make_splits(dataset, seed=settings.seed)
+    splits_json = splits.to_json(settings.seed)
+    if settings.resume:
+        checkpoints.check_splits(splits_json)
+    write_json(out_dir / "splits.json", splits_json)
+    report.sections["data"] = _data_section(dataset, splits)
+    for note in (*dataset.notes, *splits.notes):
+        log.event("input", note)
 
-    A phase that raises is recorded (`_phase_failed`) and the run goes on with what it has.
-    """
-
-    settings: Settings
-    budget: Budget
-    out_dir: Path
-    log: RunLog
-    report: RunReport
-    checkpoints: Checkpoints
-    data: common.RunData
-    delivery: Delivery
-    resumed: dict | None
-
-    @property
-    def baseline(self) -> bool:
-        return self.settings.method == "baseline"
-
-    @classmethod
-    def load(cls, settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> "_Run":
-        """Data, splits and tensors; the resumed attempt's work; the majority-class fallback delivered."""
-        device = resolve_device(settings.device)
-        threads = configure_threads()
-        max_side = settings.max_image_side or default_max_side(device)
-        checkpoints = Checkpoints(out_dir)
-        checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
-                                      image_side_cap=max_side, search=settings.search.to_json()),
-                          resume=settings.resume)
-        # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
-        # in a thread while the data loads, not inside the first phase's time.
-        warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
-        warming.start()
-        report.sections["environment"] = _environment(device, threads)
-        log(f"loading {settings.data_dir or 'the built-in digits demo'} on {device}")
-        dataset = load_dataset(settings.data_dir, max_side=max_side)
-        splits = make_splits(dataset, seed=settings.seed)
-        splits_json = splits.to_json(settings.seed)
-        if settings.resume:
-            checkpoints.check_splits(splits_json)
-        write_json(out_dir / "splits.json", splits_json)
-        report.sections["data"] = _data_section(dataset, splits)
-        for note in dataset.notes + splits.notes:
-            log.event("input", note)
-
-        data = _to_run_data(dataset, splits, device)
-        warming.join(timeout=max(0.0, budget.remaining()))
-        delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
-        report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
-        resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
-        run = cls(settings=settings, budget=budget, out_dir=out_dir, log=log, report=report,
-                  checkpoints=checkpoints, data=data, delivery=delivery, resumed=resumed)
-        run.deliver(common.majority_candidate(data, splits.val.labels))
-        return run
-
-    def deliver(self, candidate) -> None:
-        """Offer a candidate; when it becomes the delivered model, checkpoint it for --resume."""
-        if self.delivery.offer(candidate):
-            self.checkpoints.save_delivered(candidate)
-
-    def first_model_phase(self) -> None:
-        if self.resumed is not None and self.resumed["trained_model_kept"]:
-            self.budget.skip_phase("first_model", "resumed: the delivered trained model is kept")
-            return
-        with self.budget.start_phase("first_model") as phase:
-            try:
-                self.deliver(first_model.train_first_model(self.data, phase.remaining, baseline=self.baseline,
-                                                      seed=self.settings.seed, log=self.log,
-                                                      options=self.settings.search))
-            except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
-                _phase_failed(self.log, "first_model", err)
-
-    def darts_phase(self) -> DartsResult | None:
-        mode = self.settings.search.darts
-        if mode != "search":
-            return self._no_darts_search(mode)
-        resume = self.settings.resume
-        outcome = self.checkpoints.load_darts_outcome() if resume else None
-        if outcome is not None:
-            self.budget.skip_phase("darts", "resumed: the DARTS outcome of the earlier attempt is kept")
-            darts, why_not = outcome
-        else:
-            progress = self.checkpoints.load_darts_progress() if resume else None
-            with self.budget.start_phase("darts") as phase:
-                try:
-                    darts, why_not = architecture.search_architecture(
-                        self.data, phase.remaining, seed=self.settings.seed, log=self.log,
-                        options=self.settings.search, progress=progress,
-                        on_checkpoint=self.checkpoints.save_darts_progress)
-                    self.checkpoints.save_darts_outcome(darts, why_not)
-                except Exception as err:   # noqa: BLE001
-                    darts, why_not = None, _phase_failed(self.log, "darts", err)
-        if darts is None:
-            self.log.event("darts_skipped", why_not)
-            self.report.sections["darts"] = search_section("skipped", why_not)
-            return None
-        learned, why_not_used = darts.learned(self.data.n_classes)
-        section = self.report.sections["darts"] = darts.report()
-        section.update(status="completed", learned=learned, reason=why_not_used, cell_used=False)
-        if not learned:
-            self.log.event("darts_not_used", why_not_used)
-        return darts if learned else None
-
-    def _no_darts_search(self, mode: str) -> DartsResult | None:
-        """The search options turned DARTS off ("off": no DARTS cell) or replaced it by a random cell
-        from uniform alphas ("random": it takes the DARTS cell's place in BOHB's pool)."""
-        if mode == "off":
-            why = "off in the search options (darts: off)"
-            self.budget.skip_phase("darts", why)
-            self.log.event("darts_skipped", why)
-            self.report.sections["darts"] = search_section("skipped", why)
-            return None
-        why = "replaced by a random cell from uniform alphas (search options: darts random)"
-        self.budget.skip_phase("darts", why)
-        darts = architecture.random_darts_stand_in(self.settings.search, seed=self.settings.seed)
-        self.log.event("darts_random_cell", f"{why}: {darts.genotype}")
-        section = self.report.sections["darts"] = search_section("skipped", why)
-        section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)
-        return darts
-
-    def bohb_phase(self, darts: DartsResult | None) -> BohbResult | None:
-        """BOHB (warm-started from a resumed attempt's trials); the kept trials count as its own."""
-        settings, checkpoints = self.settings, self.checkpoints
-        kept = checkpoints.kept_trials() if settings.resume else []
-        previous = None
-        if kept:
-            previous = lambda space: checkpoints.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
-        with self.budget.start_phase("bohb") as phase:
-            try:
-                bohb, why_not = hyperparameters.search_hyperparameters(
-                    self.data, darts, phase.remaining, baseline=self.baseline, seed=settings.seed,
-                    out_dir=self.out_dir, workers=settings.workers, nameserver_host=settings.nameserver_host,
-                    nameserver_port=settings.nameserver_port, log=self.log, options=settings.search,
-                    previous=previous,
-                    sampling_seed=settings.seed + RESUME_SEED_STRIDE * checkpoints.attempt)
-            except Exception as err:   # noqa: BLE001
-                bohb, why_not = None, _phase_failed(self.log, "bohb", err)
-        if bohb is None:
-            self.log.event("bohb_skipped", why_not)
-            self.report.sections["bohb"] = search_section("skipped", why_not)
-        bohb = merge_kept_trials(bohb, kept)
-        if bohb is not None:
-            section = self.report.sections["bohb"] = bohb.report()
-            section["status"] = "completed"
-            if kept:
-                section["kept_trials"] = [t.to_json() for t in kept]
-            for error in section["errors"]:
-                self.log.event("failed_trial", error)
-        return bohb
-
-    def note_cell_use(self, bohb: BohbResult | None) -> None:
-        """darts.cell_used: a cell of the delivered model came from the DARTS search (its genotype or
-        one sampled from or derived from its weights, in any stage)."""
-        section, best = self.report.sections.get("darts"), self.delivery.best
-        if section is None or best is None:
-            return
-        cells: tuple[str, ...] = ()
-        if best.source == "bohb_incumbent" and bohb is not None and bohb.incumbent_config is not None:
-            cells = config_cells(bohb.incumbent_config)
-        section["cell_used"] = best.source == "darts_cell" or any(cell != DEFAULT_CELL for cell in cells)
-
-    def final_fit_phase(self, darts: DartsResult | None, bohb: BohbResult | None) -> None:
-        with self.budget.start_phase("final_fit") as phase:
-            try:
-                source, description, spec, config_for = final_fit.final_choice(
-                    self.data, darts, bohb, baseline=self.baseline, seed=self.settings.seed,
-                    options=self.settings.search)
-                for candidate in final_fit.fit_for_the_time_left(source, description, spec, config_for, self.data,
-                                                              phase.remaining, log=self.log):
-                    self.deliver(candidate)
-            except Exception as err:   # noqa: BLE001
-                _phase_failed(self.log, "final_fit", err)
-
-
-def _phase_failed(log: RunLog, name: str, err: Exception) -> str:
-    """Record a phase that raised; the run goes on with the best model delivered so far."""
-    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]
-    log.event("phase_failed", f"{name}: {text}; the run goes on with what it has")
-    return f"failed ({text})"
+    data = _to_run_data(dataset, splits, device)
+    warming.join(timeout=max(0.0, budget.remaining()))
+    delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
+    report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
+    resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
+    ctx = RunContext(settings=settings, budget=budget, data=data, log=log, store=checkpoints, report=report.sections,
+                     delivery=delivery, resumed=resumed)
+    ctx.deliver(common.majority_candidate(data, splits.val.labels))
+    return ctx
 
 
 def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, data: common.RunData, log: RunLog,

@@ -9,20 +9,18 @@ from typing import Callable
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
                                    steps_per_epoch)
 from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft
+from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, default_stem_pool
 from automl_pipeline.search_space.ops import EXTRA_OPS
 from automl_pipeline.training import make_loss
 from automl_pipeline.training.tensors import random_subset
 
+NAME = "darts"
 # DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
 # the search runs on a random subset instead, never below MIN_DARTS_IMAGES_PER_CLASS on average.
 MAX_DARTS_EPOCHS = 15
-
-
 MIN_DARTS_EPOCHS = 6
-
-
 MIN_DARTS_IMAGES_PER_CLASS = 20
 
 
@@ -43,26 +41,16 @@ DARTS_PROXIES = (DartsProxy(n_cells=2, n_nodes=2, base_channels=8, side=16),
                  DartsProxy(n_cells=2, n_nodes=3, base_channels=16, side=16),
                  DartsProxy(n_cells=3, n_nodes=3, base_channels=16, side=32),
                  DartsProxy(n_cells=3, n_nodes=4, base_channels=16, side=32))
-
-
 DARTS_BATCH = 32
-
-
 # Weight learning rate of the proxy search (SGD, cosine to DartsConfig.w_lr_min). The poster's 0.005 is for
 # 15 full epochs; in ~130 steps on digits it left the supernet at chance (val accuracy 0.16), 0.05
 # reached 0.58 and moved the alphas 10x further (mean normalised entropy 0.90 instead of 0.98).
 DARTS_W_LR = 0.05
-
-
 # DARTS runs only when this many architecture steps fit (whether its cell is then used is decided by
 # DartsResult.learned); a richer proxy is timed only while the current one fits RICHER_PROXY_STEPS
 # (each probe costs a few steps).
 MIN_ARCH_STEPS = 120
-
-
 RICHER_PROXY_STEPS = 600
-
-
 # With early termination off, the skip limit is more edges than any proxy cell has.
 NO_SKIP_LIMIT = 10 ** 6
 
@@ -171,3 +159,54 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
 def random_darts_stand_in(options: SearchOptions, *, seed: int) -> DartsResult:
     """The "darts: random" ablation: a random cell (uniform alphas) over the ops DARTS would search."""
     return random_cell_result(TEMPLATE_OPS + (EXTRA_OPS if options.extra_ops else ()), seed=seed)
+
+
+def run(ctx: RunContext) -> DartsResult | None:
+    """The phase: the DARTS result BOHB and the final fit may use (None when DARTS did not run or did
+    not learn); writes the report's `darts` section. A resumed run keeps the earlier attempt's
+    outcome, or continues its search from the last finished epoch."""
+    if ctx.options.darts != "search":
+        return _without_search(ctx)
+    store = ctx.store
+    outcome = store.load_darts_outcome() if ctx.settings.resume else None
+    if outcome is not None:
+        ctx.budget.skip_phase(NAME, "resumed: the DARTS outcome of the earlier attempt is kept")
+        darts, why_not = outcome
+    else:
+        progress = store.load_darts_progress() if ctx.settings.resume else None
+        with ctx.budget.start_phase(NAME) as phase:
+            try:
+                darts, why_not = search_architecture(ctx.data, phase.remaining, seed=ctx.seed, log=ctx.log,
+                                                     options=ctx.options, progress=progress,
+                                                     on_checkpoint=store.save_darts_progress)
+                store.save_darts_outcome(darts, why_not)
+            except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
+                darts, why_not = None, phase_failed(ctx.log, NAME, err)
+    if darts is None:
+        ctx.log.event("darts_skipped", why_not)
+        ctx.report["darts"] = search_section("skipped", why_not)
+        return None
+    learned, why_not_used = darts.learned(ctx.data.n_classes)
+    section = ctx.report["darts"] = darts.report()
+    section.update(status="completed", learned=learned, reason=why_not_used, cell_used=False)
+    if not learned:
+        ctx.log.event("darts_not_used", why_not_used)
+    return darts if learned else None
+
+
+def _without_search(ctx: RunContext) -> DartsResult | None:
+    """The search options turned DARTS off ("off": no DARTS cell) or replaced it by a random cell
+    from uniform alphas ("random": it takes the DARTS cell's place in BOHB's pool)."""
+    if ctx.options.darts == "off":
+        why = "off in the search options (darts: off)"
+        ctx.budget.skip_phase(NAME, why)
+        ctx.log.event("darts_skipped", why)
+        ctx.report["darts"] = search_section("skipped", why)
+        return None
+    why = "replaced by a random cell from uniform alphas (search options: darts random)"
+    ctx.budget.skip_phase(NAME, why)
+    darts = random_darts_stand_in(ctx.options, seed=ctx.seed)
+    ctx.log.event("darts_random_cell", f"{why}: {darts.genotype}")
+    section = ctx.report["darts"] = search_section("skipped", why)
+    section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)
+    return darts

@@ -8,21 +8,20 @@ from typing import Callable
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, timed_epoch,
                                            train_candidate)
+from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import build_network
 from automl_pipeline.training import TrainConfig
 from automl_pipeline.training.planning import epochs_that_fit
 from automl_pipeline.training.tensors import random_subset
 
+NAME = "first_model"
+# The first model trains at least MIN_FIT_EPOCHS epochs (on a subset when the whole split does not fit).
 MIN_FIT_EPOCHS = 3
-
-
 # The first model takes smaller batches (down to MIN_FIRST_MODEL_BATCH) until its epochs give at least this
 # many optimiser steps: on digits, 3 epochs of 361 images reached val macro-F1 0.02 at batch 64 (18 steps)
 # and 0.61-0.78 at batch 16 (69 steps) in about the same time on CPU.
 MIN_FIRST_MODEL_STEPS = 60
-
-
 MIN_FIRST_MODEL_BATCH = 16
 
 
@@ -68,3 +67,16 @@ def batch_for_steps(n_train: int, epochs: int, batch_size: int) -> int:
     while batch_size > MIN_FIRST_MODEL_BATCH and epochs * -(-n_train // batch_size) < MIN_FIRST_MODEL_STEPS:
         batch_size = max(MIN_FIRST_MODEL_BATCH, batch_size // 2)
     return batch_size
+
+
+def run(ctx: RunContext) -> None:
+    """The phase: train and deliver the first model (skipped when a resumed run kept a trained one)."""
+    if ctx.resumed is not None and ctx.resumed["trained_model_kept"]:
+        ctx.budget.skip_phase(NAME, "resumed: the delivered trained model is kept")
+        return
+    with ctx.budget.start_phase(NAME) as phase:
+        try:
+            ctx.deliver(train_first_model(ctx.data, phase.remaining, baseline=ctx.baseline, seed=ctx.seed,
+                                          log=ctx.log, options=ctx.options))
+        except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
+            phase_failed(ctx.log, NAME, err)

@@ -9,14 +9,17 @@ from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, 
 from automl_pipeline.bohb.phase import default_first_configs
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import DartsResult
+from automl_pipeline.checkpoints import config_fits, merge_kept_trials
 from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft, timed_epoch
+from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS
 
+NAME = "bohb"
+# A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
+RESUME_SEED_STRIDE = 7919
 # The smallest BOHB budget trains on at least this many batches and images per class.
 MIN_TRIAL_STEPS = 6
-
-
 MIN_TRIAL_IMAGES_PER_CLASS = 10
 
 
@@ -65,3 +68,34 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     if result.warning():
         log(f"BOHB: {result.warning()}")
     return result, ""
+
+
+def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
+    """The phase: BOHB (warm-started from a resumed attempt's trials, which count as its own);
+    writes the report's `bohb` section. darts: a DARTS result that learned, or None."""
+    settings, store = ctx.settings, ctx.store
+    kept = store.kept_trials() if settings.resume else []
+    previous = None
+    if kept:
+        previous = lambda space: store.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
+    with ctx.budget.start_phase(NAME) as phase:
+        try:
+            bohb, why_not = search_hyperparameters(
+                ctx.data, darts, phase.remaining, baseline=ctx.baseline, seed=ctx.seed, out_dir=store.out_dir,
+                workers=settings.workers, nameserver_host=settings.nameserver_host,
+                nameserver_port=settings.nameserver_port, log=ctx.log, options=ctx.options, previous=previous,
+                sampling_seed=ctx.seed + RESUME_SEED_STRIDE * store.attempt)
+        except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
+            bohb, why_not = None, phase_failed(ctx.log, NAME, err)
+    if bohb is None:
+        ctx.log.event("bohb_skipped", why_not)
+        ctx.report["bohb"] = search_section("skipped", why_not)
+    bohb = merge_kept_trials(bohb, kept)
+    if bohb is not None:
+        section = ctx.report["bohb"] = bohb.report()
+        section["status"] = "completed"
+        if kept:
+            section["kept_trials"] = [t.to_json() for t in kept]
+        for error in section["errors"]:
+            ctx.log.event("failed_trial", error)
+    return bohb
