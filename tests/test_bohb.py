@@ -21,8 +21,9 @@ import torch
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, Integer
 
 from automl_pipeline.bohb import worker as worker_module
-from automl_pipeline.bohb.phase import (FIRST_BRACKET_SHARE, BohbResult, TrialRecord, bracket_sizes, choose_budgets,
-                                        hpbandster_budgets, run_bohb, select_incumbent)
+from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
+from automl_pipeline.bohb.phase import run_bohb
+from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
 from automl_pipeline.bohb.space import build_config_space
 from automl_pipeline.bohb.worker import (TrialContext, budget_epochs, config_to_network_spec, config_to_train_config,
