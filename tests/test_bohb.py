@@ -330,12 +330,30 @@ def test_phase_warm_starts_from_a_previous_run(tmp_path):
     assert first.model_based_picks > 0 and first.report()["warning"] is None, first.report()["trials_per_budget"]
     assert 0 < sum(first.report()["model_based_picks_per_budget"].values()) <= first.model_based_picks
     lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
-    assert len(lines) == len(first.trials)
+    assert len(lines) == len(first.trials) and first.report()["optimizer"] == "bohb"
     second = run_bohb(None, time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", min_budget=1, max_budget=9,
                       config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, previous_result=tmp_path / "a" / "bohb",
                       log=lambda s: None)
     runs = second.hpbandster_result.get_all_runs()
     assert len(runs) == len(second.trials) + len(first.trials)         # old runs are part of the result
+
+
+def test_random_search_runs_the_same_brackets_without_model_based_picks(tmp_path):
+    result = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path, min_budget=1, max_budget=9,
+                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, optimizer="random",
+                      log=lambda s: None)
+    report = result.report()
+    assert report["optimizer"] == "random" and report["n_trials"] >= 5, report["trials_per_budget"]
+    assert report["model_based_picks"] == 0 and report["configs_sampled"] >= 5
+    assert report["warning"] is None                      # random by request, not by lack of data
+    assert len(report["trials_per_budget"]) >= 2          # promoted along the same brackets
+    assert report["incumbent"] is not None
+
+
+def test_unknown_optimizer_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="bohb, random"):
+        run_bohb(None, time_left=lambda: 5.0, out_dir=tmp_path, min_budget=1, max_budget=3,
+                 config_space=tiny_space(), optimizer="smac", log=lambda s: None)
 
 
 def test_phase_without_time_returns_at_once_without_incumbent(tmp_path):

@@ -22,10 +22,10 @@ import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import Pyro4.core
 
@@ -127,7 +127,7 @@ class NameServerOptions:
 
     @classmethod
     def from_environment(cls, *, host: str = "127.0.0.1", environ: Mapping[str, str] | None = None,
-                         **options) -> "NameServerOptions":
+                         **options) -> NameServerOptions:
         """Options whose hmac_key comes from the environment (require_hmac_key(host))."""
         return cls(host=host, hmac_key=require_hmac_key(host, environ), **options)
 
