@@ -442,6 +442,61 @@ def test_two_worker_processes_share_one_run(tmp_path):
     assert all("shut down by the master" in o[1] for o in outs)
 
 
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (routing lookup, nothing is sent)."""
+    import ipaddress
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))                      # TEST-NET-1: only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
+    """Name server + master on a non-loopback address with a key: a `run.py worker` with the same key
+    serves trials; one with another key is refused by the name server, one without a key refuses to
+    start; both exit 2 naming AUTOML_BOHB_HMAC_KEY."""
+    from automl_pipeline.bohb.nameserver import HMAC_KEY_ENV, HMAC_KEY_FILE_ENV
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text("the-shared-secret\n")
+    monkeypatch.delenv(HMAC_KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(HMAC_KEY_ENV, "the-shared-secret")
+    port = _free_port()
+    worker_cli = [sys.executable, str(REPO / "run.py"), "worker", "--run-id", "keyed", "--nameserver", address,
+                  "--nameserver-port", str(port), "--max-image-side", "8", "--host", address,
+                  "--device", "cpu", "--time-limit", "60"]
+    base = {k: v for k, v in _env(OMP_NUM_THREADS="1").items() if k not in (HMAC_KEY_ENV, HMAC_KEY_FILE_ENV)}
+    envs = {"right": {**base, HMAC_KEY_FILE_ENV: str(key_file)}, "wrong": {**base, HMAC_KEY_ENV: "guessed"},
+            "none": base}
+    procs = {name: subprocess.Popen(worker_cli, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=env) for name, env in envs.items()}
+    try:
+        phase_s = 30.0                                       # includes the workers' start-up (torch import)
+        result = run_bohb(None, time_left=_phase_clock(phase_s)[1], out_dir=tmp_path / "out", min_budget=1,
+                          max_budget=3, n_local_workers=0, min_n_workers=1, nameserver_host=address,
+                          nameserver_port=port, run_id="keyed", config_space=tiny_space(2), log=lambda s: None)
+        outs = {name: p.communicate(timeout=30) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    codes = {name: p.returncode for name, p in procs.items()}
+    assert codes == {"right": 0, "wrong": 2, "none": 2}, {n: o[1][-800:] for n, o in outs.items()}
+    assert result.trials and all(t.error is None for t in result.trials), [t.error for t in result.trials]
+    assert {t.worker.rsplit(".", 1)[-1] for t in result.trials} == {str(procs["right"].pid)}
+    assert "refused this worker" in outs["wrong"][1] and HMAC_KEY_ENV in outs["wrong"][1]
+    assert "not loopback" in outs["none"][1] and HMAC_KEY_ENV in outs["none"][1]
+    assert all("Traceback" not in o[1] for o in outs.values())
+    assert json.loads((tmp_path / "out" / "bohb" / "nameserver.json").read_text())["hmac"] is True
+    assert "the-shared-secret" not in (tmp_path / "out" / "bohb" / "nameserver.json").read_text()
+
+
 def test_worker_reads_the_darts_result_from_checkpoint_or_report(tmp_path):
     from automl_pipeline.bohb.remote import load_darts_cells
     from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS
