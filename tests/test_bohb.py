@@ -470,22 +470,24 @@ def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
     port = _free_port()
     worker_cli = [sys.executable, str(REPO / "run.py"), "worker", "--run-id", "keyed", "--nameserver", address,
                   "--nameserver-port", str(port), "--max-image-side", "8", "--host", address,
-                  "--device", "cpu", "--time-limit", "60"]
+                  "--device", "cpu", "--time-limit", "75"]
     base = {k: v for k, v in _env(OMP_NUM_THREADS="1").items() if k not in (HMAC_KEY_ENV, HMAC_KEY_FILE_ENV)}
     envs = {"right": {**base, HMAC_KEY_FILE_ENV: str(key_file)}, "wrong": {**base, HMAC_KEY_ENV: "guessed"},
             "none": base}
     procs = {name: subprocess.Popen(worker_cli, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env=env) for name, env in envs.items()}
     try:
-        phase_s = 30.0                                       # includes the workers' start-up (torch import)
+        phase_s = 40.0                                       # includes the workers' start-up (torch import)
         result = run_bohb(None, time_left=_phase_clock(phase_s)[1], out_dir=tmp_path / "out", min_budget=1,
                           max_budget=3, n_local_workers=0, min_n_workers=1, nameserver_host=address,
                           nameserver_port=port, run_id="keyed", config_space=tiny_space(2), log=lambda s: None)
-        outs = {name: p.communicate(timeout=30) for name, p in procs.items()}
     finally:
         for p in procs.values():
-            if p.poll() is None:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
                 p.kill()
+    outs = {name: p.communicate() for name, p in procs.items()}
     codes = {name: p.returncode for name, p in procs.items()}
     assert codes == {"right": 0, "wrong": 2, "none": 2}, {n: o[1][-800:] for n, o in outs.items()}
     assert result.trials and all(t.error is None for t in result.trials), [t.error for t in result.trials]
