@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from automl_pipeline.bohb.phase import BohbResult, TrialRecord, select_incumbent
+from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.darts import DartsConfig, DartsResult
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.errors import InputError
@@ -234,20 +234,9 @@ class Checkpoints:
             for config_id, budget, stamps, result, exception in batch["results"]:
                 config_line = configs[json.dumps(config_id)]
                 config_info = config_line[2] if len(config_line) > 2 and isinstance(config_line[2], dict) else {}
-                info = dict((result or {}).get("info") or {})
-                loss = (result or {}).get("loss")
-                error = info.get("error") or (None if result is not None else
-                                              f"WorkerError: {(exception or 'no result').strip()[-200:]}")
-                records.append(TrialRecord(
-                    config_id=_unique_id(b, config_id), config=config_line[1], budget=float(budget),
-                    loss=float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else 1.0,
-                    val_macro_f1=float(info.get("val_macro_f1") or 0.0),
-                    evaluated=bool(info.get("evaluated", False)) and error is None, error=error,
-                    epochs_done=int(info.get("epochs_done") or 0),
-                    stopped_by_deadline=bool(info.get("stopped_by_deadline", False)),
-                    seconds=float(info.get("seconds") or 0.0), worker=info.get("worker"),
-                    t_s=-1.0,                      # before any trial of this attempt (t_s >= 0)
-                    model_based_pick=config_info.get("model_based_pick")))
+                records.append(TrialRecord.from_hpbandster(
+                    _unique_id(b, config_id), config_line[1], budget, result, exception, config_info=config_info,
+                    t_s=-1.0))                     # before any trial of this attempt (t_s >= 0)
         return records
 
     def previous_bohb_dir(self, valid: Callable[[dict], bool]) -> Path | None:

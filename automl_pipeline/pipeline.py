@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from automl_pipeline.bohb import require_hmac_key
 from automl_pipeline.checkpoints import Checkpoints, fingerprint
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
 from automl_pipeline.delivery import Delivery
@@ -107,7 +108,7 @@ class RunReport:
 
 def run(settings: Settings) -> int:
     """Run the whole job; returns the process exit code (0 ok, 2 bad input or output folder or a
-    refused --resume; 3 when stopped by the limit or a signal before any prediction was written;
+    refused --resume, a name server off loopback without AUTOML_BOHB_HMAC_KEY; 3 when stopped by the limit or a signal before any prediction was written;
     130 after SIGINT, from the signal handler).
 
     A phase that raises is recorded as a `phase_failed` event and the run goes on with what it
@@ -116,8 +117,9 @@ def run(settings: Settings) -> int:
     margin = default_margin_s(settings.time_limit_s) + (PLOTS_RESERVE_S if with_plots else 0.0)
     budget = Budget(settings.time_limit_s, already_elapsed_s=process_elapsed_s(), margin_s=margin)
     try:
+        require_hmac_key(settings.nameserver_host)   # off loopback, remote workers need the shared secret
         out_dir = check_output_dir(settings.output_dir)
-    except OutputDirError as err:
+    except (OutputDirError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     log = RunLog(out_dir / "run.log", quiet=settings.quiet, elapsed=budget.elapsed, remaining=budget.remaining,

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from automl_pipeline.bohb import (TrialContext, build_config_space, choose_budgets,  # noqa: E402
                                   config_to_train_config, run_bohb, to_plain)
-from automl_pipeline.bohb.phase import default_first_configs  # noqa: E402
+from automl_pipeline.bohb.budgets import default_first_configs  # noqa: E402
 from automl_pipeline.bohb.worker import build_trial_network  # noqa: E402
 from automl_pipeline.phases.hyperparameters import MIN_TRIAL_IMAGES_PER_CLASS, MIN_TRIAL_STEPS  # noqa: E402
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data  # noqa: E402

@@ -21,8 +21,9 @@ import torch
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, Integer
 
 from automl_pipeline.bohb import worker as worker_module
-from automl_pipeline.bohb.phase import (FIRST_BRACKET_SHARE, BohbResult, TrialRecord, bracket_sizes, choose_budgets,
-                                        hpbandster_budgets, run_bohb, select_incumbent)
+from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
+from automl_pipeline.bohb.phase import run_bohb
+from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
 from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space
 from automl_pipeline.bohb.worker import (SKIP_HEAVY_EXTRA, TrialContext, budget_epochs, config_cells,
@@ -356,12 +357,30 @@ def test_phase_warm_starts_from_a_previous_run(tmp_path):
     assert first.model_based_picks > 0 and first.report()["warning"] is None, first.report()["trials_per_budget"]
     assert 0 < sum(first.report()["model_based_picks_per_budget"].values()) <= first.model_based_picks
     lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
-    assert len(lines) == len(first.trials)
+    assert len(lines) == len(first.trials) and first.report()["optimizer"] == "bohb"
     second = run_bohb(None, time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", min_budget=1, max_budget=9,
                       config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, previous_result=tmp_path / "a" / "bohb",
                       log=lambda s: None)
     runs = second.hpbandster_result.get_all_runs()
     assert len(runs) == len(second.trials) + len(first.trials)         # old runs are part of the result
+
+
+def test_random_search_runs_the_same_brackets_without_model_based_picks(tmp_path):
+    result = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path, min_budget=1, max_budget=9,
+                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, optimizer="random",
+                      log=lambda s: None)
+    report = result.report()
+    assert report["optimizer"] == "random" and report["n_trials"] >= 5, report["trials_per_budget"]
+    assert report["model_based_picks"] == 0 and report["configs_sampled"] >= 5
+    assert report["warning"] is None                      # random by request, not by lack of data
+    assert len(report["trials_per_budget"]) >= 2          # promoted along the same brackets
+    assert report["incumbent"] is not None
+
+
+def test_unknown_optimizer_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="bohb, random"):
+        run_bohb(None, time_left=lambda: 5.0, out_dir=tmp_path, min_budget=1, max_budget=3,
+                 config_space=tiny_space(), optimizer="smac", log=lambda s: None)
 
 
 def test_phase_without_time_returns_at_once_without_incumbent(tmp_path):
@@ -448,6 +467,63 @@ def test_two_worker_processes_share_one_run(tmp_path):
     served = sorted(int(o[1].split("worker done: ")[1].split()[0]) for o in outs)
     assert sum(served) >= len(result.trials) and min(served) >= 1
     assert all("shut down by the master" in o[1] for o in outs)
+
+
+def _non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (routing lookup, nothing is sent)."""
+    import ipaddress
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))                      # TEST-NET-1: only picks the outgoing interface
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
+    """Name server + master on a non-loopback address with a key: a `run.py worker` with the same key
+    serves trials; one with another key is refused by the name server, one without a key refuses to
+    start; both exit 2 naming AUTOML_BOHB_HMAC_KEY."""
+    from automl_pipeline.bohb.nameserver import HMAC_KEY_ENV, HMAC_KEY_FILE_ENV
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text("the-shared-secret\n")
+    monkeypatch.delenv(HMAC_KEY_FILE_ENV, raising=False)
+    monkeypatch.setenv(HMAC_KEY_ENV, "the-shared-secret")
+    port = _free_port()
+    worker_cli = [sys.executable, str(REPO / "run.py"), "worker", "--run-id", "keyed", "--nameserver", address,
+                  "--nameserver-port", str(port), "--max-image-side", "8", "--host", address,
+                  "--device", "cpu", "--time-limit", "75"]
+    base = {k: v for k, v in _env(OMP_NUM_THREADS="1").items() if k not in (HMAC_KEY_ENV, HMAC_KEY_FILE_ENV)}
+    envs = {"right": {**base, HMAC_KEY_FILE_ENV: str(key_file)}, "wrong": {**base, HMAC_KEY_ENV: "guessed"},
+            "none": base}
+    procs = {name: subprocess.Popen(worker_cli, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=env) for name, env in envs.items()}
+    try:
+        phase_s = 40.0                                       # includes the workers' start-up (torch import)
+        result = run_bohb(None, time_left=_phase_clock(phase_s)[1], out_dir=tmp_path / "out", min_budget=1,
+                          max_budget=3, n_local_workers=0, min_n_workers=1, nameserver_host=address,
+                          nameserver_port=port, run_id="keyed", config_space=tiny_space(2), log=lambda s: None)
+    finally:
+        for p in procs.values():
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    outs = {name: p.communicate() for name, p in procs.items()}
+    codes = {name: p.returncode for name, p in procs.items()}
+    assert codes == {"right": 0, "wrong": 2, "none": 2}, {n: o[1][-800:] for n, o in outs.items()}
+    assert result.trials and all(t.error is None for t in result.trials), [t.error for t in result.trials]
+    assert {t.worker.rsplit(".", 1)[-1] for t in result.trials} == {str(procs["right"].pid)}
+    assert "refused this worker" in outs["wrong"][1] and HMAC_KEY_ENV in outs["wrong"][1]
+    assert "not loopback" in outs["none"][1] and HMAC_KEY_ENV in outs["none"][1]
+    assert all("Traceback" not in o[1] for o in outs.values())
+    assert json.loads((tmp_path / "out" / "bohb" / "nameserver.json").read_text())["hmac"] is True
+    assert "the-shared-secret" not in (tmp_path / "out" / "bohb" / "nameserver.json").read_text()
 
 
 def test_worker_reads_the_darts_result_from_checkpoint_or_report(tmp_path):

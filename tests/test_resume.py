@@ -15,7 +15,7 @@ import torch
 from hpbandster.core.result import logged_results_to_HBS_result
 from sklearn.datasets import load_digits
 
-from automl_pipeline.bohb.phase import BohbResult, TrialRecord
+from automl_pipeline.bohb.results import BohbResult, TrialRecord
 from automl_pipeline.checkpoints import (Checkpoints, darts_result_from_report, fingerprint, load_tensors,
                                          merge_kept_trials, save_tensors)
 from automl_pipeline.darts import DartsConfig, run_darts

@@ -154,3 +154,30 @@ def test_a_run_with_a_random_cell_records_the_options(tmp_path):
     assert report["final"]["config"]["loss"] == "ce"
     assert "darts_random_cell" in (out / "run.log").read_text()
     assert "Search options" in (out / "report.md").read_text()
+
+
+def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
+    from automl_pipeline.phases import hyperparameters
+
+    n, side = 256, 8
+    data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
+                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
+                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
+                          device=torch.device("cpu"))
+    seen = {}
+
+    class Finished:
+        def warning(self):
+            return None
+
+    def fake_run_bohb(ctx, **kwargs):
+        seen.update(kwargs, fixed=ctx.fixed)
+        return Finished()
+    monkeypatch.setattr(hyperparameters, "run_bohb", fake_run_bohb)
+    options = SearchOptions(optimizer="random", loss="logit_adjusted")
+    result, why = hyperparameters.search_hyperparameters(
+        data, None, lambda: 1000.0, baseline=False, seed=0, out_dir=tmp_path, workers=1, nameserver_host="127.0.0.1",
+        nameserver_port=0, log=lambda s: None, options=options)
+    assert why == "" and seen["optimizer"] == "random" and seen["fixed"] == {"loss": "logit_adjusted"}
+    assert "loss" not in set(seen["config_space"])

@@ -5,6 +5,11 @@ address to OUT/bohb/nameserver.json; a worker started with the same run_id and
 that address registers with the dispatcher and evaluates trials on its own
 TrialContext (its own copy of the data, on its own device) until the master
 shuts it down or its own `time_left()` runs out.
+
+When the name server (or this worker's --host) is off loopback, the worker
+needs the main run's shared secret from AUTOML_BOHB_HMAC_KEY or
+AUTOML_BOHB_HMAC_KEY_FILE (see nameserver.py); it exits with code 2 and says
+so when the key is missing or the name server refuses it.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ from typing import Callable
 
 import numpy as np
 import Pyro4
+import Pyro4.constants
 import Pyro4.errors
 
+from automl_pipeline.bohb.nameserver import HMAC_KEY_ENV, HmacKeyError, is_loopback, pyro_hmac, require_hmac_key
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config
 from automl_pipeline.search_space import TEMPLATE_OPS, Genotype
@@ -30,30 +37,46 @@ _LOG = logging.getLogger("automl_pipeline.bohb.remote")
 
 
 def wait_for_nameserver(host: str, port: int, time_left: Callable[[], float], poll_s: float = 0.5) -> bool:
-    """True once a Pyro4 name server answers at host:port; False when time runs out first."""
+    """True once a Pyro4 name server answers at host:port; False when time runs out first.
+    Raises HmacKeyError when the name server answers but refuses this process's HMAC key (or its
+    lack of one): waiting longer would not help."""
+    uri = f"PYRO:{Pyro4.constants.NAMESERVER_NAME}@{host}:{port}"
     while time_left() > 0:
         try:
-            with Pyro4.locateNS(host=host, port=port) as ns:
+            with Pyro4.Proxy(uri) as ns:
                 ns.ping()
             return True
-        except Pyro4.errors.PyroError:
+        except Pyro4.errors.PyroError as err:
+            if "hmac" in str(err).lower():
+                raise HmacKeyError(HMAC_KEY_ENV, (
+                    f"the name server at {host}:{port} refused this worker ({err}); set {HMAC_KEY_ENV} "
+                    f"to the main run's shared secret")) from err
             time.sleep(min(poll_s, max(0.0, time_left())))
     return False
 
 
 def run_remote_worker(run_id: str, nameserver: str, nameserver_port: int, ctx: TrialContext,
                       time_left: Callable[[], float], *, host: str | None = None, worker_id: str | None = None,
-                      evaluate: Callable[..., dict] = evaluate_config,
+                      hmac_key: bytes | None = None, evaluate: Callable[..., dict] = evaluate_config,
                       log: Callable[[str], None] = print) -> dict:
     """Serve trials for the BOHB run `run_id` until the master shuts this worker down or
     `time_left()` (this process's budget) runs out. Blocks; returns {"worker", "trials", "reason"}.
 
     host: the address of this machine's interface the master can reach (None: Pyro's
     default, localhost - enough when master and workers share a machine).
+    hmac_key: the main run's shared secret (nameserver.require_hmac_key); every Pyro4
+    message of this process is signed with it while the worker runs. Raises
+    HmacKeyError when the name server refuses it.
     Each trial's deadline is the earlier of the master's phase deadline (sent with
     the job) and this worker's time_left().
     """
     register_numpy_serializers()
+    with pyro_hmac(hmac_key):
+        return _serve(run_id, nameserver, nameserver_port, ctx, time_left, host=host, worker_id=worker_id,
+                      evaluate=evaluate, log=log)
+
+
+def _serve(run_id, nameserver, nameserver_port, ctx, time_left, *, host, worker_id, evaluate, log) -> dict:
     if not wait_for_nameserver(nameserver, nameserver_port, time_left):
         log(f"bohb worker: no name server at {nameserver}:{nameserver_port} before the deadline")
         return {"worker": None, "trials": 0, "reason": "no name server"}
@@ -148,6 +171,9 @@ def worker_main(args: argparse.Namespace) -> int:
 
     deadline = time.monotonic() + args.time_limit
     try:
+        # the key is needed as soon as the name server or this worker's own address is off loopback
+        off_loopback = next((h for h in (args.nameserver, args.host) if not is_loopback(h)), None)
+        hmac_key = require_hmac_key(off_loopback)
         device = resolve_device(args.device)
         dataset = load_dataset(args.data_dir, max_side=args.max_image_side)
         darts = load_darts_cells(args.darts_result) if args.darts_result is not None else None
@@ -164,8 +190,12 @@ def worker_main(args: argparse.Namespace) -> int:
                        device=device, seed=args.seed, baseline=args.method == "baseline",
                        darts_ops=darts.ops if darts is not None else TEMPLATE_OPS,
                        batch_size=batch_size_for(len(splits.train)))
-    outcome = run_remote_worker(args.run_id, args.nameserver, args.nameserver_port, ctx,
-                                lambda: deadline - time.monotonic(), host=args.host,
-                                log=lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        outcome = run_remote_worker(args.run_id, args.nameserver, args.nameserver_port, ctx,
+                                    lambda: deadline - time.monotonic(), host=args.host, hmac_key=hmac_key,
+                                    log=lambda message: print(message, file=sys.stderr, flush=True))
+    except HmacKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     print(f"worker done: {outcome['trials']} trials ({outcome['reason']})", file=sys.stderr)
     return 0

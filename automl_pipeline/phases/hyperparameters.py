@@ -6,7 +6,7 @@ from typing import Callable
 
 from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
                                   config_to_train_config, fixed_hyperparameters, run_bohb, to_plain)
-from automl_pipeline.bohb.phase import default_first_configs
+from automl_pipeline.bohb.budgets import default_first_configs
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.checkpoints import config_fits, merge_kept_trials
@@ -64,6 +64,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, config_space=space, min_budget=budgets[0],
                       max_budget=budgets[1], seed=sampling_seed, n_local_workers=workers,
                       nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
+                      optimizer=options.optimizer,
                       log=log, previous_result=previous_dir)
     if result.warning():
         log(f"BOHB: {result.warning()}")

@@ -1,0 +1,172 @@
+"""What the BOHB phase produces: one TrialRecord per finished trial, the incumbent rule, and
+BohbResult (the report.json "bohb" section).
+
+Incumbent rule (documented in the report as `incumbent_rule`): among trials
+that finished without error and were evaluated, prefer the ones that ran their
+full budget (not cut by the deadline); among those, take the largest budget
+that has any, and the best validation macro-F1 there (ties: the earlier
+trial). This is hpbandster's own "largest budget" rule, made robust to a trial
+at the top budget that the deadline cut after a few epochs. Cut trials count
+only when no trial completed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hpbandster.core.result import Result
+
+from automl_pipeline.bohb.budgets import hpbandster_budgets
+from automl_pipeline.bohb.serialization import to_plain
+from automl_pipeline.bohb.worker import n_epochs
+
+INCUMBENT_RULE = ("best val macro-F1 at the largest budget among trials that ran their full budget without error "
+                  "(deadline-cut trials only when none completed); ties: earlier trial")
+
+
+@dataclass
+class TrialRecord:
+    """One finished (or failed) trial as the phase saw it."""
+
+    config_id: tuple
+    config: dict
+    budget: float
+    loss: float
+    val_macro_f1: float
+    evaluated: bool
+    error: str | None
+    epochs_done: int
+    stopped_by_deadline: bool
+    seconds: float
+    worker: str | None
+    t_s: float                      # finish time, seconds since the phase started
+    model_based_pick: bool | None
+
+    @classmethod
+    def from_hpbandster(cls, config_id, config: dict, budget: float, result: dict | None, exception: str | None, *,
+                        config_info: dict | None = None, worker: str | None = None,
+                        t_s: float) -> "TrialRecord":
+        """A record from what hpbandster logs for one finished job: a results.json line
+        [config_id, budget, timestamps, result, exception] plus the config and config_info of its
+        configs.json line. Used for live jobs (TrialLog) and for trials read back from disk (resume).
+
+        result: the worker's {"loss", "info"} dict, or None when the worker raised (then `exception`
+        holds its traceback and the record carries a "WorkerError: <last line>" error).
+        worker: used when the result's info names no worker. Never raises on a malformed result:
+        a missing or non-finite loss becomes 1.0, missing info fields their defaults.
+        """
+        result = result if isinstance(result, dict) else None
+        info = dict(result.get("info") or {}) if result is not None else {}
+        if result is None:
+            text = (exception or "no result").strip().splitlines()
+            error = f"WorkerError: {text[-1] if text else 'no result'}"[:500]
+        else:
+            error = info.get("error")
+        loss = result.get("loss") if result is not None else None
+        loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else 1.0
+        return cls(config_id=tuple(config_id), config=to_plain(config), budget=float(budget), loss=loss,
+                   val_macro_f1=float(info.get("val_macro_f1") or 0.0),
+                   evaluated=bool(info.get("evaluated", False)) and error is None, error=error,
+                   epochs_done=int(info.get("epochs_done") or 0),
+                   stopped_by_deadline=bool(info.get("stopped_by_deadline", False)),
+                   seconds=float(info.get("seconds") or 0.0), worker=info.get("worker") or worker,
+                   t_s=float(t_s), model_based_pick=(config_info or {}).get("model_based_pick"))
+
+    def to_json(self) -> dict:
+        return to_plain({"config_id": list(self.config_id), "config": self.config, "budget": self.budget,
+                         "loss": self.loss, "val_macro_f1": self.val_macro_f1, "evaluated": self.evaluated,
+                         "error": self.error, "epochs_done": self.epochs_done,
+                         "stopped_by_deadline": self.stopped_by_deadline, "seconds": round(self.seconds, 3),
+                         "worker": self.worker, "t_s": round(self.t_s, 3),
+                         "model_based_pick": self.model_based_pick})
+
+
+def select_incumbent(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The incumbent under INCUMBENT_RULE (see module docstring); None when no trial qualifies."""
+    ok = [t for t in trials if t.evaluated and t.error is None]
+    complete = [t for t in ok if not t.stopped_by_deadline]
+    pool = complete or ok
+    if not pool:
+        return None
+    top = max(t.budget for t in pool)
+    at_top = [t for t in pool if t.budget == top]
+    return max(at_top, key=lambda t: (t.val_macro_f1, -t.t_s))
+
+
+@dataclass
+class BohbResult:
+    """What the BOHB phase found. `incumbent_config` is None when no trial was evaluated."""
+
+    incumbent_config: dict | None
+    incumbent_val_macro_f1: float
+    incumbent_budget: float
+    min_budget: float
+    max_budget: float
+    eta: float
+    trials: list[TrialRecord]
+    configs_sampled: int
+    model_based_picks: int
+    model_min_trials: int            # finished trials one budget needs before BOHB's KDE can be built
+    trajectory: list[tuple[float, float]]
+    seconds: float
+    n_workers: int
+    clean_shutdown: bool
+    epoch_seconds: float | None = None
+    master_error: str | None = None
+    optimizer: str = "bohb"          # "bohb", or "random" (same brackets, configurations sampled at random)
+    hpbandster_result: Result | None = field(default=None, repr=False)
+
+    @property
+    def budgets(self) -> list[float]:
+        return hpbandster_budgets(self.min_budget, self.max_budget, self.eta)
+
+    def warning(self) -> str | None:
+        if self.optimizer == "bohb" and self.configs_sampled and self.model_based_picks == 0:
+            return (f"BOHB was effectively random search: 0 of {self.configs_sampled} configurations were "
+                    f"model-based picks (its KDE needs {self.model_min_trials} finished trials on one budget)")
+        return None
+
+    def report(self) -> dict:
+        """The report.json "bohb" section."""
+        per_budget: dict[str, int] = {}
+        picks_per_budget: dict[str, int] = {}      # model-based configurations by the budget they started on
+        started: set[tuple] = set()
+        workers: dict[str, int] = {}
+        for t in self.trials:
+            key = f"{t.budget:g}"
+            per_budget[key] = per_budget.get(key, 0) + 1
+            if t.config_id not in started:
+                started.add(t.config_id)
+                picks_per_budget[key] = picks_per_budget.get(key, 0) + int(bool(t.model_based_pick))
+            if t.worker:
+                workers[t.worker] = workers.get(t.worker, 0) + 1
+        errors = sorted({t.error for t in self.trials if t.error})
+        incumbent = None
+        if self.incumbent_config is not None:
+            incumbent = {"config": self.incumbent_config, "val_macro_f1": self.incumbent_val_macro_f1,
+                         "budget": self.incumbent_budget, "epochs": n_epochs(self.incumbent_budget)}
+        return to_plain({
+            "optimizer": self.optimizer,
+            "n_trials": len(self.trials),
+            "trials_per_budget": per_budget,
+            "min_budget": self.min_budget, "max_budget": self.max_budget, "eta": self.eta,
+            "budgets": self.budgets, "epochs_per_budget": [n_epochs(b) for b in self.budgets],
+            "epoch_seconds": self.epoch_seconds,
+            "failed_trials": sum(1 for t in self.trials if t.error),
+            "errors": errors[:10],
+            "deadline_cut_trials": sum(1 for t in self.trials if t.stopped_by_deadline),
+            "configs_sampled": self.configs_sampled,
+            "model_based_picks": self.model_based_picks,
+            "model_based_picks_per_budget": picks_per_budget,
+            "model_min_trials": self.model_min_trials,
+            "n_hyperparameters": self.model_min_trials // 2 - 1,
+            "warning": self.warning(),
+            "incumbent": incumbent,
+            "incumbent_rule": INCUMBENT_RULE,
+            "trajectory": [[round(t, 3), f1] for t, f1 in self.trajectory],
+            "seconds": round(self.seconds, 3),
+            "n_workers": self.n_workers,
+            "trials_per_worker": workers,
+            "clean_shutdown": self.clean_shutdown,
+            "master_error": self.master_error,
+        })
