@@ -101,3 +101,73 @@ def test_darts_result_counts_as_learned_only_when_supernet_and_alphas_moved():
     report = result(0.6, 0.4).report()
     assert report["arch_steps"] == 300 and report["supernet_val_acc_per_epoch"] == [0.6]
     assert 0 < report["alpha_entropy_per_epoch"][0] < 1
+
+
+# --------------------------------------------------------------------------- BOHB's space by the time it has
+
+def _small_data(n: int = 256, side: int = 8) -> common.RunData:
+    from automl_pipeline.training.tensors import TensorData
+
+    return common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
+                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
+                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
+                          device=torch.device("cpu"))
+
+
+def test_bohb_spaces_go_from_a_cell_per_stage_to_one_cell_to_the_darts_cell():
+    from automl_pipeline.bohb.space import n_hyperparameters
+    from automl_pipeline.darts import random_cell_result
+    from automl_pipeline.phases.hyperparameters import search_spaces
+    from automl_pipeline.search_options import SearchOptions
+    from automl_pipeline.search_space import TEMPLATE_OPS
+
+    darts = random_cell_result(TEMPLATE_OPS, seed=0)
+    levels = search_spaces(darts, TEMPLATE_OPS, baseline=False, options=SearchOptions(), seed=0)
+    assert [(name, n_hyperparameters(space)) for name, space, _ in levels] == [
+        ("per_stage", 9), ("shared", 7), ("darts_cell", 6)]
+    assert levels[-1][2] == {"cell": "darts"} and "cell" in set(levels[1][1])
+    (name, space, fixed), = search_spaces(None, TEMPLATE_OPS, baseline=False, options=SearchOptions(), seed=0)
+    assert name == "default_cell" and n_hyperparameters(space) == 6 and fixed == {}
+
+
+def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_path):
+    """When 22 configurations do not fit but 18 do, BOHB searches one cell for the whole stack; the
+    incumbent it hands on carries the values every trial trained with."""
+    from automl_pipeline.bohb import BohbResult
+    from automl_pipeline.darts import random_cell_result
+    from automl_pipeline.phases import hyperparameters
+    from automl_pipeline.search_options import SearchOptions
+    from automl_pipeline.search_space import TEMPLATE_OPS
+
+    real_choose = hyperparameters.choose_budgets
+    monkeypatch.setattr(hyperparameters, "choose_budgets", lambda epoch_s, seconds, *, first_configs, min_budget_floor:
+                        None if first_configs > limit else real_choose(epoch_s, 1e4, first_configs=first_configs,
+                                                                       min_budget_floor=min_budget_floor))
+    seen = {}
+
+    def fake_run_bohb(trials, **kwargs):
+        seen["space"], seen["fixed"] = set(kwargs["config_space"]), trials.fixed
+        return BohbResult(incumbent_config={"lr": 0.01, "n_cells": 3, "base_channels": 16, "flip": False},
+                          incumbent_val_macro_f1=0.5, incumbent_budget=1.0, min_budget=0.5, max_budget=1.5, eta=3.0,
+                          trials=[], configs_sampled=0, model_based_picks=0, model_min_trials=0, trajectory=[],
+                          seconds=0.0, n_workers=1, clean_shutdown=True)
+    monkeypatch.setattr(hyperparameters, "run_bohb", fake_run_bohb)
+    darts = random_cell_result(TEMPLATE_OPS, seed=0)
+
+    def search():
+        return hyperparameters.search_hyperparameters(
+            _small_data(), darts, lambda: 1000.0, baseline=False, seed=0, out_dir=tmp_path, workers=1,
+            nameserver_host="127.0.0.1", nameserver_port=0, log=lambda s: None, options=SearchOptions(loss="ce"))
+
+    limit = 18
+    result, why = search()
+    assert why == "" and result.cell_choice == "shared" and "cell" in seen["space"]
+    assert not any(key.startswith("cell_stage") for key in seen["space"])
+    assert result.incumbent_config["loss"] == "ce" and result.report()["cell_choice"] == "shared"
+    limit = 15                                      # loss fixed: d is one less (20 / 16 / 14 configurations)
+    result, _ = search()
+    assert result.cell_choice == "darts_cell" and seen["fixed"]["cell"] == "darts"
+    assert result.incumbent_config["cell"] == "darts"
+    limit = 22
+    assert search()[0].cell_choice == "per_stage"

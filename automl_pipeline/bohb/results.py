@@ -114,6 +114,7 @@ class BohbResult:
     epoch_seconds: float | None = None
     master_error: str | None = None
     optimizer: str = "bohb"          # "bohb", or "random" (same brackets, configurations sampled at random)
+    cell_choice: str | None = None   # how the space chose cells (phases/hyperparameters.py CELL_LEVELS)
     hpbandster_result: Result | None = field(default=None, repr=False)
 
     @property
@@ -147,6 +148,7 @@ class BohbResult:
                          "budget": self.incumbent_budget, "epochs": n_epochs(self.incumbent_budget)}
         return to_plain({
             "optimizer": self.optimizer,
+            "cell_choice": self.cell_choice,
             "n_trials": len(self.trials),
             "trials_per_budget": per_budget,
             "min_budget": self.min_budget, "max_budget": self.max_budget, "eta": self.eta,

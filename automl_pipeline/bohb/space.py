@@ -13,7 +13,9 @@ focal gamma 3 with class-weight smoothing 0.8, surrogate beta0 1.0):
   `genotype_pool`), the cell of each stage of the stack (`cell_stage0`, `cell_stage1`, `cell_stage2`:
   names from the pool; stages as in `search_space.network.cell_stages`; a network with fewer
   reduction cells leaves the later stage choices unused). d = 9, so the KDE needs 20 results on a
-  budget and BOHB's first bracket has 22 configurations (bohb/phase.py `default_first_configs`).
+  budget and BOHB's first bracket has 22 configurations (bohb/budgets.py `default_first_configs`).
+  When that bracket does not fit the phase, the BOHB phase (phases/hyperparameters.py) searches one
+  `cell` for the whole stack (d = 7, 18 configurations), else fixes the DARTS cell (d = 6).
 * baseline: lr, depth, width and flips over the fixed default cell with plain cross-entropy. d = 4.
 
 Every hyperparameter is numeric or categorical (hpbandster rejects ordinal ones).
@@ -31,14 +33,19 @@ BASE_CHANNELS = (16, 24, 32)
 LOSSES = ("focal", "logit_adjusted", "ce")
 DEFAULT_CELL = "default"
 STAGE_CELL_KEYS = tuple(f"cell_stage{s}" for s in range(N_STAGES))   # the config key of each stage's cell
+SHARED_CELL_KEY = "cell"                                              # one cell for every stage
+# How BOHB chooses cells from a pool of more than one: one per stage (d + 3) or one for all (d + 1).
+CELL_CHOICES = ("per_stage", "shared")
 
 
 def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
-                       baseline: bool, fixed: Collection[str] = ()) -> ConfigurationSpace:
+                       baseline: bool, fixed: Collection[str] = (), cell_choice: str = "per_stage"
+                       ) -> ConfigurationSpace:
     """The configuration space for one BOHB phase; `seed` seeds its sampler.
 
     cells: the names of the genotype pool (`genotype_pool`); one name leaves the cell fixed, more add
-      one categorical per stage (STAGE_CELL_KEYS), default cells[0].
+      one categorical per stage (STAGE_CELL_KEYS; cell_choice "per_stage") or one for the whole stack
+      (SHARED_CELL_KEY; "shared"), default cells[0].
     fixed: names of hyperparameters the search options fix ("loss", "surrogate_skip"): left out of
       the space (the trials get their values from TrialContext.fixed).
     """
@@ -56,8 +63,11 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
         cs.add(Categorical("loss", list(LOSSES), default="focal"))
     if "surrogate_skip" not in fixed:
         cs.add(Categorical("surrogate_skip", [False, True], default=False))
-    if len(cells) > 1:
-        cs.add([Categorical(key, list(cells), default=cells[0]) for key in STAGE_CELL_KEYS])
+    if cell_choice not in CELL_CHOICES:
+        raise ValueError(f"cell_choice must be one of {CELL_CHOICES}, got {cell_choice!r}")
+    if len(cells) > 1 and SHARED_CELL_KEY not in fixed:
+        keys = STAGE_CELL_KEYS if cell_choice == "per_stage" else (SHARED_CELL_KEY,)
+        cs.add([Categorical(key, list(cells), default=cells[0]) for key in keys])
     return cs
 
 

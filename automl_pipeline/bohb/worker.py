@@ -29,7 +29,7 @@ import torch
 from hpbandster.core.worker import Worker
 
 from automl_pipeline.bohb.serialization import to_plain
-from automl_pipeline.bohb.space import DEFAULT_CELL, STAGE_CELL_KEYS
+from automl_pipeline.bohb.space import DEFAULT_CELL, SHARED_CELL_KEY, STAGE_CELL_KEYS
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
 from automl_pipeline.training import TensorData, TrainConfig, classification_metrics, predict, train_model
@@ -117,7 +117,10 @@ def genotype_pool(darts=None, ops: tuple[str, ...] = TEMPLATE_OPS) -> dict[str, 
 
 
 def config_cells(config: dict) -> tuple[str, ...]:
-    """The cell name of each stage a configuration asks for (STAGE_CELL_KEYS, default: the default cell)."""
+    """The cell name of each stage a configuration asks for: its STAGE_CELL_KEYS, else its one
+    SHARED_CELL_KEY for every stage, else the default cell."""
+    if SHARED_CELL_KEY in config:
+        return (str(config[SHARED_CELL_KEY]),) * len(STAGE_CELL_KEYS)
     return tuple(str(config.get(key, DEFAULT_CELL)) for key in STAGE_CELL_KEYS)
 
 
@@ -125,11 +128,11 @@ def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: 
                            ops: tuple[str, ...] = TEMPLATE_OPS) -> NetworkSpec:
     """Configuration -> NetworkSpec (pure; the sampled genotypes depend only on the alphas).
 
-    A configuration with stage cells (STAGE_CELL_KEYS) gets one genotype per stage and their names
+    A configuration with stage cells (STAGE_CELL_KEYS, or one SHARED_CELL_KEY) gets one genotype per stage and their names
     (NetworkSpec.stage_genotypes / stage_cells); one without them gets the default cell everywhere.
     """
     stage_genotypes: tuple[Genotype, ...] = ()
-    names = config_cells(config) if any(key in config for key in STAGE_CELL_KEYS) else ()
+    names = config_cells(config) if any(key in config for key in (*STAGE_CELL_KEYS, SHARED_CELL_KEY)) else ()
     if names:
         pool = genotype_pool(darts, ops)
         missing = sorted(set(names) - set(pool))

@@ -2,11 +2,15 @@
 epoch of the default configuration, and the time-bounded search."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
+
+from ConfigSpace import ConfigurationSpace
 
 from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
                                   config_to_train_config, fixed_hyperparameters, run_bohb, to_plain)
 from automl_pipeline.bohb.budgets import default_first_configs
+from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, n_hyperparameters
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.checkpoints import config_fits, merge_kept_trials
@@ -43,32 +47,61 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
         return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
     darts = None if baseline else darts
     ops = darts.ops if darts is not None else TEMPLATE_OPS
-    ctx = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
-                       image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
-                       darts_ops=ops, batch_size=data.batch_size,
-                       fixed=fixed_hyperparameters(options, baseline=baseline))
-    space = build_config_space(seed=sampling_seed, cells=tuple(genotype_pool(darts, ops)), baseline=baseline,
-                               fixed=tuple(ctx.fixed))
-    default = ctx.complete_config(to_plain(dict(space.get_default_configuration())))
-    epoch_s = timed_epoch(build_trial_network(default, ctx), data,
+    levels = search_spaces(darts, ops, baseline=baseline, options=options, seed=sampling_seed)
+    _, space, fixed = levels[0]
+    trials = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
+                          image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
+                          darts_ops=ops, batch_size=data.batch_size, fixed=fixed)
+    default = trials.complete_config(to_plain(dict(space.get_default_configuration())))
+    epoch_s = timed_epoch(build_trial_network(default, trials), data,
                           config_to_train_config(default, 1, seed, batch_size=data.batch_size))
     floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
-    budgets = choose_budgets(epoch_s, time_left(), first_configs=default_first_configs(space), min_budget_floor=floor)
+    for cell_choice, space, fixed in levels:     # the richest space whose first bracket fits
+        budgets = choose_budgets(epoch_s, time_left(), first_configs=default_first_configs(space),
+                                 min_budget_floor=floor)
+        if budgets is not None:
+            break
     if budgets is None:
         return None, (f"{time_left():.0f}s cannot hold a first bracket of {default_first_configs(space)} trials "
                       f"of at least {floor:.2f} epochs (~{epoch_s:.2f}s per epoch of the default configuration)")
+    trials = dataclasses.replace(trials, fixed=fixed)
+    if cell_choice != levels[0][0]:
+        log(f"BOHB: cells chosen as '{cell_choice}' (d = {n_hyperparameters(space)}): the first bracket of "
+            f"'{levels[0][0]}' does not fit {time_left():.0f}s")
     log(f"BOHB: ~{epoch_s:.2f}s per epoch of the default configuration, {workers} worker(s)")
     previous_dir = None if previous is None else previous(space)
     if previous_dir is not None:
         log(f"BOHB: warm start from the trials in {previous_dir}")
-    result = run_bohb(ctx, time_left=time_left, out_dir=out_dir, config_space=space, min_budget=budgets[0],
+    result = run_bohb(trials, time_left=time_left, out_dir=out_dir, config_space=space, min_budget=budgets[0],
                       max_budget=budgets[1], seed=sampling_seed, n_local_workers=workers,
                       nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
                       optimizer=options.optimizer,
                       log=log, previous_result=previous_dir)
     if result.warning():
         log(f"BOHB: {result.warning()}")
-    return result, ""
+    incumbent = None if result.incumbent_config is None else trials.complete_config(result.incumbent_config)
+    return dataclasses.replace(result, cell_choice=cell_choice, incumbent_config=incumbent), ""
+
+
+def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, baseline: bool, options: SearchOptions,
+                  seed: int) -> list[tuple[str, ConfigurationSpace, dict]]:
+    """The spaces BOHB may search, richest first: (cell choice, space, fixed values for every trial).
+
+    With a pool of DARTS cells: a cell per stage ("per_stage", d + 3), one cell for the whole stack
+    ("shared", d + 1), or the DARTS cell fixed ("darts_cell"); without: the default cell ("default_cell").
+    The fixed values are those of the search options (bohb.space.fixed_hyperparameters) plus, for
+    "darts_cell", the cell.
+    """
+    fixed = fixed_hyperparameters(options, baseline=baseline)
+    pool = tuple(genotype_pool(darts, ops))
+    if len(pool) == 1:
+        return [("default_cell", build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(fixed)),
+                 fixed)]
+    darts_fixed = {**fixed, SHARED_CELL_KEY: "darts"}
+    return [(choice, build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(fixed),
+                                        cell_choice=choice), fixed) for choice in CELL_CHOICES] + [
+        ("darts_cell", build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(darts_fixed)),
+         darts_fixed)]
 
 
 def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
