@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from automl_pipeline.phases import architecture, common
-from automl_pipeline.bohb import build_config_space, fixed_hyperparameters
+from automl_pipeline.bohb import BohbResult, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.worker import TrialContext, evaluate_config
 from automl_pipeline.darts import DartsConfig, random_cell_result
@@ -167,13 +167,12 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
                           device=torch.device("cpu"))
     seen = {}
 
-    class Finished:
-        def warning(self):
-            return None
-
     def fake_run_bohb(ctx, **kwargs):
         seen.update(kwargs, fixed=ctx.fixed)
-        return Finished()
+        return BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0, min_budget=0.5,
+                          max_budget=1.5, eta=3.0, trials=[], configs_sampled=0, model_based_picks=0,
+                          model_min_trials=0, trajectory=[], seconds=0.0, n_workers=1, clean_shutdown=True,
+                          optimizer=kwargs["optimizer"])
     monkeypatch.setattr(hyperparameters, "run_bohb", fake_run_bohb)
     options = SearchOptions(optimizer="random", loss="logit_adjusted")
     result, why = hyperparameters.search_hyperparameters(
