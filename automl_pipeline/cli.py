@@ -29,9 +29,11 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--method", choices=METHODS, default="ours",
                         help="ours (DARTS + BOHB, focal loss) or baseline (BOHB over a fixed CNN, plain CE)")
-    parser.add_argument("--workers", type=int, default=1, help="local BOHB worker processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1, help="BOHB worker threads in this process (default 1); workers on other machines: "
+                             "`run.py worker`")
     parser.add_argument("--nameserver-host", default="127.0.0.1",
-                        help="address the BOHB name server binds to; set it to accept remote workers")
+                        help="address the BOHB name server binds to; set it to accept remote workers (off "
+                             "loopback, AUTOML_BOHB_HMAC_KEY must be set)")
     parser.add_argument("--nameserver-port", type=int, default=0, help="name server port (0: any free port)")
     parser.add_argument("--max-image-side", type=int, default=None,
                         help="resize images larger than this (default: 32 on CPU, 64 on CUDA)")

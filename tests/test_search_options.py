@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from automl_pipeline.phases import architecture, common
 from automl_pipeline.bohb import BohbResult, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
-from automl_pipeline.bohb.worker import TrialContext, evaluate_config
+from automl_pipeline.bohb.worker import TrialContext, TrialWorker
 from automl_pipeline.darts import DartsConfig, random_cell_result
 from automl_pipeline.search_options import SearchOptions, SearchOptionsError
 from automl_pipeline.search_space import TEMPLATE_OPS, validate_genotype
@@ -115,9 +116,11 @@ def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monk
                            epochs_done=1, seconds=0.0, stopped_by_deadline=False)
     monkeypatch.setattr(worker_module, "train_model", fake_train)
     data = TensorData(torch.randn(32, 1, 8, 8), torch.arange(32) % 4)
-    ctx = TrialContext(train=data, val=data, n_classes=4, in_channels=1, image_side=8, fixed=fixed)
+    ctx = TrialContext(train=data, val=data, n_classes=4, in_channels=1, image_side=8)
     sampled = dict(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)).sample_configuration())
-    result = evaluate_config(sampled, 1.0, ctx, lambda: 100.0)
+    # the master sends the fixed values with every job; the worker completes the configuration
+    worker = TrialWorker(ctx, time_left=lambda: 100.0, run_id="r", nameserver="127.0.0.1", nameserver_port=1)
+    result = worker.compute("id", sampled, 1.0, None, phase_seconds_left=100.0, fixed=fixed)
     assert result["info"]["error"] is None, result
     assert configs[0].loss == "ce" and configs[0].surrogate_beta0 == 0.0
 
@@ -168,7 +171,7 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
     seen = {}
 
     def fake_run_bohb(ctx, **kwargs):
-        seen.update(kwargs, fixed=ctx.fixed)
+        seen.update(kwargs)
         return BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0, min_budget=0.5,
                           max_budget=1.5, eta=3.0, trials=[], configs_sampled=0, model_based_picks=0,
                           model_min_trials=0, trajectory=[], seconds=0.0, n_workers=1, clean_shutdown=True,
@@ -180,3 +183,20 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
         nameserver_port=0, log=lambda s: None, options=options)
     assert why == "" and seen["optimizer"] == "random" and seen["fixed"] == {"loss": "logit_adjusted"}
     assert "loss" not in set(seen["config_space"])
+
+
+def test_every_bohb_job_carries_the_fixed_values(tmp_path):
+    from automl_pipeline.bohb import run_bohb
+
+    seen = []
+
+    def quick(config, budget, ctx, time_left):
+        seen.append(config)
+        return {"loss": 0.5, "info": {"val_macro_f1": 0.5, "evaluated": True, "error": None, "epochs_done": 1,
+                                      "stopped_by_deadline": False}}
+    space = build_config_space(seed=0, baseline=False, fixed=("loss",))
+    started = time.monotonic()
+    run_bohb(None, time_left=lambda: 3.0 - (time.monotonic() - started), out_dir=tmp_path, config_space=space,
+             min_budget=1, max_budget=3, evaluate=quick, fixed={"loss": "logit_adjusted"}, wrapup_s=1.0,
+             log=lambda s: None)
+    assert seen and all(config["loss"] == "logit_adjusted" for config in seen)

@@ -61,12 +61,13 @@ class DeadlineBOHB(BOHB):
 
     def __init__(self, configspace, *, eta: float, min_budget: float, max_budget: float,
                  trial_seconds_left: Callable[[], float], first_configs: int | None = None,
-                 optimizer: str = "bohb", **master_kwargs):
+                 optimizer: str = "bohb", fixed: dict | None = None, **master_kwargs):
         # BOHB.__init__ with our config generator (same hyperband bookkeeping)
         if optimizer not in CONFIG_GENERATORS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         Master.__init__(self, config_generator=CONFIG_GENERATORS[optimizer](configspace), **master_kwargs)
         self.optimizer = optimizer
+        self.fixed = to_plain(dict(fixed or {}))   # sent with every job (TrialWorker.compute)
         self.first_configs = first_configs
         self.eta, self.min_budget, self.max_budget = eta, min_budget, max_budget
         self.max_SH_iter = n_rungs(min_budget, max_budget, eta)
@@ -91,7 +92,8 @@ class DeadlineBOHB(BOHB):
         with self.thread_cond:
             self.dispatcher.submit_job(config_id, config=config, budget=budget,
                                        working_directory=self.working_directory,
-                                       phase_seconds_left=max(0.0, float(self.trial_seconds_left())))
+                                       phase_seconds_left=max(0.0, float(self.trial_seconds_left())),
+                                       fixed=self.fixed)
             self.num_running_jobs += 1
 
     def run_until(self, *, n_iterations: int = 10 ** 6, min_n_workers: int = 1, poll_s: float = 0.25) -> None:

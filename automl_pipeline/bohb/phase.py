@@ -156,7 +156,7 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
              first_configs: int | None = None, n_local_workers: int = 1, min_n_workers: int | None = None,
              nameserver_host: str = "127.0.0.1", nameserver_port: int = 0, run_id: str = "bohb",
              previous_result=None, epoch_seconds: float | None = None, wrapup_s: float | None = None,
-             optimizer: str = "bohb", evaluate: Callable[..., dict] = evaluate_config,
+             optimizer: str = "bohb", fixed: dict | None = None, evaluate: Callable[..., dict] = evaluate_config,
              log: Callable[[str], None] = print) -> BohbResult:
     """Run BOHB until `time_left()` (the phase's remaining seconds) runs out.
 
@@ -179,6 +179,8 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
       min(wrapup_s, max(0.75, min(2, wrapup_s / 2))) seconds are for shutdown.
     optimizer: "bohb" (default) or "random": the same brackets, budgets and deadlines, with
       configurations sampled uniformly at random (an ablation; 0 model-based picks).
+    fixed: values of hyperparameters left out of the space (bohb.space.fixed_hyperparameters, a fixed
+      cell); sent with every job, so local and remote workers train with them.
     evaluate: injectable for tests (default evaluate_config).
     """
     if optimizer not in OPTIMIZERS:
@@ -210,7 +212,8 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
     trial_log = TrialLog(bohb_dir, t0=t0, log=log)
     if trial_seconds_left() > 0:
         master_options = {"eta": eta, "min_budget": min_budget, "max_budget": max_budget,
-                          "first_configs": first_configs, "optimizer": optimizer, "previous_result": previous}
+                          "first_configs": first_configs, "optimizer": optimizer, "previous_result": previous,
+                          "fixed": dict(fixed or {})}
         with pyro_hmac(nameserver.hmac_key):
             clean, master, master_errors = _search(
                 ctx, config_space, trial_log, nameserver, master_options=master_options, time_left=time_left,

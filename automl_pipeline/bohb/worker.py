@@ -9,7 +9,8 @@ Contract of `TrialWorker.compute` (what hpbandster calls):
   in:  config (plain-Python dict from the space in `space.py`), budget (epochs,
        float; trained as max(1, round(budget)) epochs), and optionally
        `phase_seconds_left`, the seconds the master's phase had left for this
-       trial when it was submitted (see `phase.py`).
+       trial when it was submitted (see `master.py`), and `fixed`, values of
+       hyperparameters left out of the space that complete the configuration.
   out: {"loss": float in [0, 1], "info": plain-Python dict} - loss = 1 - best val
        macro-F1 (finite; 1.0 for a failed trial).
   raises: nothing for a failing trial (the error is in info["error"]); only
@@ -21,7 +22,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -58,8 +59,6 @@ class TrialContext:
     batch_size: the batch of every trial (fixed by the data size, not searched).
     seed: one seed for every trial (weights init, shuffling, augmentation), so
       trials differ by their configuration only.
-    fixed: values of hyperparameters the search options fix (left out of the space), e.g.
-      {"loss": "ce"}; every trial's configuration is completed with them (`complete_config`).
     """
 
     train: TensorData
@@ -73,11 +72,6 @@ class TrialContext:
     baseline: bool = False
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
     batch_size: int = 64
-    fixed: dict = field(default_factory=dict)
-
-    def complete_config(self, config: dict) -> dict:
-        """A configuration from the space plus the fixed values (the space never has their keys)."""
-        return {**config, **self.fixed}
 
 
 def budget_epochs(budget: float) -> tuple[int, float]:
@@ -194,7 +188,6 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
                   "error": None, "stopped_by_deadline": False, "evaluated": False}
     loss = WORST_LOSS
     model = None
-    config = ctx.complete_config(config)
     try:
         model = build_trial_network(config, ctx)
         info["n_params"] = int(sum(p.numel() for p in model.parameters()))
@@ -250,7 +243,7 @@ class TrialWorker(Worker):
         self.evaluate = evaluate
 
     def compute(self, config_id, config, budget, working_directory, phase_seconds_left: float | None = None,
-                **kwargs) -> dict:
+                fixed: dict | None = None, **kwargs) -> dict:
         received = time.monotonic()
 
         def trial_time_left() -> float:
@@ -260,7 +253,7 @@ class TrialWorker(Worker):
             return max(0.0, left)
 
         try:
-            result = self.evaluate(to_plain(config), float(budget), self.ctx, trial_time_left)
+            result = self.evaluate(to_plain({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left)
         except Exception as exc:   # evaluate_config does not raise; a custom evaluate might
             result = {"loss": WORST_LOSS, "info": {"error": _error_text(exc)}}
         result = to_plain(result)

@@ -51,8 +51,8 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     _, space, fixed = levels[0]
     trials = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                           image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
-                          darts_ops=ops, batch_size=data.batch_size, fixed=fixed)
-    default = trials.complete_config(to_plain(dict(space.get_default_configuration())))
+                          darts_ops=ops, batch_size=data.batch_size)
+    default = {**to_plain(dict(space.get_default_configuration())), **fixed}
     epoch_s = timed_epoch(build_trial_network(default, trials), data,
                           config_to_train_config(default, 1, seed, batch_size=data.batch_size))
     floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
@@ -64,7 +64,6 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     if budgets is None:
         return None, (f"{time_left():.0f}s cannot hold a first bracket of {default_first_configs(space)} trials "
                       f"of at least {floor:.2f} epochs (~{epoch_s:.2f}s per epoch of the default configuration)")
-    trials = dataclasses.replace(trials, fixed=fixed)
     if cell_choice != levels[0][0]:
         log(f"BOHB: cells chosen as '{cell_choice}' (d = {n_hyperparameters(space)}): the first bracket of "
             f"'{levels[0][0]}' does not fit {time_left():.0f}s")
@@ -75,11 +74,11 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     result = run_bohb(trials, time_left=time_left, out_dir=out_dir, config_space=space, min_budget=budgets[0],
                       max_budget=budgets[1], seed=sampling_seed, n_local_workers=workers,
                       nameserver_host=nameserver_host, nameserver_port=nameserver_port, epoch_seconds=epoch_s,
-                      optimizer=options.optimizer,
+                      optimizer=options.optimizer, fixed=fixed,
                       log=log, previous_result=previous_dir)
     if result.warning():
         log(f"BOHB: {result.warning()}")
-    incumbent = None if result.incumbent_config is None else trials.complete_config(result.incumbent_config)
+    incumbent = None if result.incumbent_config is None else {**result.incumbent_config, **fixed}
     return dataclasses.replace(result, cell_choice=cell_choice, incumbent_config=incumbent), ""
 
 
