@@ -6,10 +6,13 @@ Files (each written atomically: a reader sees the old file or the new one, never
 | --- | --- | --- |
 | `run.json` | at start | fingerprint of what the results depend on (data source, method, seed, image side, search options), attempt number |
 | `delivered.json` | after every delivery | the delivered candidate: source, val macro-F1, held-out and predict labels, sha256 of predictions.npy |
-| `darts.pt` | after every DARTS epoch | the search state (`run_darts(on_checkpoint=...)`), tensors and plain types only |
-| `darts_outcome.json` | when the DARTS phase ends | the DartsResult report, or why DARTS was skipped: a resumed run reuses it |
-| `bohb_kept.json` | at resume | the finished BOHB trials of every earlier attempt, one batch per attempt |
-| `bohb_previous/` | at resume | those trials as hpbandster `configs.json`/`results.json`, to warm-start BOHB |
+| phases' files | by the phase that owns them | `save_json` / `save_tensors` / `write_json_lines` of what a phase hands over |
+
+The phases' files, written and read by their own modules: `darts.pt` (the search state after every
+DARTS epoch) and `darts_outcome.json` (the DARTS result, or why it was skipped) by
+phases/architecture.py; `bohb_kept.json` (the finished BOHB trials of every earlier attempt) and
+`bohb_previous/` (those trials as an hpbandster log, to warm-start BOHB) by phases/hyperparameters.py.
+This module knows no DARTS or hpbandster format.
 
 Everything is loaded with `torch.load(weights_only=True)` or JSON: no pickle.
 """
@@ -18,28 +21,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
-from automl_pipeline.darts import DartsConfig, DartsResult
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.errors import InputError
 from automl_pipeline.search_options import SearchOptions
-from automl_pipeline.search_space import Genotype
 from submission import atomic_write_bytes, to_jsonable, write_json
 
 FORMAT_VERSION = 1
 # Settings whose change makes earlier results meaningless; a resume that changes one is refused.
 FINGERPRINT_KEYS = ("data", "method", "seed", "image_side_cap", "search")
-# Config ids of kept BOHB trials are (attempt * ID_STRIDE + iteration, stage, index): unique across attempts.
-ID_STRIDE = 100_000
 
 
 def save_tensors(path: Path, obj: dict) -> None:
@@ -93,9 +88,10 @@ class Checkpoints:
         self.attempt = 0
 
     # ------------------------------------------------------------------ run.json
-    def start(self, fp: dict, *, resume: bool) -> dict | None:
-        """Begin attempt 0 (fresh; earlier checkpoints and bohb logs in OUT are removed) or, with
-        `resume`, the next attempt of the run in run.json. Returns the earlier run.json on resume.
+    def start(self, fp: dict, *, resume: bool, stale: tuple[Path, ...] = ()) -> dict | None:
+        """Begin attempt 0 (fresh: earlier checkpoints and the `stale` files of an earlier run are
+        removed) or, with `resume`, the next attempt of the run in run.json. Returns the earlier
+        run.json on resume.
 
         Raises InputError (exit code 2) when there is nothing to resume or the fingerprint differs.
         """
@@ -103,8 +99,8 @@ class Checkpoints:
         if not resume:
             if self.dir.exists():
                 shutil.rmtree(self.dir)
-            for name in ("configs.json", "results.json", "incumbent.json"):
-                (self.out_dir / "bohb" / name).unlink(missing_ok=True)
+            for path in stale:
+                Path(path).unlink(missing_ok=True)
             self.dir.mkdir(parents=True)
             self.attempt = 0
             write_json(run_json, {"version": FORMAT_VERSION, "fingerprint": fp, "attempt": 0})
@@ -178,165 +174,38 @@ class Checkpoints:
             return candidate, True, "predictions.npy did not match delivered.json; re-written from it"
         return candidate, False, f"kept {candidate.name} (val macro-F1 {candidate.val_macro_f1:.4f})"
 
-    # ------------------------------------------------------------------ DARTS
-    def save_darts_progress(self, state: dict, meta: dict) -> None:
-        save_tensors(self.dir / "darts.pt", {"version": FORMAT_VERSION, "meta": meta, "state": state})
+    # ------------------------------------------------------------------ what the phases hand over
+    def path(self, name: str) -> Path:
+        """A file of the checkpoint folder."""
+        return self.dir / name
 
-    def load_darts_progress(self) -> dict | None:
-        """{"meta", "state"} of the last finished DARTS epoch, or None (missing or unreadable)."""
+    def save_json(self, name: str, obj) -> None:
+        write_json(self.path(name), obj)
+
+    def load_json(self, name: str) -> dict | None:
+        """A JSON object saved with save_json, or None when missing or unreadable."""
         try:
-            payload = load_tensors(self.dir / "darts.pt")
-        except FileNotFoundError:
+            obj = json.loads(self.path(name).read_text())
+        except (OSError, ValueError):
             return None
-        except Exception:   # noqa: BLE001 - a damaged checkpoint means starting DARTS afresh
+        return obj if isinstance(obj, dict) else None
+
+    def save_tensors(self, name: str, obj: dict) -> None:
+        save_tensors(self.path(name), {"version": FORMAT_VERSION, **obj})
+
+    def load_tensors(self, name: str) -> dict | None:
+        """A dict saved with save_tensors, or None when missing, damaged or of another format version."""
+        try:
+            payload = load_tensors(self.path(name))
+        except Exception:   # noqa: BLE001 - a damaged checkpoint means starting that work afresh
             return None
         if not isinstance(payload, dict) or payload.get("version") != FORMAT_VERSION:
             return None
         return payload
 
-    def save_darts_outcome(self, result: DartsResult | None, why_not: str) -> None:
-        write_json(self.dir / "darts_outcome.json",
-                   {"skipped": why_not} if result is None else {"result": result.report()})
-
-    def load_darts_outcome(self) -> tuple[DartsResult | None, str] | None:
-        """(result, "") or (None, why it was skipped) of an earlier attempt; None when it never ended."""
-        try:
-            d = json.loads((self.dir / "darts_outcome.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if "result" in d:
-            return darts_result_from_report(d["result"]), ""
-        return None, str(d.get("skipped", "skipped"))
-
-    # ------------------------------------------------------------------ BOHB
-    def archive_bohb(self) -> int:
-        """Move the trials in OUT/bohb (written by the killed attempt) into bohb_kept.json, once.
-
-        Returns the number of kept finished trials over all earlier attempts. A line cut short by
-        the kill, or a result whose configuration line is missing, is dropped.
-        """
-        kept = self._read_kept()
-        configs = _json_lines(self.out_dir / "bohb" / "configs.json")
-        known = {json.dumps(c[0]) for c in configs if isinstance(c, list) and len(c) >= 2}
-        results = [r for r in _json_lines(self.out_dir / "bohb" / "results.json")
-                   if isinstance(r, list) and len(r) == 5 and json.dumps(r[0]) in known]
-        seen = {_key(r) for batch in kept for r in batch["results"]}
-        if results and not all(_key(r) in seen for r in results):
-            kept.append({"configs": configs, "results": results})
-            write_json(self.dir / "bohb_kept.json", {"batches": kept})
-        return sum(len(b["results"]) for b in kept)
-
-    def kept_trials(self) -> list[TrialRecord]:
-        """The kept trials as TrialRecords (ids made unique per batch), for the report and incumbent."""
-        records: list[TrialRecord] = []
-        for b, batch in enumerate(self._read_kept()):
-            configs = {json.dumps(c[0]): c for c in batch["configs"]}
-            for config_id, budget, stamps, result, exception in batch["results"]:
-                config_line = configs[json.dumps(config_id)]
-                config_info = config_line[2] if len(config_line) > 2 and isinstance(config_line[2], dict) else {}
-                records.append(TrialRecord.from_hpbandster(
-                    _unique_id(b, config_id), config_line[1], budget, result, exception, config_info=config_info,
-                    t_s=-1.0))                     # before any trial of this attempt (t_s >= 0)
-        return records
-
-    def previous_bohb_dir(self, valid: Callable[[dict], bool]) -> Path | None:
-        """Write the kept finished trials as an hpbandster log for `run_bohb(previous_result=...)`.
-
-        Only trials with a finite loss whose configuration is `valid` in the current space are
-        written (hpbandster's warm start cannot take crashed runs or foreign configurations).
-        None when no trial qualifies.
-        """
-        config_lines, result_lines = [], []
-        for b, batch in enumerate(self._read_kept()):
-            configs = {json.dumps(c[0]): c for c in batch["configs"]}
-            used = set()
-            for config_id, budget, stamps, result, exception in batch["results"]:
-                line = configs[json.dumps(config_id)]
-                loss = (result or {}).get("loss")
-                if not (isinstance(loss, (int, float)) and math.isfinite(loss)) or not valid(line[1]):
-                    continue
-                new_id = list(_unique_id(b, config_id))
-                if json.dumps(config_id) not in used:
-                    used.add(json.dumps(config_id))
-                    config_lines.append([new_id, line[1], line[2] if len(line) > 2 else {}])
-                result_lines.append([new_id, budget, stamps, result, exception])
-        if not result_lines:
-            return None
-        target = self.dir / "bohb_previous"
-        target.mkdir(parents=True, exist_ok=True)
-        for name, lines in (("configs.json", config_lines), ("results.json", result_lines)):
-            text = "".join(json.dumps(to_jsonable(line)) + "\n" for line in lines)
-            atomic_write_bytes(target / name, text.encode())
-        return target
-
-    def _read_kept(self) -> list[dict]:
-        try:
-            return list(json.loads((self.dir / "bohb_kept.json").read_text())["batches"])
-        except (OSError, ValueError, KeyError):
-            return []
-
-
-def merge_kept_trials(result: BohbResult | None, kept: list[TrialRecord]) -> BohbResult | None:
-    """BohbResult over the kept trials of earlier attempts plus this attempt's (incumbent re-chosen
-    by the same rule). Without a result of this attempt (BOHB skipped), one over the kept trials."""
-    if not kept:
-        return result
-    if result is None:
-        budgets = sorted({t.budget for t in kept})
-        result = BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0,
-                            min_budget=budgets[0], max_budget=max(budgets[-1], budgets[0] * 3), eta=3.0, trials=[],
-                            configs_sampled=0, model_based_picks=0, model_min_trials=0, trajectory=[],
-                            seconds=0.0, n_workers=0, clean_shutdown=True)
-    trials = list(kept) + list(result.trials)
-    incumbent = select_incumbent(trials)
-    return replace(result, trials=trials,
-                   incumbent_config=None if incumbent is None else incumbent.config,
-                   incumbent_val_macro_f1=0.0 if incumbent is None else incumbent.val_macro_f1,
-                   incumbent_budget=0.0 if incumbent is None else incumbent.budget)
-
-
-def darts_result_from_report(d: dict) -> DartsResult:
-    """Inverse of DartsResult.report() (the fields a later phase uses)."""
-    config = None if d.get("config") is None else DartsConfig.from_json(d["config"])
-    return DartsResult(
-        genotype=Genotype.from_json(d["genotype"]), alphas_normal=np.asarray(d["alphas_normal"], dtype=np.float64),
-        alphas_reduce=np.asarray(d["alphas_reduce"], dtype=np.float64), epochs_planned=int(d["epochs_planned"]),
-        epochs_run=int(d["epochs_run"]), stopped_early=bool(d["stopped_early"]), stop_reason=str(d["stop_reason"]),
-        skip_count_per_epoch=list(d["skip_count_per_epoch"]), beta_per_epoch=list(d["beta_per_epoch"]),
-        alphas_per_epoch=list(d["alphas_per_epoch"]), seconds=float(d["seconds"]),
-        epoch_seconds=list(d["epoch_seconds"]), ops=tuple(d["ops"]), steps_run=int(d.get("steps_run", 0)),
-        history=list(d.get("history", [])), config=config)
-
-
-def _json_lines(path: Path) -> list:
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:       # the last line, cut by the kill
-            continue
-    return out
-
-
-def _key(result_line: list) -> str:
-    return json.dumps(to_jsonable(result_line), sort_keys=True)
-
-
-def _unique_id(batch: int, config_id) -> tuple:
-    ids = [int(v) for v in config_id]
-    return (ids[0] - (batch + 1) * ID_STRIDE, *ids[1:])
-
-
-def config_fits(space, config: dict) -> bool:
-    """True when `config` is a valid configuration of the ConfigSpace `space`."""
-    import ConfigSpace
-
-    try:
-        ConfigSpace.Configuration(space, values=config)
-    except Exception:   # noqa: BLE001 - ConfigSpace raises several types for a foreign configuration
-        return False
-    return True
+    def write_json_lines(self, name: str, lines: list) -> Path:
+        """Write one JSON value per line, atomically (NaN/inf as null)."""
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, "".join(json.dumps(to_jsonable(line)) + "\n" for line in lines).encode())
+        return path

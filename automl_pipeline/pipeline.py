@@ -180,7 +180,7 @@ def _load(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report
     checkpoints = Checkpoints(out_dir)
     checkpoints.start(fingerprint(data_dir=settings.data_dir, method=settings.method, seed=settings.seed,
                                   image_side_cap=max_side, search=settings.search.to_json()),
-                      resume=settings.resume)
+                      resume=settings.resume, stale=hyperparameters.trial_logs(out_dir))
     # torch's one-time start-up costs (its first optimiser imports torch._dynamo: seconds) are paid
     # in a thread while the data loads, not inside the first phase's time.
     warming = threading.Thread(target=warm_up, args=(device,), name="warm-up", daemon=True)
@@ -222,16 +222,11 @@ def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, da
             checkpoints.save_delivered(candidate)
         else:
             delivery.best = candidate
-    n_trials = checkpoints.archive_bohb()
-    outcome = checkpoints.load_darts_outcome()
-    progress = checkpoints.load_darts_progress()
+    n_trials = hyperparameters.archive_trials(checkpoints)
     if settings.method == "baseline":
         darts_epochs, darts_note = 0, "no DARTS in the baseline"
-    elif outcome is not None:
-        darts_epochs, darts_note = (outcome[0].epochs_run if outcome[0] is not None else 0), "DARTS finished"
     else:
-        darts_epochs = 0 if progress is None else int(progress["state"]["epoch"])
-        darts_note = "DARTS continues" if progress is not None else "DARTS starts afresh"
+        darts_epochs, darts_note = architecture.resume_note(checkpoints)
     section = {"attempt": checkpoints.attempt, "from": str(checkpoints.dir), "darts_epochs_kept": darts_epochs,
                "bohb_trials_kept": n_trials, "delivered": note,
                "trained_model_kept": candidate is not None and candidate.source != "majority_fallback"}

@@ -528,15 +528,16 @@ def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
 
 def test_worker_reads_the_darts_result_from_checkpoint_or_report(tmp_path):
     from automl_pipeline.bohb.remote import load_darts_cells
-    from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS
+    from automl_pipeline.darts import random_cell_result
+    from automl_pipeline.search_space import TEMPLATE_OPS
 
-    section = {"genotype": DEFAULT_GENOTYPE.to_json(), "alphas_normal": [[0.2] * 5] * 14,
-               "alphas_reduce": [[0.2] * 5] * 14, "ops": list(TEMPLATE_OPS)}
+    saved = random_cell_result(TEMPLATE_OPS, seed=1)
+    section = json.loads(json.dumps(saved.report()))
     for wrapper in ({"result": section}, {"darts": section, "status": "complete"}):
         path = tmp_path / "darts.json"
         path.write_text(json.dumps(wrapper))
         cells = load_darts_cells(path)
-        assert cells.genotype == DEFAULT_GENOTYPE and cells.ops == TEMPLATE_OPS
+        assert cells.genotype == saved.genotype and cells.ops == TEMPLATE_OPS
         assert cells.alphas_normal.shape == (14, 5)
     path.write_text(json.dumps({"skipped": "too short"}))
     with pytest.raises(ValueError, match="no DARTS result"):

@@ -18,9 +18,10 @@ import pytest
 import torch
 from ConfigSpace import ConfigurationSpace, Float
 
-from automl_pipeline import checkpoints as ck_module
 from automl_pipeline.bohb import run_bohb
+from automl_pipeline.bohb.space import config_fits
 from automl_pipeline.checkpoints import Checkpoints, fingerprint, load_tensors, save_tensors
+from automl_pipeline.phases import architecture, hyperparameters
 
 from tests.processes import signal_after_first_predictions
 
@@ -89,9 +90,9 @@ def test_warm_start_from_kept_trials_does_not_redo_them(tmp_path):
     assert first.trials
     ck = Checkpoints(tmp_path)
     ck.dir.mkdir()                    # as the first attempt's start() left it (start() would clear bohb/)
-    assert ck.archive_bohb() == len(first.trials)
+    assert hyperparameters.archive_trials(ck) == len(first.trials)
     space = _space(seed=7919)
-    previous = ck.previous_bohb_dir(lambda config: ck_module.config_fits(space, config))
+    previous = hyperparameters.previous_trials_dir(ck, lambda config: config_fits(space, config))
     second = run_bohb(None, time_left=_phase(4.0), out_dir=tmp_path, min_budget=1, max_budget=3, seed=7919,
                       config_space=space, evaluate=lambda c, b, ctx, t: _ok(c["x"]), wrapup_s=1.0,
                       previous_result=previous, log=lambda s: None)
@@ -124,11 +125,11 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one(tmp_path, mon
 def test_a_damaged_darts_checkpoint_means_starting_darts_afresh(tmp_path):
     ck = Checkpoints(tmp_path)
     ck.start(fingerprint(data_dir=None, method="ours", seed=0, image_side_cap=32), resume=False)
-    ck.save_darts_progress({"epoch": 2, "alphas": torch.zeros(2, 2)}, {"n_train": 10})
-    assert ck.load_darts_progress()["state"]["epoch"] == 2
+    architecture.save_progress(ck, {"epoch": 2, "alphas": torch.zeros(2, 2)}, {"n_train": 10})
+    assert architecture.load_progress(ck)["state"]["epoch"] == 2
     data = (ck.dir / "darts.pt").read_bytes()
     (ck.dir / "darts.pt").write_bytes(data[: len(data) // 2])
-    assert ck.load_darts_progress() is None
+    assert architecture.load_progress(ck) is None
 
 
 def test_checkpoint_refuses_pickled_objects(tmp_path):

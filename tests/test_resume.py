@@ -16,11 +16,11 @@ from hpbandster.core.result import logged_results_to_HBS_result
 from sklearn.datasets import load_digits
 
 from automl_pipeline.bohb.results import BohbResult, TrialRecord
-from automl_pipeline.checkpoints import (Checkpoints, darts_result_from_report, fingerprint, load_tensors,
-                                         merge_kept_trials, save_tensors)
-from automl_pipeline.darts import DartsConfig, run_darts
+from automl_pipeline.checkpoints import Checkpoints, fingerprint, load_tensors, save_tensors
+from automl_pipeline.darts import DartsConfig, DartsResult, run_darts
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.errors import InputError
+from automl_pipeline.phases import hyperparameters
 from automl_pipeline.training import TensorData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_darts_resumed_from_a_checkpoint_equals_an_uninterrupted_search(digits, 
     # a finished search resumes to the same result without stepping
     done = run_darts(train, val, 10, cfg, time_left=lambda: 1e9, loss=loss, resume=load_tensors(saved[-1]))
     assert done.steps_run == straight.steps_run and np.allclose(done.alphas_normal, straight.alphas_normal)
-    back = darts_result_from_report(straight.report())
+    back = DartsResult.from_report(straight.report())
     assert back.genotype == straight.genotype and back.config == cfg
     assert np.allclose(back.alphas_reduce, straight.alphas_reduce)
 
@@ -152,15 +152,15 @@ def test_bohb_trials_are_kept_across_attempts(tmp_path):
     ck = Checkpoints(tmp_path)
     ck.start(_fp(), resume=False)
     _bohb_log(tmp_path / "bohb", [([0, 0, 0], 0.01, 0.7), ([0, 0, 1], 0.02, 0.9)], cut_last_line=True)
-    assert ck.archive_bohb() == 2
-    assert ck.archive_bohb() == 2                      # the same files again (attempt killed before BOHB)
+    assert hyperparameters.archive_trials(ck) == 2
+    assert hyperparameters.archive_trials(ck) == 2                      # the same files again (attempt killed before BOHB)
     # the next attempt's BOHB rewrote the folder; its ids start at 0 again
     _bohb_log(tmp_path / "bohb", [([0, 0, 0], 0.03, 0.8)])
-    assert ck.archive_bohb() == 3
-    kept = ck.kept_trials()
+    assert hyperparameters.archive_trials(ck) == 3
+    kept = hyperparameters.kept_trials(ck)
     assert len(kept) == 3 and len({t.config_id for t in kept}) == 3
     assert sorted(t.val_macro_f1 for t in kept) == [0.7, 0.8, 0.9]
-    previous = ck.previous_bohb_dir(lambda config: config["lr"] < 0.025)     # the lr=0.03 one "does not fit"
+    previous = hyperparameters.previous_trials_dir(ck, lambda config: config["lr"] < 0.025)     # the lr=0.03 one "does not fit"
     result = logged_results_to_HBS_result(str(previous))
     assert len(result.get_all_runs()) == 2
     # merged with this attempt's trials, the incumbent is chosen over all of them
@@ -171,9 +171,9 @@ def test_bohb_trials_are_kept_across_attempts(tmp_path):
                          min_budget=1.0, max_budget=3.0, eta=3.0, trials=[new], configs_sampled=1,
                          model_based_picks=0, model_min_trials=4, trajectory=[], seconds=1.0, n_workers=1,
                          clean_shutdown=True)
-    merged = merge_kept_trials(current, kept)
+    merged = hyperparameters.merge_kept_trials(current, kept)
     assert merged.incumbent_config == {"lr": 0.02} and merged.report()["n_trials"] == 4
-    alone = merge_kept_trials(None, kept)                # BOHB skipped in this attempt
+    alone = hyperparameters.merge_kept_trials(None, kept)                # BOHB skipped in this attempt
     assert alone.incumbent_config == {"lr": 0.02}
 
 

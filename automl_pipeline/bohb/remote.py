@@ -19,11 +19,9 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import Pyro4
 import Pyro4.constants
 import Pyro4.errors
@@ -31,7 +29,8 @@ import Pyro4.errors
 from automl_pipeline.bohb.nameserver import HMAC_KEY_ENV, HmacKeyError, is_loopback, pyro_hmac, require_hmac_key
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config
-from automl_pipeline.search_space import TEMPLATE_OPS, Genotype
+from automl_pipeline.darts import DartsResult
+from automl_pipeline.search_space import TEMPLATE_OPS
 
 _LOG = logging.getLogger("automl_pipeline.bohb.remote")
 
@@ -120,27 +119,16 @@ def _serve(run_id, nameserver, nameserver_port, ctx, time_left, *, host, worker_
 # --------------------------------------------------------------------------- `python run.py worker`
 
 
-@dataclass(frozen=True)
-class DartsCells:
-    """What a worker needs of a DARTS result to build a configuration's cells (see genotype_pool)."""
-
-    genotype: Genotype
-    alphas_normal: np.ndarray
-    alphas_reduce: np.ndarray
-    ops: tuple[str, ...]
-
-
-def load_darts_cells(path: Path) -> DartsCells:
-    """Read the main run's DARTS result: OUT/checkpoints/darts_outcome.json (written when its DARTS phase
-    ends) or a finished run's report.json."""
+def load_darts_cells(path: Path) -> DartsResult:
+    """Read the main run's DARTS result (DartsResult.from_report): OUT/checkpoints/darts_outcome.json
+    (written when its DARTS phase ends) or a finished run's report.json."""
     saved = json.loads(Path(path).read_text(encoding="utf-8"))
     section = saved.get("result") or saved.get("darts")
-    if not section:
-        raise ValueError(f"{path}: no DARTS result in it (DARTS skipped, or not a darts_outcome.json/report.json)")
-    return DartsCells(genotype=Genotype.from_json(section["genotype"]),
-                      alphas_normal=np.asarray(section["alphas_normal"], dtype=np.float64),
-                      alphas_reduce=np.asarray(section["alphas_reduce"], dtype=np.float64),
-                      ops=tuple(section["ops"]))
+    try:
+        return DartsResult.from_report(section)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: no DARTS result in it (DARTS skipped, or not a darts_outcome.json/report.json)"
+                         ) from None
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from ConfigSpace import Categorical, ConfigurationSpace, Float, Integer
+from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, Integer
 
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space.network import N_STAGES
@@ -88,3 +88,12 @@ def fixed_hyperparameters(options: SearchOptions, *, baseline: bool) -> dict:
 
 def n_hyperparameters(space: ConfigurationSpace) -> int:
     return len(list(space.values()))
+
+
+def config_fits(space, config: dict) -> bool:
+    """True when `config` is a valid configuration of the ConfigSpace `space`."""
+    try:
+        Configuration(space, values=config)
+    except Exception:   # noqa: BLE001 - ConfigSpace raises several types for a foreign configuration
+        return False
+    return True

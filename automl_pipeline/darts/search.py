@@ -153,6 +153,19 @@ class DartsResult:
                            f"uniform value after {self.steps_run} steps)")
         return True, ""
 
+    @classmethod
+    def from_report(cls, d: dict) -> "DartsResult":
+        """Inverse of report() (the one parser of a saved DARTS result: checkpoints, remote workers)."""
+        config = None if d.get("config") is None else DartsConfig.from_json(d["config"])
+        return cls(
+            genotype=Genotype.from_json(d["genotype"]), alphas_normal=np.asarray(d["alphas_normal"], dtype=np.float64),
+            alphas_reduce=np.asarray(d["alphas_reduce"], dtype=np.float64), epochs_planned=int(d["epochs_planned"]),
+            epochs_run=int(d["epochs_run"]), stopped_early=bool(d["stopped_early"]), stop_reason=str(d["stop_reason"]),
+            skip_count_per_epoch=list(d["skip_count_per_epoch"]), beta_per_epoch=list(d["beta_per_epoch"]),
+            alphas_per_epoch=list(d["alphas_per_epoch"]), seconds=float(d["seconds"]),
+            epoch_seconds=list(d["epoch_seconds"]), ops=tuple(d["ops"]), steps_run=int(d.get("steps_run", 0)),
+            history=list(d.get("history", [])), config=config)
+
     def report(self) -> dict:
         """The report.json "darts" section."""
         cfg = self.config

@@ -8,6 +8,7 @@ from typing import Callable
 
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
                                    steps_per_epoch)
+from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
@@ -17,6 +18,9 @@ from automl_pipeline.training import make_loss
 from automl_pipeline.training.tensors import random_subset
 
 NAME = "darts"
+# What this phase leaves in the checkpoint folder for --resume.
+PROGRESS_FILE = "darts.pt"             # the search state after every finished epoch (tensors, plain types)
+OUTCOME_FILE = "darts_outcome.json"    # the result (DartsResult.report()), or why DARTS was skipped
 # DARTS: the poster's 15 epochs at most; fewer than MIN_DARTS_EPOCHS on the full training split and
 # the search runs on a random subset instead, never below MIN_DARTS_IMAGES_PER_CLASS on average.
 MAX_DARTS_EPOCHS = 15
@@ -168,18 +172,19 @@ def run(ctx: RunContext) -> DartsResult | None:
     if ctx.options.darts != "search":
         return _without_search(ctx)
     store = ctx.store
-    outcome = store.load_darts_outcome() if ctx.settings.resume else None
+    outcome = load_outcome(store) if ctx.settings.resume else None
     if outcome is not None:
         ctx.budget.skip_phase(NAME, "resumed: the DARTS outcome of the earlier attempt is kept")
         darts, why_not = outcome
     else:
-        progress = store.load_darts_progress() if ctx.settings.resume else None
+        progress = load_progress(store) if ctx.settings.resume else None
         with ctx.budget.start_phase(NAME) as phase:
             try:
                 darts, why_not = search_architecture(ctx.data, phase.remaining, seed=ctx.seed, log=ctx.log,
                                                      options=ctx.options, progress=progress,
-                                                     on_checkpoint=store.save_darts_progress)
-                store.save_darts_outcome(darts, why_not)
+                                                     on_checkpoint=lambda state, meta: save_progress(store, state,
+                                                                                                     meta))
+                save_outcome(store, darts, why_not)
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
                 darts, why_not = None, phase_failed(ctx.log, NAME, err)
     if darts is None:
@@ -210,3 +215,41 @@ def _without_search(ctx: RunContext) -> DartsResult | None:
     section = ctx.report["darts"] = search_section("skipped", why)
     section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)
     return darts
+
+
+# --------------------------------------------------------------------------- resume
+
+def save_progress(store: Checkpoints, state: dict, meta: dict) -> None:
+    """After every finished DARTS epoch: its state and how to rebuild the search (meta)."""
+    store.save_tensors(PROGRESS_FILE, {"meta": meta, "state": state})
+
+
+def load_progress(store: Checkpoints) -> dict | None:
+    """{"meta", "state"} of the last finished DARTS epoch, or None (missing or unreadable)."""
+    payload = store.load_tensors(PROGRESS_FILE)
+    return payload if payload is not None and {"meta", "state"} <= set(payload) else None
+
+
+def save_outcome(store: Checkpoints, result: DartsResult | None, why_not: str) -> None:
+    store.save_json(OUTCOME_FILE, {"skipped": why_not} if result is None else {"result": result.report()})
+
+
+def load_outcome(store: Checkpoints) -> tuple[DartsResult | None, str] | None:
+    """(result, "") or (None, why it was skipped) of an earlier attempt; None when it never ended."""
+    saved = store.load_json(OUTCOME_FILE)
+    if saved is None:
+        return None
+    if "result" in saved:
+        return DartsResult.from_report(saved["result"]), ""
+    return None, str(saved.get("skipped", "skipped"))
+
+
+def resume_note(store: Checkpoints) -> tuple[int, str]:
+    """(DARTS epochs an earlier attempt finished, what a resumed run does with them)."""
+    outcome = load_outcome(store)
+    if outcome is not None:
+        return (outcome[0].epochs_run if outcome[0] is not None else 0), "DARTS finished"
+    progress = load_progress(store)
+    if progress is not None:
+        return int(progress["state"]["epoch"]), "DARTS continues"
+    return 0, "DARTS starts afresh"

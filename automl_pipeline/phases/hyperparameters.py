@@ -3,6 +3,9 @@ epoch of the default configuration, and the time-bounded search."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+from pathlib import Path
 from typing import Callable
 
 from ConfigSpace import ConfigurationSpace
@@ -10,16 +13,25 @@ from ConfigSpace import ConfigurationSpace
 from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
                                   config_to_train_config, fixed_hyperparameters, run_bohb, to_plain)
 from automl_pipeline.bohb.budgets import default_first_configs
-from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, n_hyperparameters
+from automl_pipeline.bohb.results import TrialRecord, select_incumbent
+from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, config_fits, n_hyperparameters
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import DartsResult
-from automl_pipeline.checkpoints import config_fits, merge_kept_trials
+from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft, timed_epoch
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS
+from submission import to_jsonable
 
 NAME = "bohb"
+# What this phase leaves for --resume: hpbandster's logs of every attempt's trials in OUT/bohb/, kept
+# at resume in the checkpoint folder, and rewritten as one hpbandster log to warm-start BOHB from.
+TRIAL_LOGS = ("configs.json", "results.json", "incumbent.json")
+KEPT_FILE = "bohb_kept.json"           # {"batches": [{"configs": [...], "results": [...]}]}, one per attempt
+PREVIOUS_DIR = "bohb_previous"         # configs.json / results.json for run_bohb(previous_result=...)
+# Config ids of kept trials are (attempt * ID_STRIDE + iteration, stage, index): unique across attempts.
+ID_STRIDE = 100_000
 # A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
 RESUME_SEED_STRIDE = 7919
 # The smallest BOHB budget trains on at least this many batches and images per class.
@@ -37,7 +49,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     Budgets (epochs, fractional ones on a subset) come from the measured epoch time of the space's
     default configuration and the phase length (bohb.phase.choose_budgets).
     previous: None, or `space -> directory | None` giving hpbandster logs of earlier trials to
-    warm-start from (a resumed run; see checkpoints.Checkpoints.previous_bohb_dir).
+    warm-start from (a resumed run; see `previous_trials_dir`).
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
     one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
     options: the search options: hyperparameters they fix (bohb.space.fixed_hyperparameters) leave the space.
@@ -107,10 +119,10 @@ def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
     """The phase: BOHB (warm-started from a resumed attempt's trials, which count as its own);
     writes the report's `bohb` section. darts: a DARTS result that learned, or None."""
     settings, store = ctx.settings, ctx.store
-    kept = store.kept_trials() if settings.resume else []
+    kept = kept_trials(store) if settings.resume else []
     previous = None
     if kept:
-        previous = lambda space: store.previous_bohb_dir(lambda config: config_fits(space, config))  # noqa: E731
+        previous = lambda space: previous_trials_dir(store, lambda config: config_fits(space, config))  # noqa: E731
     with ctx.budget.start_phase(NAME) as phase:
         try:
             bohb, why_not = search_hyperparameters(
@@ -132,3 +144,117 @@ def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
         for error in section["errors"]:
             ctx.log.event("failed_trial", error)
     return bohb
+
+
+# --------------------------------------------------------------------------- resume
+
+def trial_logs(out_dir: Path) -> tuple[Path, ...]:
+    """hpbandster's logs of this phase in OUT/bohb/ (a fresh run removes an earlier run's)."""
+    return tuple(Path(out_dir) / "bohb" / name for name in TRIAL_LOGS)
+
+
+def archive_trials(store: Checkpoints) -> int:
+    """Move the trials in OUT/bohb (written by the killed attempt) into KEPT_FILE, once.
+
+    Returns the number of kept finished trials over all earlier attempts. A line cut short by
+    the kill, or a result whose configuration line is missing, is dropped.
+    """
+    kept = _read_kept(store)
+    configs = _json_lines(store.out_dir / "bohb" / "configs.json")
+    known = {json.dumps(c[0]) for c in configs if isinstance(c, list) and len(c) >= 2}
+    results = [r for r in _json_lines(store.out_dir / "bohb" / "results.json")
+               if isinstance(r, list) and len(r) == 5 and json.dumps(r[0]) in known]
+    seen = {_key(r) for batch in kept for r in batch["results"]}
+    if results and not all(_key(r) in seen for r in results):
+        kept.append({"configs": configs, "results": results})
+        store.save_json(KEPT_FILE, {"batches": kept})
+    return sum(len(b["results"]) for b in kept)
+
+
+def kept_trials(store: Checkpoints) -> list[TrialRecord]:
+    """The kept trials as TrialRecords (ids made unique per batch), for the report and incumbent."""
+    records: list[TrialRecord] = []
+    for b, batch in enumerate(_read_kept(store)):
+        configs = {json.dumps(c[0]): c for c in batch["configs"]}
+        for config_id, budget, stamps, result, exception in batch["results"]:
+            config_line = configs[json.dumps(config_id)]
+            config_info = config_line[2] if len(config_line) > 2 and isinstance(config_line[2], dict) else {}
+            records.append(TrialRecord.from_hpbandster(
+                _unique_id(b, config_id), config_line[1], budget, result, exception, config_info=config_info,
+                t_s=-1.0))                     # before any trial of this attempt (t_s >= 0)
+    return records
+
+
+def previous_trials_dir(store: Checkpoints, valid: Callable[[dict], bool]) -> Path | None:
+    """Write the kept finished trials as an hpbandster log for `run_bohb(previous_result=...)`.
+
+    Only trials with a finite loss whose configuration is `valid` in the current space are
+    written (hpbandster's warm start cannot take crashed runs or foreign configurations).
+    None when no trial qualifies.
+    """
+    config_lines, result_lines = [], []
+    for b, batch in enumerate(_read_kept(store)):
+        configs = {json.dumps(c[0]): c for c in batch["configs"]}
+        used = set()
+        for config_id, budget, stamps, result, exception in batch["results"]:
+            line = configs[json.dumps(config_id)]
+            loss = (result or {}).get("loss")
+            if not (isinstance(loss, (int, float)) and math.isfinite(loss)) or not valid(line[1]):
+                continue
+            new_id = list(_unique_id(b, config_id))
+            if json.dumps(config_id) not in used:
+                used.add(json.dumps(config_id))
+                config_lines.append([new_id, line[1], line[2] if len(line) > 2 else {}])
+            result_lines.append([new_id, budget, stamps, result, exception])
+    if not result_lines:
+        return None
+    store.write_json_lines(f"{PREVIOUS_DIR}/configs.json", config_lines)
+    store.write_json_lines(f"{PREVIOUS_DIR}/results.json", result_lines)
+    return store.path(PREVIOUS_DIR)
+
+
+def merge_kept_trials(result: BohbResult | None, kept: list[TrialRecord]) -> BohbResult | None:
+    """BohbResult over the kept trials of earlier attempts plus this attempt's (incumbent re-chosen
+    by the same rule). Without a result of this attempt (BOHB skipped), one over the kept trials."""
+    if not kept:
+        return result
+    if result is None:
+        budgets = sorted({t.budget for t in kept})
+        result = BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0,
+                            min_budget=budgets[0], max_budget=max(budgets[-1], budgets[0] * 3), eta=3.0, trials=[],
+                            configs_sampled=0, model_based_picks=0, model_min_trials=0, trajectory=[],
+                            seconds=0.0, n_workers=0, clean_shutdown=True)
+    trials = list(kept) + list(result.trials)
+    incumbent = select_incumbent(trials)
+    return dataclasses.replace(result, trials=trials,
+                               incumbent_config=None if incumbent is None else incumbent.config,
+                               incumbent_val_macro_f1=0.0 if incumbent is None else incumbent.val_macro_f1,
+                               incumbent_budget=0.0 if incumbent is None else incumbent.budget)
+
+
+def _read_kept(store: Checkpoints) -> list[dict]:
+    saved = store.load_json(KEPT_FILE)
+    return list(saved["batches"]) if saved is not None and isinstance(saved.get("batches"), list) else []
+
+
+def _json_lines(path: Path) -> list:
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:       # the last line, cut by the kill
+            continue
+    return out
+
+
+def _key(result_line: list) -> str:
+    return json.dumps(to_jsonable(result_line), sort_keys=True)
+
+
+def _unique_id(batch: int, config_id) -> tuple:
+    ids = [int(v) for v in config_id]
+    return (ids[0] - (batch + 1) * ID_STRIDE, *ids[1:])
