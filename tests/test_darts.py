@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from automl_pipeline.darts import (DartsConfig, MixedOp, SuperNet, beta_schedule, derive_genotype,
+from automl_pipeline.darts import (DartsConfig, MixedOp, SuperNet, derive_genotype,
                                    estimate_epoch_seconds, n_edges_for, run_darts, sample_genotype, skip_count,
                                    with_more_skips)
 from automl_pipeline.darts.search import _Search
 from automl_pipeline.search_space import EXTRA_OPS, OPS, TEMPLATE_OPS, validate_genotype
+from automl_pipeline.training import surrogate_beta
 from automl_pipeline.training.tensors import TensorData
 
 OPS5 = TEMPLATE_OPS   # none, skip_connect, conv_3x3, res_basic, res_bottleneck
@@ -176,10 +177,11 @@ def test_sample_genotype_is_seeded_valid_and_sharpens_with_temperature():
 
 # --------------------------------------------------------------------------- schedules
 
-def test_beta_schedule_linear_to_zero_over_planned_epochs():
-    assert [beta_schedule(1.0, e, 5) for e in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert beta_schedule(0.6, 0, 1) == 0.6
-    assert beta_schedule(1.0, 7, 5) == 0.0
+def test_darts_surrogate_beta_falls_to_zero_over_the_planned_epochs():
+    """run_darts takes the one schedule with zero at the last planned epoch, max(E - 1, 1)."""
+    assert [surrogate_beta(1.0, e, 5 - 1) for e in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert surrogate_beta(0.6, 0, max(1 - 1, 1)) == 0.6               # one planned epoch: beta0 throughout
+    assert surrogate_beta(1.0, 7, 5 - 1) == 0.0
 
 
 def test_skip_count():

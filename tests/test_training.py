@@ -345,7 +345,7 @@ def test_batch_size_capped_and_singleton_last_batch_dropped():
     (5, [2.0, 1.0, 0.0, 0.0, 0.0]), (6, [2.0, 4 / 3, 2 / 3, 0.0, 0.0, 0.0]),
 ])
 def test_surrogate_beta_reaches_zero_at_half(epochs, expected):
-    betas = [surrogate_beta(2.0, e, epochs) for e in range(epochs)]
+    betas = [surrogate_beta(2.0, e, epochs // 2) for e in range(epochs)]
     assert betas == pytest.approx(expected)
     assert all(b == 0.0 for b in betas[epochs // 2:])       # exactly 0 for the second half
 

@@ -8,8 +8,8 @@ momentum, weight decay, gradient clipping), as in the DARTS code.
 
 Per epoch e of E planned epochs:
 - weight lr = cosine from w_lr (epoch 0) to w_lr_min (epoch E);
-- surrogate beta = `beta_schedule(beta0, e, E)`, linear from beta0 at epoch 0 to 0
-  at the last planned epoch;
+- surrogate beta = `training.surrogate_beta(beta0, e, max(E - 1, 1))`, linear from beta0 at
+  epoch 0 to 0 at the last planned epoch (beta0 throughout when E == 1);
 - after the epoch, count normal-cell edges whose softmaxed skip_connect weight
   exceeds skip_threshold; more than skip_limit -> stop and restore the alphas of
   the start of that epoch (stop_reason "skip_limit").
@@ -45,6 +45,7 @@ from automl_pipeline.search_space.ops import OPS, TEMPLATE_OPS
 from automl_pipeline.training.device import (autocast_context, configure_device, optimizer_kwargs,
                                              use_channels_last)
 from automl_pipeline.training.tensors import TensorData, resize_tensor_data
+from automl_pipeline.training.trainer import surrogate_beta
 
 STEP_SAFETY = 1.5
 MAX_PLANNED_EPOCHS = 50
@@ -204,12 +205,6 @@ def alpha_entropy(weights_normal: np.ndarray, weights_reduce: np.ndarray) -> flo
     if w.shape[1] < 2:
         return 0.0
     return float((-(w * np.log(w)).sum(axis=1)).mean() / np.log(w.shape[1]))
-
-
-def beta_schedule(beta0: float, epoch: int, epochs: int) -> float:
-    """Surrogate skip weight for a 0-based epoch: beta0 * (1 - epoch / (epochs - 1)), so
-    beta0 at the first and 0 at the last planned epoch (beta0 throughout when epochs == 1)."""
-    return beta0 * max(0.0, 1.0 - epoch / max(epochs - 1, 1))
 
 
 def cosine_lr(lr_max: float, lr_min: float, epoch: int, epochs: int) -> float:
@@ -480,7 +475,7 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         planned = plan()
     while stop_reason == "completed" and (planned is None or epoch < planned):
         e_total = planned if planned is not None else MAX_PLANNED_EPOCHS   # epoch 0 does not depend on it
-        beta = beta_schedule(config.beta0, epoch, e_total)
+        beta = surrogate_beta(config.beta0, epoch, max(e_total - 1, 1))
         lr = cosine_lr(config.w_lr, config.w_lr_min, epoch, e_total)
         search.set_epoch(lr, beta)
         snap, t_epoch = search.snapshot(), clock()

@@ -125,12 +125,11 @@ class TrainResult:
     oom_halvings: int = 0
 
 
-def surrogate_beta(beta0: float, epoch: int, epochs: int) -> float:
-    """Surrogate-skip beta for 0-based `epoch` of `epochs`: linear from beta0 at epoch 0 to
-    exactly 0 at epoch h = epochs // 2 and 0 after, so the second half trains without the
-    surrogate; 0 throughout when epochs == 1."""
-    half = epochs // 2
-    return 0.0 if half == 0 else beta0 * max(0.0, 1.0 - epoch / half)
+def surrogate_beta(beta0: float, epoch: int, zero_epoch: int) -> float:
+    """The DARTS- surrogate-skip weight of 0-based `epoch`: linear from beta0 at epoch 0 to exactly 0
+    at `zero_epoch` and 0 after (0 throughout when zero_epoch <= 0). The one schedule of the package:
+    training decays to 0 at half its epochs (train_model), DARTS over its planned epochs (run_darts)."""
+    return 0.0 if zero_epoch <= 0 else beta0 * max(0.0, 1.0 - epoch / zero_epoch)
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -230,7 +229,8 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
     - No host-device sync per batch: the loss is summed on the device and read once per
       epoch; the NaN check between epochs ends is non-blocking (_FiniteWatch).
     - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
-      surrogate_beta(beta0, e, epochs) at each epoch start and to 0 for every evaluation
+      surrogate_beta(beta0, e, epochs // 2) at each epoch start (0 from half the epochs on) and to 0
+      for every evaluation
       and at the end. Only an epoch trained with beta 0 can become the best, so the
       returned weights are judged and used in a state they trained in. If the deadline
       stops training before any beta-0 epoch was evaluated, the last evaluated epoch
@@ -308,7 +308,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
 
     for epoch in range(1, config.epochs + 1):
         epoch_t0 = time.perf_counter()
-        beta = surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs) if use_beta else 0.0
+        beta = surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs // 2) if use_beta else 0.0
         if use_beta:
             model.set_surrogate_beta(beta)
         model.train()
