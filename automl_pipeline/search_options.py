@@ -15,8 +15,9 @@ unknown key, a wrong type or a value outside the choices is refused (exit 2, nam
     optimizer          "bohb" (default) | "random" (random search over the same space and budgets)
     loss               "search" (BOHB chooses) | "focal" (+ class weights) | "logit_adjusted" | "ce"
 
-The baseline (`--method baseline`) has no DARTS and plain cross-entropy; of these it uses only
-`optimizer`. The options are part of the run's settings (report.json `settings.search`).
+The baseline (`--method baseline`) is the same pipeline with DARTS off, plain cross-entropy and no
+surrogate skip (`BASELINE`, applied by `for_method`): of these options it keeps only `optimizer`.
+The options are part of the run's settings (report.json `settings.search`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ from pathlib import Path
 DARTS_MODES = ("search", "off", "random")
 OPTIMIZERS = ("bohb", "random")
 LOSS_CHOICES = ("search", "focal", "logit_adjusted", "ce")
+# What `--method baseline` turns off; the one place that says what the baseline is.
+BASELINE = {"darts": "off", "extra_ops": False, "second_order": False, "allow_zero": False, "grouping": False,
+            "max_skips": None, "surrogate_skip": False, "early_termination": True, "loss": "ce"}
 
 
 class SearchOptionsError(ValueError):
@@ -59,6 +63,10 @@ class SearchOptions:
         if self.max_skips is not None and (isinstance(self.max_skips, bool) or not isinstance(self.max_skips, int)
                                            or self.max_skips < 0):
             raise SearchOptionsError(f"max_skips must be null or an integer >= 0, got {self.max_skips!r}")
+
+    def for_method(self, method: str) -> "SearchOptions":
+        """The options a run of `method` uses: these, or for "baseline" these with BASELINE applied."""
+        return dataclasses.replace(self, **BASELINE) if method == "baseline" else self
 
     @property
     def fixed_loss(self) -> str | None:

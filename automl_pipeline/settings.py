@@ -67,6 +67,11 @@ class Settings:
         if self.max_image_side is not None and self.max_image_side < 4:
             raise SettingsError(f"--max-image-side must be >= 4, got {self.max_image_side}")
 
+    @property
+    def options(self) -> SearchOptions:
+        """The search options this run uses (the baseline's parts turned off: SearchOptions.for_method)."""
+        return self.search.for_method(self.method)
+
     def to_json(self) -> dict:
         """Plain-JSON view for report.json."""
         out = dataclasses.asdict(self)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             def time_left() -> float:
                 return max(0.0, args.seconds - (time.monotonic() - start))
 
-            space = build_config_space(seed=args.seed, baseline=False)
+            space = build_config_space(seed=args.seed)
             epoch_s, budgets, floor = plan_budgets(ctx, space, time_left)
             if budgets is None:
                 print(f"{n_workers} worker(s): {args.seconds:g}s cannot hold a first bracket of "

@@ -152,7 +152,7 @@ def train_once(model, data: TensorData, batch: int, precision: str, channels_las
     `epochs_only` the epoch's own time (history "seconds": the batches up to the epoch's loss read,
     a device sync; without train_model's set-up and final state copy, as the run's
     train_images_per_s and plain_cnn.py's count it)."""
-    config = dataclasses.replace(default_train_config(epochs=1, batch_size=batch, baseline=False, seed=0),
+    config = dataclasses.replace(default_train_config(epochs=1, batch_size=batch, seed=0),
                                  precision="auto" if precision == "bf16" else "fp32", channels_last=channels_last)
     result = train_model(model, data, None, config, time_left=lambda: 1e9, n_classes=N_CLASSES)
     return sum(h["seconds"] for h in result.history) if epochs_only else result.seconds

@@ -25,10 +25,11 @@ from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, cho
 from automl_pipeline.bohb.phase import run_bohb
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
-from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space
+from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb.worker import (SKIP_HEAVY_EXTRA, TrialContext, budget_epochs, config_cells,
                                          config_to_network_spec, config_to_train_config, evaluate_config,
                                          genotype_pool)
+from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def ctx() -> TrialContext:
 
 
 def good_config() -> dict:
-    cfg = to_plain(dict(build_config_space(seed=0, baseline=False).get_default_configuration()))
+    cfg = to_plain(dict(build_config_space(seed=0).get_default_configuration()))
     return dict(cfg, n_cells=1, base_channels=16, lr=1e-2)
 
 
@@ -94,7 +95,8 @@ def fake_darts(seed: int = 0):
 def test_space_variants_sample_valid_configurations(with_darts, baseline):
     darts = fake_darts() if with_darts else None
     pool = genotype_pool(darts)
-    cs = build_config_space(seed=3, cells=tuple(pool), baseline=baseline)
+    options = SearchOptions().for_method("baseline" if baseline else "ours")
+    cs = build_config_space(seed=3, cells=tuple(pool), fixed=tuple(fixed_hyperparameters(options)))
     names = set(cs.keys())
     assert {"lr", "n_cells", "base_channels", "flip"} <= names
     assert ({"loss", "surrogate_skip"} <= names) is (not baseline)
@@ -150,8 +152,8 @@ def test_config_to_network_spec_builds_each_stage_from_its_cell():
 
 def test_space_is_seeded():
     cells = tuple(genotype_pool(fake_darts()))
-    a = [dict(c) for c in build_config_space(seed=7, cells=cells, baseline=False).sample_configuration(5)]
-    b = [dict(c) for c in build_config_space(seed=7, cells=cells, baseline=False).sample_configuration(5)]
+    a = [dict(c) for c in build_config_space(seed=7, cells=cells).sample_configuration(5)]
+    b = [dict(c) for c in build_config_space(seed=7, cells=cells).sample_configuration(5)]
     assert a == b
 
 
@@ -298,7 +300,7 @@ STOCK_BOHB_SCRIPT = textwrap.dedent("""
     ns = NameServer(run_id="np", host="127.0.0.1", port=0); host, port = ns.start()
     w = Dummy(run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1", logger=quiet)
     w.run(background=True)
-    space = build_config_space(seed=0, cells=("default", "darts"), baseline=False)
+    space = build_config_space(seed=0, cells=("default", "darts"))
     config = space.sample_configuration()
     assert any(isinstance(v, np.generic) for v in dict(config).values())   # the trap is armed
     m = BOHB(configspace=space, run_id="np", nameserver=host, nameserver_port=port, host="127.0.0.1",

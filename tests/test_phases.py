@@ -37,7 +37,7 @@ def test_a_first_model_on_a_small_subset_learns(digits, one_torch_thread):
     steps) it stayed at chance (val macro-F1 0.02); the step rule makes it learn."""
     data = dataclasses.replace(digits, train=random_subset(digits.train, 361, 0))
     batch = first_model.batch_for_steps(len(data.train), 3, data.batch_size)
-    config = common.default_train_config(epochs=3, batch_size=batch, baseline=False, seed=0)
+    config = common.default_train_config(epochs=3, batch_size=batch, seed=0)
     candidate, result = common.train_candidate("first_model", common.first_model_spec(data), config, data,
                                                lambda: 1e9, log=lambda s: None)
     assert result.epochs_done == 3 and batch == 16
@@ -123,11 +123,11 @@ def test_bohb_spaces_go_from_a_cell_per_stage_to_one_cell_to_the_darts_cell():
     from automl_pipeline.search_space import TEMPLATE_OPS
 
     darts = random_cell_result(TEMPLATE_OPS, seed=0)
-    levels = search_spaces(darts, TEMPLATE_OPS, baseline=False, options=SearchOptions(), seed=0)
+    levels = search_spaces(darts, TEMPLATE_OPS, options=SearchOptions(), seed=0)
     assert [(name, n_hyperparameters(space)) for name, space, _ in levels] == [
         ("per_stage", 9), ("shared", 7), ("darts_cell", 6)]
     assert levels[-1][2] == {"cell": "darts"} and "cell" in set(levels[1][1])
-    (name, space, fixed), = search_spaces(None, TEMPLATE_OPS, baseline=False, options=SearchOptions(), seed=0)
+    (name, space, fixed), = search_spaces(None, TEMPLATE_OPS, options=SearchOptions(), seed=0)
     assert name == "default_cell" and n_hyperparameters(space) == 6 and fixed == {}
 
 
@@ -157,7 +157,7 @@ def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_
 
     def search():
         return hyperparameters.search_hyperparameters(
-            _small_data(), darts, lambda: 1000.0, baseline=False, seed=0, out_dir=tmp_path, workers=1,
+            _small_data(), darts, lambda: 1000.0, seed=0, out_dir=tmp_path, workers=1,
             nameserver_host="127.0.0.1", nameserver_port=0, log=lambda s: None, options=SearchOptions(loss="ce"))
 
     limit = 18

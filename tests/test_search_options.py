@@ -101,12 +101,14 @@ def test_search_architecture_plans_with_the_options(monkeypatch):
 
 def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monkeypatch):
     options = SearchOptions(loss="ce", surrogate_skip=False)
-    fixed = fixed_hyperparameters(options, baseline=False)
+    fixed = fixed_hyperparameters(options)
     assert fixed == {"loss": "ce", "surrogate_skip": False}
-    assert fixed_hyperparameters(options, baseline=True) == {}
-    names = set(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)))
+    baseline = SearchOptions(loss="focal", optimizer="random").for_method("baseline")
+    assert fixed_hyperparameters(baseline) == {"loss": "ce", "surrogate_skip": False}
+    assert baseline.darts == "off" and baseline.optimizer == "random"        # the baseline keeps its optimizer
+    names = set(build_config_space(seed=0, fixed=tuple(fixed)))
     assert not names & {"loss", "surrogate_skip"} and {"lr", "n_cells"} <= names
-    assert {"loss", "surrogate_skip"} <= set(build_config_space(seed=0, baseline=False))
+    assert {"loss", "surrogate_skip"} <= set(build_config_space(seed=0))
 
     configs = []
 
@@ -117,17 +119,17 @@ def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monk
     monkeypatch.setattr(worker_module, "train_model", fake_train)
     data = TensorData(torch.randn(32, 1, 8, 8), torch.arange(32) % 4)
     ctx = TrialContext(train=data, val=data, n_classes=4, in_channels=1, image_side=8)
-    sampled = dict(build_config_space(seed=0, baseline=False, fixed=tuple(fixed)).sample_configuration())
+    sampled = dict(build_config_space(seed=0, fixed=tuple(fixed)).sample_configuration())
     # the master sends the fixed values with every job; the worker completes the configuration
     worker = TrialWorker(ctx, time_left=lambda: 100.0, run_id="r", nameserver="127.0.0.1", nameserver_port=1)
     result = worker.compute("id", sampled, 1.0, None, phase_seconds_left=100.0, fixed=fixed)
     assert result["info"]["error"] is None, result
     assert configs[0].loss == "ce" and configs[0].surrogate_beta0 == 0.0
 
-    first = common.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0, options=options)
+    first = common.default_train_config(epochs=3, batch_size=16, seed=0, options=options)
     assert first.loss == "ce"
-    assert common.default_train_config(epochs=3, batch_size=16, baseline=False, seed=0).loss == "focal"
-    assert common.default_train_config(epochs=3, batch_size=16, baseline=True, seed=0, options=options).loss == "ce"
+    assert common.default_train_config(epochs=3, batch_size=16, seed=0).loss == "focal"
+    assert common.default_train_config(epochs=3, batch_size=16, seed=0, options=baseline).loss == "ce"
 
 
 def test_a_random_cell_stands_in_for_darts():
@@ -179,7 +181,7 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
     monkeypatch.setattr(hyperparameters, "run_bohb", fake_run_bohb)
     options = SearchOptions(optimizer="random", loss="logit_adjusted")
     result, why = hyperparameters.search_hyperparameters(
-        data, None, lambda: 1000.0, baseline=False, seed=0, out_dir=tmp_path, workers=1, nameserver_host="127.0.0.1",
+        data, None, lambda: 1000.0, seed=0, out_dir=tmp_path, workers=1, nameserver_host="127.0.0.1",
         nameserver_port=0, log=lambda s: None, options=options)
     assert why == "" and seen["optimizer"] == "random" and seen["fixed"] == {"loss": "logit_adjusted"}
     assert "loss" not in set(seen["config_space"])
@@ -194,7 +196,7 @@ def test_every_bohb_job_carries_the_fixed_values(tmp_path):
         seen.append(config)
         return {"loss": 0.5, "info": {"val_macro_f1": 0.5, "evaluated": True, "error": None, "epochs_done": 1,
                                       "stopped_by_deadline": False}}
-    space = build_config_space(seed=0, baseline=False, fixed=("loss",))
+    space = build_config_space(seed=0, fixed=("loss",))
     started = time.monotonic()
     run_bohb(None, time_left=lambda: 3.0 - (time.monotonic() - started), out_dir=tmp_path, config_space=space,
              min_budget=1, max_budget=3, evaluate=quick, fixed={"loss": "logit_adjusted"}, wrapup_s=1.0,

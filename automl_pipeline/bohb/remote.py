@@ -138,7 +138,6 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--nameserver-port", type=int, required=True, help="the main run's name server port")
     parser.add_argument("--data-dir", type=Path, default=None, help="the same data as the main run (default: digits)")
     parser.add_argument("--seed", type=int, default=0, help="the main run's --seed (it fixes the splits)")
-    parser.add_argument("--method", choices=("ours", "baseline"), default="ours", help="the main run's --method")
     parser.add_argument("--max-image-side", type=int, required=True,
                         help="the main run's working image side (report.json data.image_size)")
     parser.add_argument("--darts-result", type=Path, default=None,
@@ -176,7 +175,7 @@ def worker_main(args: argparse.Namespace) -> int:
     ctx = TrialContext(train=to_tensor_data(splits.train.images, splits.train.labels, device, mean, std),
                        val=to_tensor_data(splits.val.images, splits.val.labels, device, mean, std),
                        n_classes=dataset.n_classes, in_channels=channels, image_side=height, darts=darts,
-                       device=device, seed=args.seed, baseline=args.method == "baseline",
+                       device=device, seed=args.seed,
                        darts_ops=darts.ops if darts is not None else TEMPLATE_OPS,
                        batch_size=batch_size_for(len(splits.train)))
     try:

@@ -16,7 +16,8 @@ focal gamma 3 with class-weight smoothing 0.8, surrogate beta0 1.0):
   budget and BOHB's first bracket has 22 configurations (bohb/budgets.py `default_first_configs`).
   When that bracket does not fit the phase, the BOHB phase (phases/hyperparameters.py) searches one
   `cell` for the whole stack (d = 7, 18 configurations), else fixes the DARTS cell (d = 6).
-* baseline: lr, depth, width and flips over the fixed default cell with plain cross-entropy. d = 4.
+* baseline (search options with DARTS off and the loss and surrogate skip fixed): lr, depth, width
+  and flips over the default cell. d = 4.
 
 Every hyperparameter is numeric or categorical (hpbandster rejects ordinal ones).
 """
@@ -39,7 +40,7 @@ CELL_CHOICES = ("per_stage", "shared")
 
 
 def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
-                       baseline: bool, fixed: Collection[str] = (), cell_choice: str = "per_stage"
+                       fixed: Collection[str] = (), cell_choice: str = "per_stage"
                        ) -> ConfigurationSpace:
     """The configuration space for one BOHB phase; `seed` seeds its sampler.
 
@@ -57,8 +58,6 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
         # horizontal flips in the augmentation: right for photos, wrong for digits and characters
         Categorical("flip", [False, True], default=False),
     ])
-    if baseline:
-        return cs
     if "loss" not in fixed:
         cs.add(Categorical("loss", list(LOSSES), default="focal"))
     if "surrogate_skip" not in fixed:
@@ -71,13 +70,10 @@ def build_config_space(*, seed: int, cells: tuple[str, ...] = (DEFAULT_CELL,),
     return cs
 
 
-def fixed_hyperparameters(options: SearchOptions, *, baseline: bool) -> dict:
+def fixed_hyperparameters(options: SearchOptions) -> dict:
     """Hyperparameters the search options fix (the loss; the surrogate skip, off), with their values:
-    left out of the space (`build_config_space(fixed=...)`), given to every trial (TrialContext.fixed)
-    and to the networks trained outside BOHB. The baseline's space has neither (plain cross-entropy,
-    no surrogate skip), so nothing is fixed for it."""
-    if baseline:
-        return {}
+    left out of the space (`build_config_space(fixed=...)`), sent with every BOHB job and used by the
+    networks trained outside BOHB."""
     fixed: dict = {}
     if options.fixed_loss is not None:
         fixed["loss"] = options.fixed_loss

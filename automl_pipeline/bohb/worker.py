@@ -54,7 +54,7 @@ class TrialContext:
     """Everything a trial needs besides its configuration; built once per worker.
 
     darts: a DartsResult (or any object with `genotype`, `alphas_normal`,
-      `alphas_reduce`), or None when no DARTS result exists / for the baseline.
+      `alphas_reduce`), or None when no DARTS result is used (none, or the baseline).
     darts_ops: the op names of the alphas' columns (DartsConfig.ops).
     batch_size: the batch of every trial (fixed by the data size, not searched).
     seed: one seed for every trial (weights init, shuffling, augmentation), so
@@ -69,7 +69,6 @@ class TrialContext:
     darts: Any = None
     device: torch.device | str = "cpu"
     seed: int = 0
-    baseline: bool = False
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
     batch_size: int = 64
 
@@ -143,7 +142,7 @@ def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: 
 def config_to_train_config(config: dict, epochs: int, seed: int, *, batch_size: int) -> TrainConfig:
     """Configuration -> TrainConfig (pure), with the fixed settings of space.py.
 
-    A baseline configuration (no `loss` key) trains with plain cross-entropy; "focal" is focal loss
+    A configuration without a `loss` key trains with plain cross-entropy; "focal" is focal loss
     with gamma FOCAL_GAMMA and class weights of smoothing CLASS_WEIGHT_SMOOTHING; "logit_adjusted"
     is logit-adjusted cross-entropy (tau 1, Balanced Softmax). `surrogate_skip` trains with the
     DARTS- surrogate skip from beta0 SURROGATE_BETA0.
@@ -159,7 +158,7 @@ def config_to_train_config(config: dict, epochs: int, seed: int, *, batch_size: 
 
 def build_trial_network(config: dict, ctx: TrialContext) -> torch.nn.Module:
     """The (seeded) network of a configuration, on ctx.device."""
-    spec = config_to_network_spec(config, darts=None if ctx.baseline else ctx.darts, in_channels=ctx.in_channels,
+    spec = config_to_network_spec(config, darts=ctx.darts, in_channels=ctx.in_channels,
                                   n_classes=ctx.n_classes, image_side=ctx.image_side, ops=ctx.darts_ops)
     with _BUILD_LOCK:
         torch.manual_seed(ctx.seed)

@@ -203,7 +203,7 @@ def _without_search(ctx: RunContext) -> DartsResult | None:
     """The search options turned DARTS off ("off": no DARTS cell) or replaced it by a random cell
     from uniform alphas ("random": it takes the DARTS cell's place in BOHB's pool)."""
     if ctx.options.darts == "off":
-        why = "off in the search options (darts: off)"
+        why = "the baseline runs without DARTS" if ctx.baseline else "off in the search options (darts: off)"
         ctx.budget.skip_phase(NAME, why)
         ctx.log.event("darts_skipped", why)
         ctx.report["darts"] = search_section("skipped", why)

@@ -123,13 +123,12 @@ def first_model_spec(data: RunData) -> NetworkSpec:
     return network_spec(data, DEFAULT_GENOTYPE)
 
 
-def default_train_config(*, epochs: int, batch_size: int, baseline: bool, seed: int,
+def default_train_config(*, epochs: int, batch_size: int, seed: int,
                          options: SearchOptions = SearchOptions()) -> TrainConfig:
-    """Training settings used where no search chose them: AdamW + OneCycle; focal loss for ours
-    (or the loss the search options fix); plain cross-entropy for the baseline.
+    """Training settings used where no search chose them: AdamW + OneCycle; focal loss, or the loss
+    the search options fix (plain cross-entropy for the baseline).
 
     Crops but no flips: flips destroy digits and characters (BOHB searches `flip` per data set).
     """
-    config = {"lr": 3e-3, "flip": False} if baseline else {"lr": 3e-3, "flip": False, "loss": "focal",
-                                                            **fixed_hyperparameters(options, baseline=False)}
+    config = {"lr": 3e-3, "flip": False, "loss": "focal", **fixed_hyperparameters(options)}
     return config_to_train_config(config, epochs, seed, batch_size=batch_size)

@@ -45,7 +45,7 @@ class RunContext:
 
     @property
     def options(self) -> SearchOptions:
-        return self.settings.search
+        return self.settings.options
 
 
 def phase_failed(log: RunLog, name: str, err: Exception) -> str:

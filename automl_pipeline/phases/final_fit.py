@@ -25,8 +25,7 @@ MAX_FINAL_ROUNDS = 3
 MIN_FINE_TUNE_EPOCHS = 1
 
 
-def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, baseline: bool,
-                 seed: int, options: SearchOptions = SearchOptions()
+def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, seed: int, options: SearchOptions = SearchOptions()
                  ) -> tuple[str, str, NetworkSpec, Callable[[int], TrainConfig]]:
     """What the final fit trains: BOHB's incumbent, else DARTS' genotype, else the default network.
 
@@ -37,10 +36,9 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     Returns (source, description, network spec, epochs -> TrainConfig); source is one of
     "bohb_incumbent", "darts_cell", "default_network" (report.json `final.source`).
     """
-    darts = None if baseline else darts
     if (bohb is not None and bohb.incumbent_config is not None
             and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
-        config = {**bohb.incumbent_config, **fixed_hyperparameters(options, baseline=baseline)}
+        config = {**bohb.incumbent_config, **fixed_hyperparameters(options)}
         spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
                                       image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
         return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,
@@ -50,7 +48,7 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     else:
         source, description, spec = "default_network", "final fit of the default network", first_model_spec(data)
     return source, description, spec, lambda epochs: default_train_config(
-        epochs=epochs, batch_size=data.batch_size, baseline=baseline, seed=seed, options=options)
+        epochs=epochs, batch_size=data.batch_size, seed=seed, options=options)
 
 
 def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
@@ -91,7 +89,7 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
     record in the report's `darts` section whether the delivered model's cell came from DARTS."""
     with ctx.budget.start_phase(NAME) as phase:
         try:
-            source, description, spec, config_for = final_choice(ctx.data, darts, bohb, baseline=ctx.baseline,
+            source, description, spec, config_for = final_choice(ctx.data, darts, bohb,
                                                                  seed=ctx.seed, options=ctx.options)
             for candidate in fit_for_the_time_left(source, description, spec, config_for, ctx.data,
                                                    phase.remaining, log=ctx.log):

@@ -40,13 +40,13 @@ def shrink_to_fit(data: RunData, epoch_s: float, seconds: float, *, seed: int, w
     return dataclasses.replace(data, train=random_subset(data.train, n_train, seed)), scaled
 
 
-def train_first_model(data: RunData, time_left: TimeLeft, *, baseline: bool, seed: int,
+def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int,
                       log: Callable[[str], None], options: SearchOptions = SearchOptions()) -> Candidate:
     """The first model: the default network for the phase's time (on a subset, see shrink_to_fit)."""
     spec = first_model_spec(data)
     model = build_network(spec)
     def config(epochs: int, batch_size: int) -> TrainConfig:
-        return default_train_config(epochs=epochs, batch_size=batch_size, baseline=baseline, seed=seed,
+        return default_train_config(epochs=epochs, batch_size=batch_size, seed=seed,
                                     options=options)
 
     epoch_s = timed_epoch(model, data, config(1, data.batch_size))
@@ -76,7 +76,7 @@ def run(ctx: RunContext) -> None:
         return
     with ctx.budget.start_phase(NAME) as phase:
         try:
-            ctx.deliver(train_first_model(ctx.data, phase.remaining, baseline=ctx.baseline, seed=ctx.seed,
+            ctx.deliver(train_first_model(ctx.data, phase.remaining, seed=ctx.seed,
                                           log=ctx.log, options=ctx.options))
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)

@@ -39,8 +39,7 @@ MIN_TRIAL_STEPS = 6
 MIN_TRIAL_IMAGES_PER_CLASS = 10
 
 
-def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, baseline: bool,
-                           seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
+def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
                            log: Callable[[str], None], options: SearchOptions = SearchOptions(), previous=None,
                            sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
     """The BOHB phase: (result, "") or (None, why it was skipped).
@@ -57,12 +56,11 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     sampling_seed = seed if sampling_seed is None else sampling_seed
     if time_left() < MIN_SEARCH_PHASE_S:
         return None, f"{time_left():.0f}s is too short for a search (at least {MIN_SEARCH_PHASE_S:.0f}s)"
-    darts = None if baseline else darts
     ops = darts.ops if darts is not None else TEMPLATE_OPS
-    levels = search_spaces(darts, ops, baseline=baseline, options=options, seed=sampling_seed)
+    levels = search_spaces(darts, ops, options=options, seed=sampling_seed)
     _, space, fixed = levels[0]
     trials = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
-                          image_side=data.image_side, darts=darts, device=data.device, seed=seed, baseline=baseline,
+                          image_side=data.image_side, darts=darts, device=data.device, seed=seed,
                           darts_ops=ops, batch_size=data.batch_size)
     default = {**to_plain(dict(space.get_default_configuration())), **fixed}
     epoch_s = timed_epoch(build_trial_network(default, trials), data,
@@ -94,7 +92,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     return dataclasses.replace(result, cell_choice=cell_choice, incumbent_config=incumbent), ""
 
 
-def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, baseline: bool, options: SearchOptions,
+def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, options: SearchOptions,
                   seed: int) -> list[tuple[str, ConfigurationSpace, dict]]:
     """The spaces BOHB may search, richest first: (cell choice, space, fixed values for every trial).
 
@@ -103,15 +101,15 @@ def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, baseline: 
     The fixed values are those of the search options (bohb.space.fixed_hyperparameters) plus, for
     "darts_cell", the cell.
     """
-    fixed = fixed_hyperparameters(options, baseline=baseline)
+    fixed = fixed_hyperparameters(options)
     pool = tuple(genotype_pool(darts, ops))
     if len(pool) == 1:
-        return [("default_cell", build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(fixed)),
+        return [("default_cell", build_config_space(seed=seed, cells=pool, fixed=tuple(fixed)),
                  fixed)]
     darts_fixed = {**fixed, SHARED_CELL_KEY: "darts"}
-    return [(choice, build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(fixed),
+    return [(choice, build_config_space(seed=seed, cells=pool, fixed=tuple(fixed),
                                         cell_choice=choice), fixed) for choice in CELL_CHOICES] + [
-        ("darts_cell", build_config_space(seed=seed, cells=pool, baseline=baseline, fixed=tuple(darts_fixed)),
+        ("darts_cell", build_config_space(seed=seed, cells=pool, fixed=tuple(darts_fixed)),
          darts_fixed)]
 
 
@@ -126,7 +124,7 @@ def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
     with ctx.budget.start_phase(NAME) as phase:
         try:
             bohb, why_not = search_hyperparameters(
-                ctx.data, darts, phase.remaining, baseline=ctx.baseline, seed=ctx.seed, out_dir=store.out_dir,
+                ctx.data, darts, phase.remaining, seed=ctx.seed, out_dir=store.out_dir,
                 workers=settings.workers, nameserver_host=settings.nameserver_host,
                 nameserver_port=settings.nameserver_port, log=ctx.log, options=ctx.options, previous=previous,
                 sampling_seed=ctx.seed + RESUME_SEED_STRIDE * store.attempt)
