@@ -480,3 +480,25 @@ def test_train_and_augment_on_cuda():
     assert result.best_val_macro_f1 >= 0.9
     assert all(v.device.type == "cpu" for v in result.state_dict.values())
     assert predict(model, val.x).shape == (45,)
+
+
+def test_step_guard_starts_a_step_only_when_the_slowest_recent_one_fits():
+    from automl_pipeline.training.deadline import STEP_SAFETY, WINDOW, StepGuard
+
+    left = [10.0]
+    guard = StepGuard(lambda: left[0])
+    assert guard.allows() and guard.estimate is None          # untimed: any time left will do
+    guard.record(2.0)
+    guard.record(1.0)
+    assert guard.estimate == 2.0 and guard.allows()           # 10 >= 1.5 x 2
+    assert not guard.allows(reserve=7.5)                      # a validation pass must fit too
+    left[0] = STEP_SAFETY * 2.0 - 0.01
+    assert not guard.allows()
+    for _ in range(WINDOW):                                   # the slow step leaves the window
+        guard.record(1.0)
+    assert guard.estimate == 1.0 and guard.allows()
+    guard.reset(0.5)
+    assert guard.times == [0.5]
+    left[0] = 0.0
+    assert not guard.allows()
+    assert StepGuard(lambda: 1.0, hint=4.0).allows() is False  # a measured hint counts before any step

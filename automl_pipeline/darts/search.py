@@ -15,8 +15,8 @@ Per epoch e of E planned epochs:
   the start of that epoch (stop_reason "skip_limit").
 
 Deadline: `time_left()` is asked before every step; the step is not started when
-the time left is below STEP_SAFETY x the slowest of the last 10 steps (seeded
-with the `step_seconds` hint when given) -> stop_reason "deadline", the alphas as
+the time left is below STEP_SAFETY x the slowest of the last 10 steps
+(training.deadline.StepGuard, seeded with the `step_seconds` hint when given) -> stop_reason "deadline", the alphas as
 they are (unless they exceed the skip limit; then those of the epoch start).
 Without a hint the first step is started whenever time_left() > 0.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -44,10 +43,10 @@ from automl_pipeline.search_space.genotype import Genotype
 from automl_pipeline.search_space.ops import OPS, TEMPLATE_OPS
 from automl_pipeline.training.device import (autocast_context, configure_device, optimizer_kwargs,
                                              use_channels_last)
+from automl_pipeline.training.deadline import StepGuard
 from automl_pipeline.training.tensors import TensorData, resize_tensor_data
 from automl_pipeline.training.trainer import surrogate_beta
 
-STEP_SAFETY = 1.5
 MAX_PLANNED_EPOCHS = 50
 FD_EPS = 0.01          # DARTS' finite-difference radius: r = FD_EPS / ||v||
 # When a search counts as a result (DartsResult.learned): its supernet beat chance by this factor on
@@ -439,11 +438,11 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
     t_start = clock()
     search = _Search(train, val, n_classes, config, loss, init_alphas)
     ops = config.ops
-    step_times: deque[float] = deque([step_seconds] if step_seconds else [], maxlen=10)
+    guard = StepGuard(time_left, hint=step_seconds)
     planned = config.epochs
 
     def plan() -> int:
-        epoch_s = max(step_times) * search.steps_per_epoch
+        epoch_s = guard.estimate * search.steps_per_epoch
         return int(min(MAX_PLANNED_EPOCHS, max(1, time_left() // (1.1 * epoch_s))))
 
     skips, betas, alphas_hist, epoch_secs, history = [], [], [], [], []
@@ -456,7 +455,7 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         search._val_perm, search._val_pos = resume["val_perm"].to(search.device), int(resume["val_pos"])
         epoch, planned, steps = int(resume["epoch"]), resume["planned"], int(resume["steps"])
         stop_reason, seconds_before = str(resume["stop_reason"]), float(resume["seconds"])
-        step_times.extend(float(t) for t in resume["step_times"])
+        guard = StepGuard(time_left, hint=step_seconds, times=resume["step_times"])
         skips, betas = [int(v) for v in resume["skips"]], [float(v) for v in resume["betas"]]
         alphas_hist, epoch_secs = list(resume["alphas_per_epoch"]), [float(v) for v in resume["epoch_seconds"]]
         history = [dict(row) for row in resume["history"]]
@@ -467,11 +466,11 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
                 "generator": search.gen.get_state(), "val_perm": search._val_perm.detach().cpu().clone(),
                 "val_pos": int(search._val_pos), "epoch": epoch, "planned": planned, "steps": steps,
                 "stop_reason": stop_reason, "seconds": seconds_before + clock() - t_start,
-                "step_times": [float(t) for t in step_times], "skips": list(skips), "betas": list(betas),
+                "step_times": guard.times, "skips": list(skips), "betas": list(betas),
                 "alphas_per_epoch": list(alphas_hist), "epoch_seconds": list(epoch_secs),
                 "history": [dict(row) for row in history]}
 
-    if planned is None and step_times:
+    if planned is None and guard.estimate is not None:
         planned = plan()
     while stop_reason == "completed" and (planned is None or epoch < planned):
         e_total = planned if planned is not None else MAX_PLANNED_EPOCHS   # epoch 0 does not depend on it
@@ -481,14 +480,13 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
         snap, t_epoch = search.snapshot(), clock()
         totals = dict.fromkeys(("train_loss", "train_correct", "n_train", "val_loss", "val_correct", "n_val"), 0.0)
         for xt, yt in search.train_batches():
-            left = time_left()
-            if left <= 0 or (step_times and left < STEP_SAFETY * max(step_times)):
+            if not guard.allows():
                 stop_reason = "deadline"
                 break
             t0 = clock()
             for k, v in search.step(xt, yt).items():
                 totals[k] += v
-            step_times.append(clock() - t0)
+            guard.record(clock() - t0)
             steps += 1
             if planned is None:
                 planned = plan()

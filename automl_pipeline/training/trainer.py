@@ -1,9 +1,9 @@
 """The deadline-aware training loop and batched prediction.
 
 Trains any nn.Module on TensorData that already lives on the training device.
-Deadline policy: `time_left()` is asked before every batch; a running estimate of
-the batch time (and of one validation pass) decides whether the next batch can still
-finish, so no batch is started that is expected to overrun.
+Deadline policy (training.deadline.StepGuard, shared with DARTS): `time_left()` is asked
+before every batch; the slowest recent batch time (and one validation pass) decides whether
+the next batch can still finish, so no batch is started that is expected to overrun.
 
 GPU path: no host-device synchronisation inside the batch loop. The loss is summed on
 the device, the finite-loss check is an asynchronous copy to pinned memory read back
@@ -27,6 +27,7 @@ from .device import (OutOfMemory, autocast_context, configure_device, optimizer_
                      use_channels_last)
 from .losses import LOSS_KINDS, make_loss
 from .metrics import classification_metrics
+from .deadline import StepGuard
 from .tensors import TensorData, augment_batch
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -34,8 +35,6 @@ SCHEDULES = ("onecycle", "cosine", "none")
 PRECISIONS = ("auto", "fp32")   # auto: bf16 autocast on CUDA, fp32 on CPU
 NAN_CHECK_EVERY = 20          # batches between (asynchronous, non-blocking) finite-loss checks
 MIN_BATCH = 2                 # out of memory below this batch size is re-raised
-DEADLINE_FACTOR = 1.5         # start a batch only if time_left() >= 1.5 x the batch-time estimate (+ eval)
-_EMA = 0.3                    # weight of the newest batch time in the running estimate
 
 
 @dataclass(frozen=True)
@@ -230,13 +229,12 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
       epoch; the NaN check between epochs ends is non-blocking (_FiniteWatch).
     - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
       surrogate_beta(beta0, e, epochs // 2) at each epoch start (0 from half the epochs on) and to 0
-      for every evaluation
-      and at the end. Only an epoch trained with beta 0 can become the best, so the
+      for every evaluation and at the end. Only an epoch trained with beta 0 can become the best, so the
       returned weights are judged and used in a state they trained in. If the deadline
       stops training before any beta-0 epoch was evaluated, the last evaluated epoch
       (still evaluated at beta 0) is returned instead.
-    - Deadline: before every batch, stop if time_left() < 1.5 x batch-time estimate
-      (+ the validation-pass estimate when val is given). An epoch cut short is still
+    - Deadline: before every batch, stop if time_left() < 1.5 x the slowest of the last 10 batch
+      times (after an epoch: its synced average) + the validation-pass estimate when val is given. An epoch cut short is still
       evaluated if time_left() covers the validation estimate.
     - Non-finite loss (checked asynchronously every 20 batches and at each epoch end) raises
       FloatingPointError("loss became nan at epoch E").
@@ -276,7 +274,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
     y_val = None if val is None else val.y.cpu().numpy()
     watch = _FiniteWatch(device)
 
-    batch_est: float | None = None             # seconds per training batch (running estimate)
+    guard = StepGuard(time_left)               # seconds per training batch: the one deadline rule
     eval_est: float | None = None              # seconds per validation pass (measured)
     history: list[dict] = []
     best_f1, best_epoch, best_beta, best_state = 0.0, 0, 0.0, None
@@ -288,7 +286,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         if eval_est is not None:
             return eval_est
         # before the first evaluation: forward only is ~1/3 of a training step; 1.5x for safety
-        return 0.0 if batch_est is None else batch_est * len(val) / batch_size * 0.5
+        return 0.0 if guard.estimate is None else guard.estimate * len(val) / batch_size * 0.5
 
     def train_step(idx: torch.Tensor) -> torch.Tensor:
         xb, yb = train.x[idx], train.y[idx]
@@ -316,9 +314,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         loss_sum = torch.zeros((), device=device)
         done = pos = 0
         while n - pos >= MIN_BATCH:                 # a last batch of one image is dropped
-            remaining = time_left()
-            need = DEADLINE_FACTOR * batch_est + eval_reserve() if batch_est is not None else 0.0
-            if remaining <= 0 or remaining < need:
+            if not guard.allows(eval_reserve()):
                 stopped = True
                 break
             t0 = time.perf_counter()
@@ -346,12 +342,11 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
                     schedule_steps += 1
             if done % NAN_CHECK_EVERY == 0:
                 watch.poll(loss_sum, epoch)
-            dt = time.perf_counter() - t0
-            batch_est = dt if batch_est is None else (1 - _EMA) * batch_est + _EMA * dt
+            guard.record(time.perf_counter() - t0)
         if done == 0:
             break
         train_loss = _check_finite(loss_sum, epoch) / done     # syncs: the epoch's work is done
-        batch_est = (time.perf_counter() - epoch_t0) / done      # synced average corrects async timings
+        guard.reset((time.perf_counter() - epoch_t0) / done)     # synced average corrects async timings
         if not stopped:
             epochs_done = epoch
         if use_beta:
