@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from automl_pipeline.processes import run_logged
 from automl_pipeline.reporting.numbers import finite
-from automl_pipeline.settings import MIN_TIME_LIMIT_S
+from budget.reserves import MIN_TIME_LIMIT_S
 from submission import atomic_write_bytes, write_json
 
 METHODS = ("ours", "baseline")

@@ -25,11 +25,9 @@ from automl_pipeline.runlog import RunLog
 from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
 from budget import Budget, Watchdog, default_margin_s, install_signal_handlers, process_elapsed_s
+from budget.reserves import DELIVERY_WAIT_S, PLOTS_MIN_LIMIT_S, PLOTS_RESERVE_S, WATCHDOG_GRACE_S
 from submission import OutputDirError, check_output_dir, write_json
 
-# Seconds kept back at the end for report.md and its plots, on runs long enough to afford them.
-PLOTS_RESERVE_S = 6.0   # measured: 3.6 s for all plots of a digits run on 2 cores
-PLOTS_MIN_LIMIT_S = 120.0
 # Relative weights of the phases; each phase gets its share of the time left when it starts.
 PLAN_OURS = [("first_model", 0.10), ("darts", 0.20), ("bohb", 0.35), ("final_fit", 0.35)]
 PLAN_BASELINE = [("first_model", 0.10), ("darts", 0.0), ("bohb", 0.60), ("final_fit", 0.30)]   # darts: skipped
@@ -37,11 +35,6 @@ PLAN_BASELINE = [("first_model", 0.10), ("darts", 0.0), ("bohb", 0.60), ("final_
 # on short runs its 10 % share was a second or two, and it trained a few images into a useless model.
 FIRST_MODEL_MIN_S = 10.0
 FIRST_MODEL_MAX_SHARE = 0.9
-# The watchdog acts this long before the limit: enough to write report.json and report.md (no plots).
-WATCHDOG_GRACE_S = 1.5
-# The report waits this long for a delivery in progress (predictions + model.pt) to finish writing;
-# well inside the watchdog's grace.
-DELIVERY_WAIT_S = 0.4
 # Exit code when the run was stopped (limit or signal) before any prediction existed.
 NO_PREDICTIONS_EXIT_CODE = 3
 

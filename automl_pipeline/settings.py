@@ -7,14 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from automl_pipeline.search_options import SearchOptions
+from budget.reserves import MIN_TIME_LIMIT_S
 
 METHODS = ("ours", "baseline")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-# Below this no run can deliver: starting Python and torch alone takes seconds (about 4-5 s measured
-# on a 2-core machine), then the data must load and the predictions be written.
-MIN_TIME_LIMIT_S = 10.0
 
 
 class SettingsError(ValueError):

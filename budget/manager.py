@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from budget import reserves
 from budget.clock import Clock
 
 _PENDING = "pending"
@@ -29,15 +30,15 @@ _SKIPPED = "skipped"
 def default_margin_s(time_limit_s: float) -> float:
     """Seconds kept back from the limit for writing outputs and process exit.
 
-    Rule: 4 % of the limit, at least 2 s and at most 60 s. For limits under
-    10 s a fixed 2 s would eat a large share of the run, so the floor shrinks
-    to 20 % of the limit there (at 10 s both give 2 s, so the rule is
-    continuous):  ``min(60, max(0.04 * L, min(2, 0.2 * L)))``.
+    Rule (budget/reserves.py): 4 % of the limit, at least 2 s and at most 60 s. For limits
+    under 10 s a fixed 2 s would eat a large share of the run, so the floor shrinks to 20 % of
+    the limit there (at 10 s both give 2 s, so the rule is continuous):
+    ``min(60, max(0.04 * L, min(2, 0.2 * L)))``.
     """
     if time_limit_s <= 0:
         raise ValueError(f"time limit must be > 0 s, got {time_limit_s}")
-    floor = min(2.0, 0.2 * time_limit_s)
-    return min(60.0, max(0.04 * time_limit_s, floor))
+    floor = min(reserves.OUTPUT_MARGIN_MIN_S, reserves.OUTPUT_MARGIN_SMALL_SHARE * time_limit_s)
+    return min(reserves.OUTPUT_MARGIN_MAX_S, max(reserves.OUTPUT_MARGIN_SHARE * time_limit_s, floor))
 
 
 @dataclass

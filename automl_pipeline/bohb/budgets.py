@@ -7,12 +7,11 @@ import math
 import numpy as np
 
 from automl_pipeline.bohb.space import n_hyperparameters
+from budget.reserves import TRIAL_OVERHEAD_S
 
 POSTER_MAX_BUDGET = 20.0
 # The first bracket takes this share of the phase (choose_budgets); the rest is for model-based picks.
 FIRST_BRACKET_SHARE = 0.6
-# Seconds a trial costs beyond its training epochs (building, validation passes, messages), for planning.
-TRIAL_OVERHEAD_S = 0.3
 
 
 def min_points_in_model(space) -> int:

@@ -42,6 +42,8 @@ from automl_pipeline.bohb.results import BohbResult, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from automl_pipeline.bohb.trial_log import TrialLog
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker, evaluate_config
+from budget.reserves import (BOHB_SHUTDOWN_MAX_S, BOHB_SHUTDOWN_MIN_S, BOHB_WRAPUP_MAX_S, BOHB_WRAPUP_MIN_S,
+                             BOHB_WRAPUP_SHARE)
 from submission import write_json
 
 # default_first_configs is imported from here by callers (phases.py); it lives in budgets.
@@ -193,14 +195,14 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
     register_numpy_serializers()
     previous = _load_previous(previous_result)
     if wrapup_s is None:
-        wrapup_s = min(10.0, max(2.0, 0.05 * time_left()))
+        wrapup_s = min(BOHB_WRAPUP_MAX_S, max(BOHB_WRAPUP_MIN_S, BOHB_WRAPUP_SHARE * time_left()))
     if not 0 < min_budget < max_budget:
         raise ValueError(f"need 0 < min_budget < max_budget, got {min_budget}, {max_budget}")
     if first_configs is None:
         first_configs = default_first_configs(config_space)
     np.random.seed(seed)   # hpbandster's BOHB samples with numpy's global generator
     # master + workers + name server shut down in ~0.4 s on a loaded 2-core machine
-    shutdown_reserve = min(wrapup_s, max(0.75, min(2.0, wrapup_s / 2.0)))
+    shutdown_reserve = min(wrapup_s, max(BOHB_SHUTDOWN_MIN_S, min(BOHB_SHUTDOWN_MAX_S, wrapup_s / 2.0)))
 
     def trial_seconds_left() -> float:
         return time_left() - wrapup_s

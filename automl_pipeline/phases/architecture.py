@@ -9,13 +9,14 @@ from typing import Callable
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
                                    steps_per_epoch)
 from automl_pipeline.checkpoints import Checkpoints
-from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft
+from automl_pipeline.phases.common import RunData, TimeLeft
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, default_stem_pool
 from automl_pipeline.search_space.ops import EXTRA_OPS
 from automl_pipeline.training import make_loss
 from automl_pipeline.training.tensors import random_subset
+from budget.reserves import MIN_SEARCH_PHASE_S, PLAN_SHARE
 
 NAME = "darts"
 # What this phase leaves in the checkpoint folder for --resume.
@@ -86,7 +87,7 @@ def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, 
     chosen, steps = None, 0
     for proxy in DARTS_PROXIES:
         config = darts_config(proxy, image_side, epochs=MAX_DARTS_EPOCHS, seed=seed, options=options)
-        fit = int(0.9 * seconds / max(step_seconds(config), 1e-6))
+        fit = int(PLAN_SHARE * seconds / max(step_seconds(config), 1e-6))
         if chosen is not None and fit < RICHER_PROXY_STEPS:
             break
         if chosen is None and fit < MIN_ARCH_STEPS:

@@ -16,8 +16,6 @@ from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec
 from automl_pipeline.training import TensorData, TrainConfig, TrainResult, predict, train_model
 from automl_pipeline.training.planning import batch_size_for, measure_epoch_seconds
 
-# A search phase shorter than this is skipped without even timing it (timing costs seconds).
-MIN_SEARCH_PHASE_S = 15.0
 
 
 TimeLeft = Callable[[], float]

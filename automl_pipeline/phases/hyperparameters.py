@@ -18,10 +18,11 @@ from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, config_fit
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.checkpoints import Checkpoints
-from automl_pipeline.phases.common import MIN_SEARCH_PHASE_S, RunData, TimeLeft, timed_epoch
+from automl_pipeline.phases.common import RunData, TimeLeft, timed_epoch
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS
+from budget.reserves import MIN_SEARCH_PHASE_S
 from submission import to_jsonable
 
 NAME = "bohb"

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterable
 
-STEP_SAFETY = 1.5
-WINDOW = 10
+from budget.reserves import STEP_SAFETY
+from budget.reserves import STEP_WINDOW as WINDOW
 
 
 class StepGuard:

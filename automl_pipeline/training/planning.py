@@ -8,12 +8,12 @@ import time
 
 import torch
 
+from budget.reserves import PLAN_SHARE
+
 from .tensors import TensorData
 from .trainer import TrainConfig, predict, train_model
 
 PROBE_BATCHES = 3
-# Plans use this share of the time they are given (room for noise between the probe and the run).
-PLAN_SHARE = 0.9
 
 
 def measure_epoch_seconds(model: torch.nn.Module, train: TensorData, val: TensorData | None, n_classes: int,
