@@ -22,7 +22,7 @@ from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, I
 
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
-from automl_pipeline.bohb.phase import run_bohb
+from automl_pipeline.bohb.search import run_bohb
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
 from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space, fixed_hyperparameters

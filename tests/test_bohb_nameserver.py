@@ -68,7 +68,7 @@ def test_options_refuse_an_open_name_server_and_hide_the_key():
 
 
 def test_run_bohb_off_loopback_without_key_refuses_before_starting(tmp_path, monkeypatch):
-    from automl_pipeline.bohb.phase import run_bohb
+    from automl_pipeline.bohb.search import run_bohb
     monkeypatch.delenv(HMAC_KEY_ENV, raising=False)
     monkeypatch.delenv(HMAC_KEY_FILE_ENV, raising=False)
     with pytest.raises(HmacKeyError, match=HMAC_KEY_ENV):

@@ -5,7 +5,7 @@ time-bounded phase (phase), remote workers (remote), and the Pyro4/serpent numpy
 from automl_pipeline.bohb.budgets import choose_budgets, default_first_configs, hpbandster_budgets
 from automl_pipeline.bohb.master import OPTIMIZERS, DeadlineBOHB
 from automl_pipeline.bohb.nameserver import HmacKeyError, NameServerOptions, require_hmac_key
-from automl_pipeline.bohb.phase import run_bohb
+from automl_pipeline.bohb.search import run_bohb
 from automl_pipeline.bohb.remote import run_remote_worker
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain

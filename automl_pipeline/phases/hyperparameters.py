@@ -47,7 +47,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
 
     darts: a DARTS result whose search learned (its cells join the pool), or None.
     Budgets (epochs, fractional ones on a subset) come from the measured epoch time of the space's
-    default configuration and the phase length (bohb.phase.choose_budgets).
+    default configuration and the phase length (bohb.search.choose_budgets).
     previous: None, or `space -> directory | None` giving hpbandster logs of earlier trials to
     warm-start from (a resumed run; see `previous_trials_dir`).
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another

@@ -1,4 +1,4 @@
-"""The time-bounded BOHB phase (hpbandster 0.7.4): `run_bohb` starts the name server, local
+"""The time-bounded BOHB search of the BOHB phase (hpbandster 0.7.4): `run_bohb` starts the name server, local
 workers and the master (`master.DeadlineBOHB`), drives it until the trial deadline, and shuts
 everything down without waiting past the phase's end.
 
