@@ -32,7 +32,7 @@ from automl_pipeline.errors import InputError
 from automl_pipeline.search_options import SearchOptions
 from submission import atomic_write_bytes, to_jsonable, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: delivered.json has test_predictions (was heldout_predictions)
 # Settings whose change makes earlier results meaningless; a resume that changes one is refused.
 FINGERPRINT_KEYS = ("data", "method", "seed", "image_side_cap", "search")
 
@@ -143,10 +143,10 @@ class Checkpoints:
             "architecture": candidate.architecture, "config": candidate.config, "epochs": candidate.epochs,
             "train_s": candidate.train_s, "trained": candidate.state_dict is not None,
             "predict_labels": np.asarray(candidate.predict_labels, dtype=np.int64).tolist(),
-            "heldout_predictions": np.asarray(candidate.heldout_predictions, dtype=np.int64).tolist(),
+            "test_predictions": np.asarray(candidate.test_predictions, dtype=np.int64).tolist(),
             "predictions_sha256": sha256_file(self.out_dir / "predictions.npy")})
 
-    def load_delivered(self, n_predict: int, n_heldout: int) -> tuple[Candidate | None, bool, str]:
+    def load_delivered(self, n_predict: int, n_test: int) -> tuple[Candidate | None, bool, str]:
         """(the delivered candidate, whether its files must be re-written, a note) or (None, False, why).
 
         The predictions on disk are checked against the recorded sha256: a kill between writing
@@ -158,7 +158,7 @@ class Checkpoints:
             d = json.loads(path.read_text())
             candidate = Candidate(source=str(d["source"]), val_macro_f1=float(d["val_macro_f1"]),
                                   predict_labels=np.asarray(d["predict_labels"], dtype=np.int64),
-                                  heldout_predictions=np.asarray(d["heldout_predictions"], dtype=np.int64),
+                                  test_predictions=np.asarray(d["test_predictions"], dtype=np.int64),
                                   architecture=d.get("architecture"), config=d.get("config"),
                                   epochs=int(d.get("epochs", 0)), train_s=float(d.get("train_s", 0.0)),
                                   description=str(d.get("description", "")),
@@ -167,7 +167,7 @@ class Checkpoints:
             return None, False, "no delivered model recorded"
         except (OSError, ValueError, KeyError, TypeError) as err:
             return None, False, f"{path} unreadable ({err})"
-        if len(candidate.predict_labels) != n_predict or len(candidate.heldout_predictions) != n_heldout:
+        if len(candidate.predict_labels) != n_predict or len(candidate.test_predictions) != n_test:
             return None, False, f"{path} does not fit the data"
         on_disk = sha256_file(self.out_dir / "predictions.npy")
         if on_disk != d.get("predictions_sha256"):

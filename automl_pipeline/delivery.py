@@ -17,14 +17,14 @@ class Candidate:
     """A finished model offered for delivery.
 
     predict_labels: class indices for the images predictions.npy is written for.
-    heldout_predictions: class indices for the held-out test images. Only predictions are kept
-    here; the held-out labels are compared with them once, by `Candidate.heldout_metrics`.
+    test_predictions: class indices for the held-out test images. Only predictions are kept
+    here; the held-out labels are compared with them once, by `Candidate.test_metrics`.
     """
 
     source: str                     # report.json final.source: first_model, bohb_incumbent, ...
     val_macro_f1: float
     predict_labels: np.ndarray
-    heldout_predictions: np.ndarray
+    test_predictions: np.ndarray
     architecture: dict | None = None
     config: dict | None = None
     epochs: int = 0
@@ -50,9 +50,9 @@ class Candidate:
             "val_macro_f1": self.val_macro_f1,
         }
 
-    def heldout_metrics(self, heldout_labels: np.ndarray, n_classes: int) -> dict:
+    def test_metrics(self, test_labels: np.ndarray, n_classes: int) -> dict:
         """Metrics on the held-out test; called once, for the delivered model: the one use of those labels."""
-        return classification_metrics(heldout_labels, self.heldout_predictions, n_classes)
+        return classification_metrics(test_labels, self.test_predictions, n_classes)
 
 
 class Delivery:

@@ -53,7 +53,7 @@ class RunReport:
                                "darts": search_section("not_run", "the run stopped before this phase"),
                                "bohb": search_section("not_run", "the run stopped before this phase")}
         self.delivery: Delivery | None = None
-        self.heldout_labels: np.ndarray | None = None
+        self.test_labels: np.ndarray | None = None
         self.n_classes = 0
         self._budget = budget
         self._out_dir = out_dir
@@ -80,7 +80,7 @@ class RunReport:
             best = self.delivery.settled_best(DELIVERY_WAIT_S) if self.delivery is not None else None
             if best is not None:
                 report["final"] = best.summary()
-                report["test_metrics"] = best.heldout_metrics(self.heldout_labels, self.n_classes)
+                report["test_metrics"] = best.test_metrics(self.test_labels, self.n_classes)
             report["wall_s"] = round(self._budget.elapsed(), 3)
             write_json(self._out_dir / "report.json", report)
             self._log(f"report.json written ({status})")
@@ -191,7 +191,7 @@ def _load(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report
     data = _to_run_data(dataset, splits, device)
     warming.join(timeout=max(0.0, budget.remaining()))
     delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
-    report.delivery, report.heldout_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
+    report.delivery, report.test_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
     resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
     ctx = RunContext(settings=settings, budget=budget, data=data, log=log, store=checkpoints, report=report.sections,
                      delivery=delivery, resumed=resumed)
@@ -205,8 +205,8 @@ def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, da
 
     Records one `resume` event and the report's `resume` section; returns that section.
     """
-    n_predict = len(data.heldout) if data.predict is None else len(data.predict)
-    candidate, rewrite, note = checkpoints.load_delivered(n_predict, len(data.heldout))
+    n_predict = len(data.test) if data.predict is None else len(data.predict)
+    candidate, rewrite, note = checkpoints.load_delivered(n_predict, len(data.test))
     if candidate is not None:
         if rewrite:
             delivery.offer(candidate)
@@ -231,10 +231,10 @@ def _to_run_data(dataset: Dataset, splits: Splits, device: torch.device) -> comm
     mean, std = channel_stats(splits.train.images)
     tensors = {name: to_tensor_data(getattr(splits, name).images, getattr(splits, name).labels, device, mean, std)
                for name in ("train", "val", "test")}
-    predict_is_heldout = splits.predict is splits.test
-    predict = None if predict_is_heldout else to_tensor_data(splits.predict.images, None, device, mean, std)
+    predict_is_test = splits.predict is splits.test
+    predict = None if predict_is_test else to_tensor_data(splits.predict.images, None, device, mean, std)
     height, _, channels = dataset.image_shape
-    return common.RunData(train=tensors["train"], val=tensors["val"], heldout=tensors["test"], predict=predict,
+    return common.RunData(train=tensors["train"], val=tensors["val"], test=tensors["test"], predict=predict,
                           n_classes=dataset.n_classes, in_channels=channels, image_side=height,
                           train_counts=np.bincount(splits.train.labels, minlength=dataset.n_classes),
                           device=device)

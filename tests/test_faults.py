@@ -202,7 +202,7 @@ def test_a_report_during_a_delivery_describes_the_predictions_on_disk(tmp_path, 
 
     def candidate(f1: float, labels: list[int]) -> Candidate:
         return Candidate(source=f"model {f1}", val_macro_f1=f1, predict_labels=np.array(labels),
-                         heldout_predictions=np.array(labels), state_dict={"w": torch.zeros(1)})
+                         test_predictions=np.array(labels), state_dict={"w": torch.zeros(1)})
 
     offering = threading.Thread(target=delivery.offer, args=(candidate(0.9, [2, 1, 0]),))
     offering.start()

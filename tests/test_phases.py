@@ -110,7 +110,7 @@ def _small_data(n: int = 256, side: int = 8) -> common.RunData:
 
     return common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
                           val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
                           n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
                           device=torch.device("cpu"))
 

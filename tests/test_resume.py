@@ -112,7 +112,7 @@ def test_data_fingerprint_sees_another_folder_and_a_changed_file(tmp_path):
 def _candidate(f1: float, labels) -> Candidate:
     labels = np.asarray(labels, dtype=np.int64)
     return Candidate(source="first_model", description=f"model {f1}", val_macro_f1=f1, predict_labels=labels,
-                     heldout_predictions=labels[::-1], architecture={"a": 1}, config={"lr": 0.1}, epochs=3,
+                     test_predictions=labels[::-1], architecture={"a": 1}, config={"lr": 0.1}, epochs=3,
                      train_s=1.5, train_images_per_s=250.0)
 
 
@@ -124,7 +124,7 @@ def test_delivered_record_round_trip_and_mismatch(tmp_path):
     back, rewrite, note = ck.load_delivered(3, 3)
     assert not rewrite and back.val_macro_f1 == 0.8 and back.source == "first_model"
     assert back.description == "model 0.8" and back.train_images_per_s == 250.0
-    assert back.heldout_predictions.tolist() == [3, 2, 1] and "kept" in note
+    assert back.test_predictions.tolist() == [3, 2, 1] and "kept" in note
     assert ck.load_delivered(4, 3)[0] is None                       # does not fit the data
     np.save(tmp_path / "predictions.npy", np.array([0, 0, 0]), allow_pickle=False)   # killed in between
     back, rewrite, _ = ck.load_delivered(3, 3)

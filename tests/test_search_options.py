@@ -83,7 +83,7 @@ def test_search_architecture_plans_with_the_options(monkeypatch):
     n, side = 400, 8
     data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
                           val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
                           n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
                           device=torch.device("cpu"))
     seen = []
@@ -167,7 +167,7 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
     n, side = 256, 8
     data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
                           val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          heldout=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
+                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
                           n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
                           device=torch.device("cpu"))
     seen = {}

@@ -27,7 +27,7 @@ class RunData:
 
     train: TensorData
     val: TensorData
-    heldout: TensorData
+    test: TensorData
     predict: TensorData | None      # None when predictions are for the held-out images themselves
     n_classes: int
     in_channels: int
@@ -66,8 +66,8 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
     result = train_model(model, data.train, data.val, config, time_left=time_left,
                          n_classes=data.n_classes, on_epoch=on_epoch)
     model.load_state_dict(result.state_dict)
-    heldout_predictions = predict(model, data.heldout.x)
-    predict_labels = heldout_predictions if data.predict is None else predict(model, data.predict.x)
+    test_predictions = predict(model, data.test.x)
+    predict_labels = test_predictions if data.predict is None else predict(model, data.predict.x)
     images_seen = sum(row["batches"] * row["batch_size"] for row in result.history)
     train_s = sum(row["seconds"] for row in result.history)
     candidate = Candidate(
@@ -76,7 +76,7 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
         train_images_per_s=images_seen / train_s if train_s > 0 else 0.0,
         val_macro_f1=float(result.best_val_macro_f1),
         predict_labels=predict_labels,
-        heldout_predictions=heldout_predictions,
+        test_predictions=test_predictions,
         architecture=spec.to_json(),
         config=config.to_json(),
         epochs=result.epochs_done,
@@ -92,13 +92,13 @@ def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
 
     majority = int(np.argmax(data.train_counts))
     val_f1 = classification_metrics(val_labels, np.full_like(val_labels, majority), data.n_classes)["macro_f1"]
-    n_predict = len(data.heldout) if data.predict is None else len(data.predict)
+    n_predict = len(data.test) if data.predict is None else len(data.predict)
     return Candidate(
         source="majority_fallback",
         description="majority-class fallback",
         val_macro_f1=float(val_f1),
         predict_labels=np.full(n_predict, majority, dtype=np.int64),
-        heldout_predictions=np.full(len(data.heldout), majority, dtype=np.int64),
+        test_predictions=np.full(len(data.test), majority, dtype=np.int64),
         config={"majority_class": majority},
     )
 
