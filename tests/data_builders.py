@@ -113,3 +113,17 @@ def _ready(directory: Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def random_run_data(n: int = 256, side: int = 8, n_classes: int = 4):
+    """A tiny phases.common.RunData of random grey images (for planning and wiring tests, not learning)."""
+    import torch
+
+    from automl_pipeline.phases.common import RunData
+    from automl_pipeline.training.tensors import TensorData
+
+    def split(size: int) -> TensorData:
+        return TensorData(torch.randn(size, 1, side, side), torch.arange(size) % n_classes)
+
+    return RunData(train=split(n), val=split(64), test=split(8), predict=None, n_classes=n_classes, in_channels=1,
+                   image_side=side, train_counts=np.full(n_classes, n // n_classes), device=torch.device("cpu"))

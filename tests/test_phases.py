@@ -11,6 +11,7 @@ from automl_pipeline.phases import architecture, common, first_model
 from automl_pipeline.training.tensors import random_subset
 from automl_pipeline.data import load_dataset, make_splits
 from automl_pipeline.pipeline import _to_run_data
+from tests.data_builders import random_run_data
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +106,6 @@ def test_darts_result_counts_as_learned_only_when_supernet_and_alphas_moved():
 
 # --------------------------------------------------------------------------- BOHB's space by the time it has
 
-def _small_data(n: int = 256, side: int = 8) -> common.RunData:
-    from automl_pipeline.training.tensors import TensorData
-
-    return common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
-                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
-                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
-                          device=torch.device("cpu"))
-
-
 def test_bohb_spaces_go_from_a_cell_per_stage_to_one_cell_to_the_darts_cell():
     from automl_pipeline.bohb.space import n_hyperparameters
     from automl_pipeline.darts import random_cell_result
@@ -157,7 +148,7 @@ def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_
 
     def search():
         return hyperparameters.search_hyperparameters(
-            _small_data(), darts, lambda: 1000.0, seed=0, out_dir=tmp_path, workers=1,
+            random_run_data(), darts, lambda: 1000.0, seed=0, out_dir=tmp_path, workers=1,
             nameserver_host="127.0.0.1", nameserver_port=0, log=lambda s: None, options=SearchOptions(loss="ce"))
 
     limit = 18

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from automl_pipeline.phases import architecture, common
 from automl_pipeline.bohb import BohbResult, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker
 from automl_pipeline.darts import DartsConfig, random_cell_result
+from automl_pipeline.phases import architecture, common
 from automl_pipeline.search_options import SearchOptions, SearchOptionsError
 from automl_pipeline.search_space import TEMPLATE_OPS, validate_genotype
 from automl_pipeline.search_space.ops import EXTRA_OPS
 from automl_pipeline.training import TrainResult
 from automl_pipeline.training.tensors import TensorData
+from tests.data_builders import random_run_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,12 +81,7 @@ def test_darts_options_reach_the_darts_config():
 
 def test_search_architecture_plans_with_the_options(monkeypatch):
     """The DARTS phase times and runs the configuration the options describe."""
-    n, side = 400, 8
-    data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
-                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
-                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
-                          device=torch.device("cpu"))
+    data = random_run_data(400)
     seen = []
     monkeypatch.setattr(architecture, "estimate_epoch_seconds", lambda train, val, n_classes, config, loss, n_batches: 0.01)
 
@@ -164,12 +160,7 @@ def test_a_run_with_a_random_cell_records_the_options(tmp_path):
 def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
     from automl_pipeline.phases import hyperparameters
 
-    n, side = 256, 8
-    data = common.RunData(train=TensorData(torch.randn(n, 1, side, side), torch.arange(n) % 4),
-                          val=TensorData(torch.randn(64, 1, side, side), torch.arange(64) % 4),
-                          test=TensorData(torch.randn(8, 1, side, side), torch.arange(8) % 4), predict=None,
-                          n_classes=4, in_channels=1, image_side=side, train_counts=np.full(4, n // 4),
-                          device=torch.device("cpu"))
+    data = random_run_data(256)
     seen = {}
 
     def fake_run_bohb(ctx, **kwargs):
