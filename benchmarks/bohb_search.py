@@ -26,9 +26,10 @@ from sklearn.datasets import load_digits
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from automl_pipeline.bohb import (TrialContext, build_config_space, choose_budgets,  # noqa: E402
-                                  config_to_train_config, run_bohb, to_plain)
+                                  config_to_train_config, run_bohb)
 from automl_pipeline.bohb.budgets import default_first_configs  # noqa: E402
 from automl_pipeline.bohb.worker import build_trial_network  # noqa: E402
+from submission import to_jsonable  # noqa: E402
 from automl_pipeline.phases.hyperparameters import MIN_TRIAL_IMAGES_PER_CLASS, MIN_TRIAL_STEPS  # noqa: E402
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data  # noqa: E402
 from automl_pipeline.training.planning import measure_epoch_seconds  # noqa: E402
@@ -49,7 +50,7 @@ def plan_budgets(ctx: TrialContext, space, time_left) -> tuple[float, tuple[floa
     """(epoch seconds, (min, max) budgets or None, min-budget floor) as the pipeline's BOHB phase plans them
     (hyperparameters.search_hyperparameters): one timed epoch of the space's default configuration, then
     choose_budgets over the time left."""
-    default = to_plain(dict(space.get_default_configuration()))
+    default = to_jsonable(dict(space.get_default_configuration()))
     epoch_s = measure_epoch_seconds(build_trial_network(default, ctx), ctx.train, ctx.val, ctx.n_classes,
                                     config_to_train_config(default, 1, ctx.seed, batch_size=ctx.batch_size))
     floor = max(MIN_TRIAL_STEPS * ctx.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * ctx.n_classes) / len(ctx.train)

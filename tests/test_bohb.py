@@ -24,7 +24,8 @@ from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
 from automl_pipeline.bohb.search import run_bohb
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
-from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
+from automl_pipeline.bohb.serialization import register_numpy_serializers
+from submission import to_jsonable
 from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb.worker import (SKIP_HEAVY_EXTRA, TrialContext, budget_epochs, config_cells,
                                          config_to_network_spec, config_to_train_config, evaluate_config,
@@ -75,7 +76,7 @@ def ctx() -> TrialContext:
 
 
 def good_config() -> dict:
-    cfg = to_plain(dict(build_config_space(seed=0).get_default_configuration()))
+    cfg = to_jsonable(dict(build_config_space(seed=0).get_default_configuration()))
     return dict(cfg, n_cells=1, base_channels=16, lr=1e-2)
 
 
@@ -104,7 +105,7 @@ def test_space_variants_sample_valid_configurations(with_darts, baseline):
     assert not with_darts or all(list(cs[key].choices) == list(pool) for key in STAGE_CELL_KEYS)
     assert len(names) == (9 if with_darts else 6 if not baseline else 4)   # small for the KDE (module docstring)
     for config in cs.sample_configuration(40):
-        plain = to_plain(dict(config))
+        plain = to_jsonable(dict(config))
         Configuration(cs, values=plain)                      # plain values are valid in the space
         assert all(type(v) in (int, float, str, bool) for v in plain.values()), plain
         spec = config_to_network_spec(plain, darts=darts, in_channels=1, n_classes=10, image_side=8)
@@ -277,7 +278,7 @@ def test_numpy_serializers_convert_numpy_scalars():
     back = serpent.loads(serpent.dumps(values))
     assert back == {"s": "sampled", "b": True, "i": 3, "f": 0.5, "d": 2.5, "a": [0, 1, 2]}
     assert type(back["b"]) is bool and type(back["i"]) is int
-    assert to_plain({"x": (np.int8(1), [np.bool_(False)])}) == {"x": [1, [False]]}
+    assert to_jsonable({"x": (np.int8(1), [np.bool_(False)])}) == {"x": [1, [False]]}
 
 
 STOCK_BOHB_SCRIPT = textwrap.dedent("""

@@ -273,16 +273,6 @@ def test_deadline_with_hint_refuses_the_first_step(digits):
     validate_genotype(res.genotype)
 
 
-def test_epochs_none_are_planned_from_time_left(digits):
-    train, val = digits
-    loss = TickingLoss(5.0)                       # one step = 10 fake seconds, 2 steps per epoch
-    res = run_darts(train, val, 10, tiny(epochs=None), time_left=lambda: 100.0 - loss.clock(), loss=loss,
-                    clock=loss.clock, step_seconds=10.0)
-    assert res.epochs_planned == 4                # floor(100 / (1.1 * 20))
-    assert res.stop_reason == "completed" and res.epochs_run == 4 and loss.clock() <= 100.0
-    assert res.beta_per_epoch == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
-
-
 def test_second_order_search_runs_one_step(digits):
     train, val = digits
     cfg = tiny(epochs=1, batch_size=32, second_order=True)

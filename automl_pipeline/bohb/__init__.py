@@ -8,7 +8,7 @@ from automl_pipeline.bohb.nameserver import HmacKeyError, NameServerOptions, req
 from automl_pipeline.bohb.search import run_bohb
 from automl_pipeline.bohb.remote import run_remote_worker
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
-from automl_pipeline.bohb.serialization import register_numpy_serializers, to_plain
+from automl_pipeline.bohb.serialization import register_numpy_serializers
 from automl_pipeline.bohb.space import build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb.worker import (TrialContext, TrialWorker, config_to_network_spec, config_to_train_config,
                                          evaluate_config)
@@ -17,5 +17,4 @@ __all__ = ["OPTIMIZERS", "BohbResult", "DeadlineBOHB", "HmacKeyError", "NameServ
            "TrialRecord", "TrialWorker", "build_config_space", "choose_budgets", "config_to_network_spec",
            "config_to_train_config", "default_first_configs", "evaluate_config", "fixed_hyperparameters",
            "hpbandster_budgets",
-           "register_numpy_serializers", "require_hmac_key", "run_bohb", "run_remote_worker", "select_incumbent",
-           "to_plain"]
+           "register_numpy_serializers", "require_hmac_key", "run_bohb", "run_remote_worker", "select_incumbent"]

@@ -22,7 +22,7 @@ from hpbandster.optimizers.config_generators.bohb import BOHB as BOHBConfigGener
 from hpbandster.optimizers.iterations import SuccessiveHalving
 
 from automl_pipeline.bohb.budgets import bracket_sizes, hpbandster_budgets, min_points_in_model, n_rungs
-from automl_pipeline.bohb.serialization import to_plain
+from submission import to_jsonable
 
 
 class PlainConfigGenerator(BOHBConfigGenerator):
@@ -31,7 +31,7 @@ class PlainConfigGenerator(BOHBConfigGenerator):
 
     def get_config(self, budget):
         config, info = super().get_config(budget)
-        return to_plain(config), to_plain(info)
+        return to_jsonable(config), to_jsonable(info)
 
 
 class RandomConfigGenerator(base_config_generator):
@@ -43,7 +43,7 @@ class RandomConfigGenerator(base_config_generator):
         self.configspace = configspace
 
     def get_config(self, budget):
-        return to_plain(dict(self.configspace.sample_configuration())), {"model_based_pick": False}
+        return to_jsonable(dict(self.configspace.sample_configuration())), {"model_based_pick": False}
 
 
 # optimizer name -> config generator for a space; "bohb" needs d + 1 good and as many bad results on a
@@ -67,7 +67,7 @@ class DeadlineBOHB(BOHB):
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         Master.__init__(self, config_generator=CONFIG_GENERATORS[optimizer](configspace), **master_kwargs)
         self.optimizer = optimizer
-        self.fixed = to_plain(dict(fixed or {}))   # sent with every job (TrialWorker.compute)
+        self.fixed = to_jsonable(dict(fixed or {}))   # sent with every job (TrialWorker.compute)
         self.first_configs = first_configs
         self.eta, self.min_budget, self.max_budget = eta, min_budget, max_budget
         self.max_SH_iter = n_rungs(min_budget, max_budget, eta)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hpbandster.core.result import Result
 
 from automl_pipeline.bohb.budgets import hpbandster_budgets
-from automl_pipeline.bohb.serialization import to_plain
+from submission import to_jsonable
 from automl_pipeline.bohb.worker import n_epochs
 
 INCUMBENT_RULE = ("best val macro-F1 at the largest budget among trials that ran their full budget without error "
@@ -64,7 +64,7 @@ class TrialRecord:
             error = info.get("error")
         loss = result.get("loss") if result is not None else None
         loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else 1.0
-        return cls(config_id=tuple(config_id), config=to_plain(config), budget=float(budget), loss=loss,
+        return cls(config_id=tuple(config_id), config=to_jsonable(config), budget=float(budget), loss=loss,
                    val_macro_f1=float(info.get("val_macro_f1") or 0.0),
                    evaluated=bool(info.get("evaluated", False)) and error is None, error=error,
                    epochs_done=int(info.get("epochs_done") or 0),
@@ -73,7 +73,7 @@ class TrialRecord:
                    t_s=float(t_s), model_based_pick=(config_info or {}).get("model_based_pick"))
 
     def to_json(self) -> dict:
-        return to_plain({"config_id": list(self.config_id), "config": self.config, "budget": self.budget,
+        return to_jsonable({"config_id": list(self.config_id), "config": self.config, "budget": self.budget,
                          "loss": self.loss, "val_macro_f1": self.val_macro_f1, "evaluated": self.evaluated,
                          "error": self.error, "epochs_done": self.epochs_done,
                          "stopped_by_deadline": self.stopped_by_deadline, "seconds": round(self.seconds, 3),
@@ -146,7 +146,7 @@ class BohbResult:
         if self.incumbent_config is not None:
             incumbent = {"config": self.incumbent_config, "val_macro_f1": self.incumbent_val_macro_f1,
                          "budget": self.incumbent_budget, "epochs": n_epochs(self.incumbent_budget)}
-        return to_plain({
+        return to_jsonable({
             "optimizer": self.optimizer,
             "cell_choice": self.cell_choice,
             "n_trials": len(self.trials),

@@ -1,4 +1,4 @@
-"""The one fix for numpy values crossing Pyro4, and plain-Python conversion.
+"""The one fix for numpy values crossing Pyro4.
 
 hpbandster 0.7.4 sends configurations, budgets and results through Pyro4, whose
 serpent serializer does not know numpy scalars. ConfigSpace 1.x hands out
@@ -7,13 +7,13 @@ budgets hpbandster computes are `numpy.float64`. When serpent refuses one, the
 dispatcher's job-runner thread dies and the master waits forever without an
 error. `register_numpy_serializers()` teaches serpent to send every numpy
 scalar (and array) as the equivalent Python value; call it before any Pyro
-object (name server, dispatcher, worker) is created. `to_plain()` is the same
-conversion for values we write ourselves (JSON files, worker results).
+object (name server, dispatcher, worker) is created. Values we build ourselves
+(configurations, worker results, JSON files) go through the package's one plain-Python
+converter, `submission.to_jsonable`.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 import serpent
@@ -49,20 +49,3 @@ def register_numpy_serializers() -> None:
             serpent.register_class(clazz, _serialize_numpy_scalar)
         serpent.register_class(np.ndarray, _serialize_numpy_array)
         _registered = True
-
-
-def to_plain(value: Any) -> Any:
-    """Recursively convert numpy scalars/arrays (and tuples) to plain Python values.
-
-    dict keys become str when they are numpy strings; tuples become lists (what
-    JSON and serpent would make of them anyway).
-    """
-    if isinstance(value, dict):
-        return {(k.item() if isinstance(k, np.generic) else k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_plain(value.tolist())
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -11,7 +11,7 @@ from typing import Callable
 from hpbandster.core.result import json_result_logger
 
 from automl_pipeline.bohb.results import INCUMBENT_RULE, TrialRecord, select_incumbent
-from automl_pipeline.bohb.serialization import to_plain
+from submission import to_jsonable
 from automl_pipeline.bohb.worker import n_epochs
 from submission import write_json
 
@@ -38,7 +38,7 @@ class TrialLog(json_result_logger):
         self.incumbent: TrialRecord | None = None
 
     def new_config(self, config_id, config, config_info):
-        config, config_info = to_plain(config), to_plain(config_info)
+        config, config_info = to_jsonable(config), to_jsonable(config_info)
         with self.lock:
             self.config_info[tuple(config_id)] = config_info
         try:

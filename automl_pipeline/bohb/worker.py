@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from hpbandster.core.worker import Worker
 
-from automl_pipeline.bohb.serialization import to_plain
+from submission import to_jsonable
 from automl_pipeline.bohb.space import DEFAULT_CELL, SHARED_CELL_KEY, STAGE_CELL_KEYS
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
@@ -221,7 +221,7 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
     info["seconds"] = time.monotonic() - t0
     if not math.isfinite(loss):
         loss = WORST_LOSS
-    return {"loss": float(loss), "info": to_plain(info)}
+    return {"loss": float(loss), "info": to_jsonable(info)}
 
 
 class TrialWorker(Worker):
@@ -252,9 +252,9 @@ class TrialWorker(Worker):
             return max(0.0, left)
 
         try:
-            result = self.evaluate(to_plain({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left)
+            result = self.evaluate(to_jsonable({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left)
         except Exception as exc:   # evaluate_config does not raise; a custom evaluate might
             result = {"loss": WORST_LOSS, "info": {"error": _error_text(exc)}}
-        result = to_plain(result)
+        result = to_jsonable(result)
         result["info"]["worker"] = self.worker_id
         return result

@@ -16,13 +16,10 @@ Per epoch e of E planned epochs:
 
 Deadline: `time_left()` is asked before every step; the step is not started when
 the time left is below STEP_SAFETY x the slowest of the last 10 steps
-(training.deadline.StepGuard, seeded with the `step_seconds` hint when given) -> stop_reason "deadline", the alphas as
-they are (unless they exceed the skip limit; then those of the epoch start).
-Without a hint the first step is started whenever time_left() > 0.
-
-config.epochs=None plans the epochs from the time: after the first step (or at
-once with a hint), E = floor(time_left / (1.1 x epoch seconds)), clamped to
-[1, MAX_PLANNED_EPOCHS]; epoch 0's lr and beta do not depend on E.
+(training.deadline.StepGuard, seeded with the `step_seconds` hint when given) ->
+stop_reason "deadline", the alphas as they are (unless they exceed the skip limit; then
+those of the epoch start). Without a hint the first step is started whenever time_left() > 0.
+The epochs are the caller's plan (phases/architecture.plan_darts sizes them to the phase).
 """
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ from automl_pipeline.training.deadline import StepGuard
 from automl_pipeline.training.tensors import TensorData, resize_tensor_data
 from automl_pipeline.training.trainer import surrogate_beta
 
-MAX_PLANNED_EPOCHS = 50
 FD_EPS = 0.01          # DARTS' finite-difference radius: r = FD_EPS / ||v||
 # When a search counts as a result (DartsResult.learned): its supernet beat chance by this factor on
 # the val batches of its last epoch, and its alphas moved off uniform (mean normalised entropy).
@@ -57,7 +53,7 @@ MAX_LEARNED_ENTROPY = 0.995
 
 @dataclass(frozen=True)
 class DartsConfig:
-    epochs: int | None = 15          # None: plan from time_left (module docstring)
+    epochs: int = 15
     batch_size: int = 64
     n_cells: int = 3
     base_channels: int = 16
@@ -86,8 +82,8 @@ class DartsConfig:
         unknown = [op for op in self.ops if op not in OPS]
         if unknown or len(set(self.ops)) != len(self.ops) or not self.ops:
             raise ValueError(f"bad DARTS ops {self.ops} (unknown: {unknown})")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.n_cells < 1 or self.n_nodes < 1 or self.base_channels < 1:
             raise ValueError(f"bad DARTS sizes in {self}")
         if self.proxy_side is not None and self.proxy_side < 4:
@@ -425,7 +421,7 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
     loss: module (logits, y) -> scalar, on the data's device.
     on_epoch: called with the epoch's history dict after every completed epoch.
     step_seconds: expected seconds of one step (e.g. from estimate_epoch_seconds), so
-        the first step is also deadline-checked and epochs=None can plan at once.
+        the first step is also deadline-checked.
     clock: monotonic seconds, for the recorded durations and step-time estimates.
     init_alphas: raw (pre-softmax) alphas (normal, reduce) to start from.
     on_checkpoint: called after every completed epoch (after on_epoch) with the search state:
@@ -440,10 +436,6 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
     ops = config.ops
     guard = StepGuard(time_left, hint=step_seconds)
     planned = config.epochs
-
-    def plan() -> int:
-        epoch_s = guard.estimate * search.steps_per_epoch
-        return int(min(MAX_PLANNED_EPOCHS, max(1, time_left() // (1.1 * epoch_s))))
 
     skips, betas, alphas_hist, epoch_secs, history = [], [], [], [], []
     stop_reason, steps, epoch, seconds_before = "completed", 0, 0, 0.0
@@ -470,12 +462,9 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
                 "alphas_per_epoch": list(alphas_hist), "epoch_seconds": list(epoch_secs),
                 "history": [dict(row) for row in history]}
 
-    if planned is None and guard.estimate is not None:
-        planned = plan()
-    while stop_reason == "completed" and (planned is None or epoch < planned):
-        e_total = planned if planned is not None else MAX_PLANNED_EPOCHS   # epoch 0 does not depend on it
-        beta = surrogate_beta(config.beta0, epoch, max(e_total - 1, 1))
-        lr = cosine_lr(config.w_lr, config.w_lr_min, epoch, e_total)
+    while stop_reason == "completed" and epoch < planned:
+        beta = surrogate_beta(config.beta0, epoch, max(planned - 1, 1))
+        lr = cosine_lr(config.w_lr, config.w_lr_min, epoch, planned)
         search.set_epoch(lr, beta)
         snap, t_epoch = search.snapshot(), clock()
         totals = dict.fromkeys(("train_loss", "train_correct", "n_train", "val_loss", "val_correct", "n_val"), 0.0)
@@ -488,8 +477,6 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
                 totals[k] += v
             guard.record(clock() - t0)
             steps += 1
-            if planned is None:
-                planned = plan()
         if stop_reason == "deadline":
             if skip_count(search.softmaxed()[0], ops, config.skip_threshold) > config.skip_limit:
                 search.restore(snap)
@@ -520,7 +507,7 @@ def run_darts(train: TensorData, val: TensorData, n_classes: int, config: DartsC
                                max_skips=config.max_skips)
     return DartsResult(
         genotype=genotype, alphas_normal=w_normal, alphas_reduce=w_reduce,
-        epochs_planned=int(planned if planned is not None else 0), epochs_run=epoch,
+        epochs_planned=int(planned), epochs_run=epoch,
         stopped_early=stop_reason != "completed", stop_reason=stop_reason, skip_count_per_epoch=skips,
         beta_per_epoch=betas, alphas_per_epoch=alphas_hist, seconds=seconds_before + clock() - t_start,
         epoch_seconds=epoch_secs, ops=ops, steps_run=steps, history=history, config=config)

@@ -11,7 +11,7 @@ from typing import Callable
 from ConfigSpace import ConfigurationSpace
 
 from automl_pipeline.bohb import (BohbResult, TrialContext, build_config_space, choose_budgets,
-                                  config_to_train_config, fixed_hyperparameters, run_bohb, to_plain)
+                                  config_to_train_config, fixed_hyperparameters, run_bohb)
 from automl_pipeline.bohb.budgets import default_first_configs
 from automl_pipeline.bohb.results import TrialRecord, select_incumbent
 from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, config_fits, n_hyperparameters
@@ -63,7 +63,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     trials = TrialContext(train=data.train, val=data.val, n_classes=data.n_classes, in_channels=data.in_channels,
                           image_side=data.image_side, darts=darts, device=data.device, seed=seed,
                           darts_ops=ops, batch_size=data.batch_size)
-    default = {**to_plain(dict(space.get_default_configuration())), **fixed}
+    default = {**to_jsonable(dict(space.get_default_configuration())), **fixed}
     epoch_s = timed_epoch(build_trial_network(default, trials), data,
                           config_to_train_config(default, 1, seed, batch_size=data.batch_size))
     floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
