@@ -1,7 +1,8 @@
 """The run: data -> splits -> first model -> DARTS -> BOHB -> final fit -> report, under one budget.
 
-`run(settings)` is the one entry point (run.py calls it through cli.py). It owns the order of
-the phases and the time each gets; the work of each phase lives in phases.py, darts/ and bohb/.
+`run(settings)` is the one entry point (run.py calls it through cli.py). It loads the data, owns
+the order of the phases and the time each gets, and writes the report; each phase (its gate, plan,
+resume data and report section) lives in its module of automl_pipeline/phases/.
 """
 from __future__ import annotations
 

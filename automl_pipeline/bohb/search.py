@@ -46,8 +46,7 @@ from budget.reserves import (BOHB_SHUTDOWN_MAX_S, BOHB_SHUTDOWN_MIN_S, BOHB_WRAP
                              BOHB_WRAPUP_SHARE)
 from submission import write_json
 
-# default_first_configs is imported from here by callers (phases.py); it lives in budgets.
-__all__ = ["default_first_configs", "run_bohb"]
+__all__ = ["run_bohb"]
 _LOG = logging.getLogger("automl_pipeline.bohb")
 # hpbandster's KDE (statsmodels) triggers a pandas FutureWarning about numpy's global generator on every
 # model-based pick; it says nothing a user can act on.
