@@ -16,8 +16,8 @@ from automl_pipeline.bohb.budgets import default_first_configs
 from automl_pipeline.bohb.results import TrialRecord, select_incumbent
 from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, config_fits, n_hyperparameters
 from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
-from automl_pipeline.darts import DartsResult
 from automl_pipeline.checkpoints import Checkpoints
+from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import RunData, TimeLeft, timed_epoch
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.search_options import SearchOptions
@@ -40,14 +40,16 @@ MIN_TRIAL_STEPS = 6
 MIN_TRIAL_IMAGES_PER_CLASS = 10
 
 
-def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, seed: int, out_dir, workers: int, nameserver_host: str, nameserver_port: int,
-                           log: Callable[[str], None], options: SearchOptions = SearchOptions(), previous=None,
+def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, seed: int, out_dir,
+                           workers: int, nameserver_host: str, nameserver_port: int, log: Callable[[str], None],
+                           options: SearchOptions = SearchOptions(), previous=None,
                            sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
     """The BOHB phase: (result, "") or (None, why it was skipped).
 
     darts: a DARTS result whose search learned (its cells join the pool), or None.
     Budgets (epochs, fractional ones on a subset) come from the measured epoch time of the space's
-    default configuration and the phase length (bohb.search.choose_budgets).
+    default configuration and the phase length (bohb.budgets.choose_budgets), for the richest space of
+    `search_spaces` whose first bracket fits.
     previous: None, or `space -> directory | None` giving hpbandster logs of earlier trials to
     warm-start from (a resumed run; see `previous_trials_dir`).
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
@@ -105,8 +107,7 @@ def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, options: S
     fixed = fixed_hyperparameters(options)
     pool = tuple(genotype_pool(darts, ops))
     if len(pool) == 1:
-        return [("default_cell", build_config_space(seed=seed, cells=pool, fixed=tuple(fixed)),
-                 fixed)]
+        return [("default_cell", build_config_space(seed=seed, cells=pool, fixed=tuple(fixed)), fixed)]
     darts_fixed = {**fixed, SHARED_CELL_KEY: "darts"}
     return [(choice, build_config_space(seed=seed, cells=pool, fixed=tuple(fixed),
                                         cell_choice=choice), fixed) for choice in CELL_CHOICES] + [
