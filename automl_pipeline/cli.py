@@ -29,7 +29,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     parser.add_argument("--method", choices=METHODS, default="ours",
                         help="ours (DARTS + BOHB, focal loss) or baseline (BOHB over a fixed CNN, plain CE)")
-    parser.add_argument("--workers", type=int, default=1, help="BOHB worker threads in this process (default 1); workers on other machines: "
+    parser.add_argument("--workers", type=int, default=1,
+                        help="BOHB worker threads in this process (default 1); workers on other machines: "
                              "`run.py worker`")
     parser.add_argument("--nameserver-host", default="127.0.0.1",
                         help="address the BOHB name server binds to; set it to accept remote workers (off "

@@ -8,6 +8,7 @@ from typing import Callable
 
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
                                    steps_per_epoch)
+from automl_pipeline.bohb.worker import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA
 from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.phases.common import RunData, TimeLeft
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
@@ -111,12 +112,12 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
                         on_checkpoint: Callable[[dict, dict], None] | None = None) -> tuple[DartsResult | None, str]:
     """The DARTS phase: (result, "") or (None, why it was skipped), planned by `plan_darts`.
 
-    progress: {"meta", "state"} of an earlier attempt's last finished epoch (checkpoints.py): the
+    progress: {"meta", "state"} of an earlier attempt's last finished epoch (`load_progress`): the
     search continues with that attempt's config and subset, however little time is left (at worst
     it ends at once with the checkpoint's alphas).
     on_checkpoint(state, meta): after every finished epoch; meta says how to rebuild the search.
     """
-    loss = make_loss("focal", data.train_counts, gamma=3.0, smoothing=0.8, device=data.device)
+    loss = make_loss("focal", data.train_counts, gamma=FOCAL_GAMMA, smoothing=CLASS_WEIGHT_SMOOTHING, device=data.device)
     if progress is not None:
         meta = progress["meta"]
         config = DartsConfig.from_json(meta["config"])
