@@ -56,12 +56,13 @@ def test_raising_and_nan_trials_are_results_not_a_dead_search(tmp_path):
 
     result = run_bohb(None, time_left=_phase(3.0), out_dir=tmp_path, min_budget=1, max_budget=3,
                       config_space=_space(), evaluate=evaluate, wrapup_s=1.0, log=lambda s: None)
-    failed = [t for t in result.trials if t.error]
+    failed = [t for t in result.trials if t.config["x"] < 0.3]
     nan = [t for t in result.trials if 0.3 <= t.config["x"] < 0.6]
     good = [t for t in result.trials if t.config["x"] >= 0.6]
     assert failed and good and nan, [t.config for t in result.trials]
     assert all("out of memory" in t.error and t.loss == 1.0 for t in failed)
     assert all(math.isfinite(t.loss) for t in result.trials)
+    assert all(t.loss == 1.0 and "loss is nan" in (t.error or "") for t in nan)   # a NaN loss is a failed trial
     assert result.incumbent_config is not None and result.incumbent_config["x"] >= 0.6
     assert any("out of memory" in e for e in result.report()["errors"])
     lines = (tmp_path / "bohb" / "results.json").read_text().splitlines()

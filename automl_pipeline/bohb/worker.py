@@ -255,6 +255,11 @@ class TrialWorker(Worker):
             result = self.evaluate(to_jsonable({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left)
         except Exception as exc:   # evaluate_config does not raise; a custom evaluate might
             result = {"loss": WORST_LOSS, "info": {"error": _error_text(exc)}}
+        loss = result.get("loss")
+        if not (isinstance(loss, (int, float)) and math.isfinite(loss)):   # hpbandster needs a finite number
+            info = dict(result.get("info") or {})
+            info["error"] = info.get("error") or f"FloatingPointError: the trial's loss is {loss!r}"
+            result = {"loss": WORST_LOSS, "info": info}
         result = to_jsonable(result)
         result["info"]["worker"] = self.worker_id
         return result
