@@ -190,8 +190,7 @@ def run(ctx: RunContext) -> DartsResult | None:
             except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
                 darts, why_not = None, phase_failed(ctx.log, NAME, err)
     if darts is None:
-        ctx.log.event("darts_skipped", why_not)
-        ctx.report["darts"] = search_section("skipped", why_not)
+        ctx.search_skipped(NAME, why_not)
         return None
     learned, why_not_used = darts.learned(ctx.data.n_classes)
     section = ctx.report["darts"] = darts.report()
@@ -207,8 +206,7 @@ def _without_search(ctx: RunContext) -> DartsResult | None:
     if ctx.options.darts == "off":
         why = "the baseline runs without DARTS" if ctx.baseline else "off in the search options (darts: off)"
         ctx.budget.skip_phase(NAME, why)
-        ctx.log.event("darts_skipped", why)
-        ctx.report["darts"] = search_section("skipped", why)
+        ctx.search_skipped(NAME, why)
         return None
     why = "replaced by a random cell from uniform alphas (search options: darts random)"
     ctx.budget.skip_phase(NAME, why)

@@ -30,6 +30,11 @@ class RunContext:
     delivery: Delivery
     resumed: dict | None = None
 
+    def search_skipped(self, name: str, why: str) -> None:
+        """A search phase (`darts` / `bohb`) that did not run: event `<name>_skipped` and its report section."""
+        self.log.event(f"{name}_skipped", why)
+        self.report[name] = search_section("skipped", why)
+
     def deliver(self, candidate: Candidate) -> None:
         """Offer a candidate; when it becomes the delivered model, checkpoint it for --resume."""
         if self.delivery.offer(candidate):

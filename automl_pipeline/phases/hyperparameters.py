@@ -19,7 +19,7 @@ from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
 from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import RunData, TimeLeft, timed_epoch
-from automl_pipeline.phases.context import RunContext, phase_failed, search_section
+from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS
 from budget.reserves import MIN_SEARCH_PHASE_S
@@ -133,8 +133,7 @@ def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             bohb, why_not = None, phase_failed(ctx.log, NAME, err)
     if bohb is None:
-        ctx.log.event("bohb_skipped", why_not)
-        ctx.report["bohb"] = search_section("skipped", why_not)
+        ctx.search_skipped(NAME, why_not)
     bohb = merge_kept_trials(bohb, kept)
     if bohb is not None:
         section = ctx.report["bohb"] = bohb.report()
