@@ -20,7 +20,8 @@ Lanes: with --lanes K (default 1), K runs go at once, each pinned with `taskset`
 Results: per-run rows (held-out test macro-F1, where the delivered model came from, DARTS steps,
 BOHB trials and model-based picks), per (data, variant) mean ± std over seeds, and the paired
 difference against `full` on the same seed (mean ± std); a difference "exceeds the spread" when its
-mean is larger in size than the seed-to-seed std of `full` on that data set. Printed, written to
+mean is larger in size than the seed-to-seed std of `full` on that data set, and it has the "same sign
+on every seed" when every paired difference points the same way (neither is a significance test). Printed, written to
 OUT/<tag>.json (after every run) and OUT/<tag>.md, and one plot per data set OUT/<tag>_<data>.png.
 --resume keeps the finished rows of OUT/<tag>.json and runs only the missing ones.
 """
@@ -94,7 +95,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         here = [r for r in rows if r["data"] == data]
         full = {r["seed"]: r["macro_f1"] for r in here if r["variant"] == FULL and r["macro_f1"] is not None}
         spread = statistics.stdev(full.values()) if len(full) >= 2 else None
-        for variant in dict.fromkeys(r["variant"] for r in here):
+        order = list(VARIANTS)
+        for variant in sorted(dict.fromkeys(r["variant"] for r in here), key=order.index):
             mine = [r for r in here if r["variant"] == variant]
             scores = {r["seed"]: r["macro_f1"] for r in mine if r["macro_f1"] is not None}
             diffs = [scores[s] - full[s] for s in scores if s in full] if variant != FULL else []
@@ -102,22 +104,25 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             exceeds = None
             if variant != FULL and diff["mean"] is not None and spread is not None:
                 exceeds = abs(diff["mean"]) > spread
+            same_sign = None if len(diffs) < 2 else all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
             out.append({"data": data, "variant": variant, "runs": len(mine),
                         "failed": sum(1 for r in mine if r.get("error")),
                         "macro_f1": common.mean_std(scores.values()), "diff_vs_full": diff,
-                        "n_pairs": len(diffs), "full_seed_std": spread, "exceeds_spread": exceeds})
+                        "n_pairs": len(diffs), "full_seed_std": spread, "exceeds_spread": exceeds,
+                        "same_sign_every_seed": same_sign})
     return out
 
 
 def summary_markdown(summary: Sequence[dict]) -> str:
     lines = ["| data | variant | runs | test macro-F1 (mean ± std) | paired diff vs full | pairs | "
-             "exceeds seed spread of full |", "|" + " --- |" * 7]
+             "exceeds seed spread of full | same sign on every seed |", "|" + " --- |" * 8]
     for s in summary:
         exceeds = {None: "-", True: "**yes**", False: "no"}[s["exceeds_spread"]]
+        same_sign = {None: "-", True: "yes", False: "no"}[s.get("same_sign_every_seed")]
         lines.append("| " + " | ".join([s["data"], s["variant"], str(s["runs"]),
                                         common.fmt_mean_std(s["macro_f1"], 4),
                                         common.fmt_mean_std(s["diff_vs_full"], 4) if s["variant"] != FULL else "-",
-                                        str(s["n_pairs"]), exceeds]) + " |")
+                                        str(s["n_pairs"]), exceeds, same_sign]) + " |")
     return "\n".join(lines)
 
 
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             if row is not None:
                 rows.append(row)
             payload["summary"] = summarize(rows)
-            text = "\n\n".join(["### Runs", common.markdown_table(rows, RUN_COLUMNS),
+            ordered = sorted(rows, key=lambda r: (r["data"], list(VARIANTS).index(r["variant"]), r["seed"]))
+            text = "\n\n".join(["### Runs", common.markdown_table(ordered, RUN_COLUMNS),
                                 "### Per variant, paired with full on the same seed", summary_markdown(payload["summary"])])
             common.write_results(results_path, payload)
             markdown_path.write_text(f"# Ablation\n\n{text}\n", encoding="utf-8")

@@ -267,6 +267,9 @@ def test_ablation_pairs_by_seed_and_flags_differences_beyond_the_spread():
     assert summary["darts_off"]["exceeds_spread"] is True
     assert summary["loss_ce"]["n_pairs"] == 2 and summary["loss_ce"]["exceeds_spread"] is False
     assert summary["full"]["exceeds_spread"] is None
+    assert summary["darts_off"]["same_sign_every_seed"] is True            # -0.10, -0.11, -0.09
+    assert summary["loss_ce"]["same_sign_every_seed"] is False             # +0.01, 0.00
+    assert summary["full"]["same_sign_every_seed"] is None
     assert "**yes**" in ablation.summary_markdown(list(summary.values()))
 
 
@@ -288,3 +291,40 @@ def test_ablation_runs_every_variant_and_resumes_only_the_missing(tmp_path, monk
     calls.clear()
     assert ablation.main(argv + ["--seeds", "0", "1", "2", "--resume"]) == 0
     assert sorted(calls) == [("darts_off", 2), ("full", 2)]
+
+
+def test_ablation_facts_count_trial_scores_per_rung_and_cells_of_per_stage_searches(tmp_path, capsys):
+    import ablation_facts
+
+    def run(name, cell_choice, config, source, stack, trials=()):
+        run_dir = tmp_path / name
+        (run_dir / "bohb").mkdir(parents=True)
+        report = {"bohb": {"status": "completed", "min_budget": 0.5, "max_budget": 1.5, "cell_choice": cell_choice,
+                           "incumbent": {"config": config}},
+                  "final": {"source": source, "architecture": {"cell_stack": stack}}}
+        (run_dir / "report.json").write_text(json.dumps(report))
+        lines = [json.dumps([[0, 0, i], budget, {}, {"loss": 1 - f1, "info": {"val_macro_f1": f1}}, None])
+                 for i, (budget, f1) in enumerate(trials)]
+        (run_dir / "bohb" / "results.json").write_text("\n".join(lines + ["[0, 0"]) + "\n")   # last line cut
+        return {"variant": "full", "run_dir": str(run_dir)}
+
+    stack = [{"position": 0, "stage": 0, "reduction": False, "cell": "skip_heavy", "skips": 4},
+             {"position": 1, "stage": 1, "reduction": True, "cell": "darts", "skips": 1}]
+    per_stage = {"cell_stage0": "skip_heavy", "cell_stage1": "darts", "cell_stage2": "darts"}
+    rows = [run("a", "per_stage", per_stage, "bohb_incumbent", stack, trials=[(0.5, 0.1), (0.5, 0.2), (1.5, 0.6)]),
+            run("b", "per_stage", {**per_stage, "cell_stage0": "default"}, "first_model", stack),   # skips not counted
+            run("c", "shared", {"cell": "darts"}, "bohb_incumbent", stack, trials=[(0.5, 0.3)])]    # not per stage
+    results = tmp_path / "ablation_x.json"
+    results.write_text(json.dumps({"rows": rows}))
+    assert ablation_facts.main([str(results)]) == 0
+    scores = ablation_facts.trial_scores([tmp_path / n for n in ("a", "b", "c")])
+    assert sorted(scores["smallest"]) == [0.1, 0.2, 0.3] and scores["larger"] == [0.6]
+    reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b")]
+    counts = ablation_facts.stage_choices(reports)
+    assert counts[0] == {"skip_heavy": 1, "default": 1} and counts[2] == {"darts": 2}
+    assert ablation_facts.delivered_skips(reports) == {(0, "normal"): [4], (1, "reduction"): [1]}
+    out = (tmp_path / "ablation_x_facts.md").read_text()
+    assert "2 runs with a per-stage search" in out and "| smallest budget | 3 | 0.200 |" in out
+    (tmp_path / "bad.json").write_text("[]")
+    assert ablation_facts.main([str(tmp_path / "bad.json")]) == 2
+    assert "not an ablation results file" in capsys.readouterr().err
