@@ -32,7 +32,7 @@ from automl_pipeline.errors import InputError
 from automl_pipeline.search_options import SearchOptions
 from submission import atomic_write_bytes, to_jsonable, write_json
 
-FORMAT_VERSION = 2   # 2: delivered.json has test_predictions (was heldout_predictions)
+FORMAT_VERSION = 3   # 2: delivered.json has test_predictions (was heldout_predictions); 3: kept BOHB trials carry info["fixed"]
 # Settings whose change makes earlier results meaningless; a resume that changes one is refused.
 FINGERPRINT_KEYS = ("data", "method", "seed", "image_side_cap", "search")
 

@@ -29,7 +29,7 @@ from submission import to_jsonable
 from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb.worker import (SKIP_HEAVY_EXTRA, TrialContext, budget_epochs, config_cells,
                                          config_to_network_spec, config_to_train_config, evaluate_config,
-                                         genotype_pool)
+                                         genotype_pool, TrialWorker)
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, TEMPLATE_OPS, Genotype
 
@@ -545,3 +545,21 @@ def test_worker_reads_the_darts_result_from_checkpoint_or_report(tmp_path):
     path.write_text(json.dumps({"skipped": "too short"}))
     with pytest.raises(ValueError, match="no DARTS result"):
         load_darts_cells(path)
+
+
+def test_a_result_for_a_master_that_is_gone_is_dropped_without_a_thread_traceback(caplog):
+    """A trial that ends after the master shut its dispatcher down: hpbandster's start_computation would
+    raise in Pyro's oneway thread; the worker logs the dropped result and is free for the next job."""
+    import Pyro4.errors
+
+    class GoneDispatcher:
+        def register_result(self, id, result):
+            raise Pyro4.errors.CommunicationError("cannot connect: [Errno 111] Connection refused")
+
+    worker = TrialWorker(None, time_left=lambda: 10.0, run_id="r", nameserver="127.0.0.1", nameserver_port=1,
+                         evaluate=_quick)
+    with caplog.at_level("INFO", logger="automl_pipeline.bohb.worker"):
+        result = worker.start_computation(GoneDispatcher(), (0, 0, 0), config={"lr": 0.01}, budget=1.0,
+                                          working_directory=".")
+    assert result["exception"] is None and result["result"]["info"]["val_macro_f1"] == 1.0
+    assert worker.busy is False and "the master is gone" in caplog.text

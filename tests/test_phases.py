@@ -124,7 +124,8 @@ def test_bohb_spaces_go_from_a_cell_per_stage_to_one_cell_to_the_darts_cell():
 
 def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_path):
     """When 22 configurations do not fit but 18 do, BOHB searches one cell for the whole stack; the
-    incumbent it hands on carries the values every trial trained with."""
+    values left out of the space travel with every job (the worker records them with each trial's
+    result, so the incumbent carries them: tests/test_search_options.py, test_resume.py)."""
     from automl_pipeline.bohb import BohbResult
     from automl_pipeline.darts import random_cell_result
     from automl_pipeline.phases import hyperparameters
@@ -155,10 +156,9 @@ def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_
     result, why = search()
     assert why == "" and result.cell_choice == "shared" and "cell" in seen["space"]
     assert not any(key.startswith("cell_stage") for key in seen["space"])
-    assert result.incumbent_config["loss"] == "ce" and result.report()["cell_choice"] == "shared"
+    assert seen["fixed"] == {"loss": "ce"} and result.report()["cell_choice"] == "shared"
     limit = 15                                      # loss fixed: d is one less (20 / 16 / 14 configurations)
     result, _ = search()
-    assert result.cell_choice == "darts_cell" and seen["fixed"]["cell"] == "darts"
-    assert result.incumbent_config["cell"] == "darts"
+    assert result.cell_choice == "darts_cell" and seen["fixed"] == {"loss": "ce", "cell": "darts"}
     limit = 22
     assert search()[0].cell_choice == "per_stage"

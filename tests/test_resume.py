@@ -139,7 +139,8 @@ def _bohb_log(directory: Path, trials: list[tuple[list, float, float]], *, cut_l
     for i, (config_id, lr, f1) in enumerate(trials):
         configs.append(json.dumps([config_id, {"lr": lr}, {"model_based_pick": False}]))
         stamps = {"submitted": float(i), "started": i + 0.1, "finished": i + 0.5}
-        info = {"val_macro_f1": f1, "evaluated": True, "error": None, "epochs_done": 1}
+        info = {"val_macro_f1": f1, "evaluated": True, "error": None, "epochs_done": 1,
+                "fixed": {"cell": "darts"}}     # what the worker adds: values fixed outside the space
         results.append(json.dumps([config_id, 1.0, stamps, {"loss": 1 - f1, "info": info}, None]))
     text = "\n".join(results) + "\n"
     if cut_last_line:
@@ -172,9 +173,10 @@ def test_bohb_trials_are_kept_across_attempts(tmp_path):
                          model_based_picks=0, model_min_trials=4, trajectory=[], seconds=1.0, n_workers=1,
                          clean_shutdown=True)
     merged = hyperparameters.merge_kept_trials(current, kept)
-    assert merged.incumbent_config == {"lr": 0.02} and merged.report()["n_trials"] == 4
+    # a kept incumbent keeps the values its trial trained with beyond the sampled ones
+    assert merged.incumbent_config == {"lr": 0.02, "cell": "darts"} and merged.report()["n_trials"] == 4
     alone = hyperparameters.merge_kept_trials(None, kept)                # BOHB skipped in this attempt
-    assert alone.incumbent_config == {"lr": 0.02}
+    assert alone.incumbent_config == {"lr": 0.02, "cell": "darts"}
 
 
 # --------------------------------------------------------------------------- the command line

@@ -13,6 +13,8 @@ import torch
 
 from automl_pipeline.bohb import BohbResult, build_config_space, fixed_hyperparameters
 from automl_pipeline.bohb import worker as worker_module
+from automl_pipeline.bohb.remote import load_darts_cells
+from automl_pipeline.bohb.results import TrialRecord
 from automl_pipeline.bohb.worker import TrialContext, TrialWorker
 from automl_pipeline.darts import DartsConfig, random_cell_result
 from automl_pipeline.phases import architecture, common
@@ -121,6 +123,10 @@ def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monk
     result = worker.compute("id", sampled, 1.0, None, phase_seconds_left=100.0, fixed=fixed)
     assert result["info"]["error"] is None, result
     assert configs[0].loss == "ce" and configs[0].surrogate_beta0 == 0.0
+    # the result says what was fixed, so a trial read back from results.json has its whole configuration
+    assert result["info"]["fixed"] == fixed
+    record = TrialRecord.from_hpbandster((0, 0, 0), sampled, 1.0, result, None, t_s=0.0)
+    assert record.config == {**sampled, **fixed} and record.config["loss"] == "ce"
 
     first = common.default_train_config(epochs=3, batch_size=16, seed=0, options=options)
     assert first.loss == "ce"
@@ -155,6 +161,9 @@ def test_a_run_with_a_random_cell_records_the_options(tmp_path):
     assert report["final"]["config"]["loss"] == "ce"
     assert "darts_random_cell" in (out / "run.log").read_text()
     assert "Search options" in (out / "report.md").read_text()
+    # a remote worker rebuilds the same random cell from the run's DARTS outcome file
+    cells = load_darts_cells(out / "checkpoints" / architecture.OUTCOME_FILE)
+    assert json.loads(json.dumps(cells.genotype.to_json())) == report["darts"]["genotype"]
 
 
 def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):

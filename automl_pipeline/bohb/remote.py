@@ -142,7 +142,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="the main run's working image side (report.json data.image_size)")
     parser.add_argument("--darts-result", type=Path, default=None,
                         help="the main run's OUT/checkpoints/darts_outcome.json (or its OUT/report.json), "
-                             "needed for DARTS-based cells")
+                             "needed for DARTS-based cells (and for the random cell of `darts: random`)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--host", default=None, help="this machine's address the master can reach")
     parser.add_argument("--time-limit", type=float, default=24 * 3600.0,

@@ -50,6 +50,8 @@ class TrialRecord:
         [config_id, budget, timestamps, result, exception] plus the config and config_info of its
         configs.json line. Used for live jobs (TrialLog) and for trials read back from disk (resume).
 
+        config: the sampled configuration; the values fixed for the trial (the worker's info["fixed"])
+        complete it, so a record's config is what the trial trained, live or read back.
         result: the worker's {"loss", "info"} dict, or None when the worker raised (then `exception`
         holds its traceback and the record carries a "WorkerError: <last line>" error).
         worker: used when the result's info names no worker. Never raises on a malformed result:
@@ -64,7 +66,8 @@ class TrialRecord:
             error = info.get("error")
         loss = result.get("loss") if result is not None else None
         loss = float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else 1.0
-        return cls(config_id=tuple(config_id), config=to_jsonable(config), budget=float(budget), loss=loss,
+        fixed = info.get("fixed") if isinstance(info.get("fixed"), dict) else {}
+        return cls(config_id=tuple(config_id), config=to_jsonable({**config, **fixed}), budget=float(budget), loss=loss,
                    val_macro_f1=float(info.get("val_macro_f1") or 0.0),
                    evaluated=bool(info.get("evaluated", False)) and error is None, error=error,
                    epochs_done=int(info.get("epochs_done") or 0),

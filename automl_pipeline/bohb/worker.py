@@ -12,7 +12,8 @@ Contract of `TrialWorker.compute` (what hpbandster calls):
        trial when it was submitted (see `master.py`), and `fixed`, values of
        hyperparameters left out of the space that complete the configuration.
   out: {"loss": float in [0, 1], "info": plain-Python dict} - loss = 1 - best val
-       macro-F1 (finite; 1.0 for a failed trial).
+       macro-F1 (finite; 1.0 for a failed trial); info["fixed"] repeats the fixed values,
+       so hpbandster's results.json says what every trial trained (kept trials of a resume).
   raises: nothing for a failing trial (the error is in info["error"]); only
        BaseExceptions that are not Exceptions (KeyboardInterrupt, SystemExit) pass.
 """
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import Pyro4
+import Pyro4.errors
 import torch
 from hpbandster.core.worker import Worker
 
@@ -241,6 +244,13 @@ class TrialWorker(Worker):
         self.time_left = time_left
         self.evaluate = evaluate
 
+    @Pyro4.expose
+    @Pyro4.oneway
+    def start_computation(self, callback, id, *args, **kwargs):
+        """hpbandster's job entry point, with the result sent through `_ResultSink`: a master that
+        shut down while the trial ran drops its result instead of killing this thread."""
+        return super().start_computation(_ResultSink(callback, self.logger), id, *args, **kwargs)
+
     def compute(self, config_id, config, budget, working_directory, phase_seconds_left: float | None = None,
                 fixed: dict | None = None, **kwargs) -> dict:
         received = time.monotonic()
@@ -262,4 +272,19 @@ class TrialWorker(Worker):
             result = {"loss": WORST_LOSS, "info": info}
         result = to_jsonable(result)
         result["info"]["worker"] = self.worker_id
+        result["info"]["fixed"] = to_jsonable(dict(fixed or {}))
         return result
+
+
+class _ResultSink:
+    """The dispatcher's callback proxy, tolerant of a dispatcher that is gone (the master ended its
+    phase while this trial ran): the result is dropped with a log line, not a thread traceback."""
+
+    def __init__(self, callback, logger: logging.Logger):
+        self.callback, self.logger = callback, logger
+
+    def register_result(self, id, result) -> None:
+        try:
+            self.callback.register_result(id, result)
+        except Pyro4.errors.CommunicationError as err:
+            self.logger.info("result of job %s dropped: the master is gone (%s)", id, err)

@@ -211,6 +211,7 @@ def _without_search(ctx: RunContext) -> DartsResult | None:
     why = "replaced by a random cell from uniform alphas (search options: darts random)"
     ctx.budget.skip_phase(NAME, why)
     darts = random_darts_stand_in(ctx.options, seed=ctx.seed)
+    save_outcome(ctx.store, darts, "")       # `run.py worker --darts-result` rebuilds the same cell from it
     ctx.log.event("darts_random_cell", f"{why}: {darts.genotype}")
     section = ctx.report["darts"] = search_section("skipped", why)
     section.update(genotype=darts.genotype.to_json(), ops=list(darts.ops), random_cell=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from automl_pipeline.bohb import BohbResult, config_to_network_spec, config_to_train_config, fixed_hyperparameters
+from automl_pipeline.bohb import BohbResult, config_to_network_spec, config_to_train_config
 from automl_pipeline.bohb.space import DEFAULT_CELL
 from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
@@ -38,7 +38,7 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     """
     if (bohb is not None and bohb.incumbent_config is not None
             and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
-        config = {**bohb.incumbent_config, **fixed_hyperparameters(options)}
+        config = bohb.incumbent_config     # with the values fixed for its trial (TrialRecord.config)
         spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
                                       image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
         return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,

@@ -91,8 +91,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
                       log=log, previous_result=previous_dir)
     if result.warning():
         log(f"BOHB: {result.warning()}")
-    incumbent = None if result.incumbent_config is None else {**result.incumbent_config, **fixed}
-    return dataclasses.replace(result, cell_choice=cell_choice, incumbent_config=incumbent), ""
+    return dataclasses.replace(result, cell_choice=cell_choice), ""
 
 
 def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, options: SearchOptions,
