@@ -54,6 +54,8 @@ SUMMARY_METRICS = [("macro_f1", "test macro-F1", 4), ("accuracy", "accuracy", 4)
 # --------------------------------------------------------------------------- the baseline network
 
 
+MIN_ONECYCLE_STEPS = 5   # pct_start 0.25: at least one step of warm-up
+
 def build_resnet18(in_channels: int, n_classes: int) -> nn.Module:
     """torchvision ResNet-18 for small images: 3x3 stride-1 conv1 on `in_channels`, no max-pool."""
     model = torchvision.models.resnet18(weights=None, num_classes=n_classes)
@@ -183,7 +185,7 @@ def train_resnet(train, val, n_classes: int, device: torch.device, *, time_limit
     steps = 0 if st["stopped"] else plan_onecycle_steps(left, batch_s, st["val_s"], n_batches, probe_full)
     log(f"resnet18: {probe_batches}/{n_batches} batches timed in {probe_s:.2f}s ({batch_s:.3f}s/batch, "
         f"validation {st['val_s']:.2f}s); OneCycle over {steps} steps ({steps / n_batches:.2f} epochs)")
-    if steps >= 1:
+    if steps >= MIN_ONECYCLE_STEPS:   # fewer: OneCycleLR's warm-up phase has length 0 (ZeroDivisionError)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps,
                                                         div_factor=div_factor, pct_start=0.25)
         for _ in range(steps):
