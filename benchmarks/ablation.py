@@ -95,8 +95,7 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         here = [r for r in rows if r["data"] == data]
         full = {r["seed"]: r["macro_f1"] for r in here if r["variant"] == FULL and r["macro_f1"] is not None}
         spread = statistics.stdev(full.values()) if len(full) >= 2 else None
-        order = list(VARIANTS)
-        for variant in sorted(dict.fromkeys(r["variant"] for r in here), key=order.index):
+        for variant in sorted(dict.fromkeys(r["variant"] for r in here), key=list(VARIANTS).index):
             mine = [r for r in here if r["variant"] == variant]
             scores = {r["seed"]: r["macro_f1"] for r in mine if r["macro_f1"] is not None}
             diffs = [scores[s] - full[s] for s in scores if s in full] if variant != FULL else []

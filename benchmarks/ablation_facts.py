@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 import common
+from automl_pipeline.bohb.space import STAGE_CELL_KEYS as STAGE_KEYS  # noqa: E402  (common puts the repo on sys.path)
 
 PER_STAGE = "per_stage"
-STAGE_KEYS = ("cell_stage0", "cell_stage1", "cell_stage2")   # bohb.space.STAGE_CELL_KEYS
 
 
 def trial_scores(run_dirs: list[Path]) -> dict[str, list[float]]:
