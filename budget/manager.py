@@ -138,6 +138,26 @@ class Budget:
             record.planned_s = 0.0
             record.skip_reason = reason
 
+    def mark_skipped(self, name: str, reason: str) -> None:
+        """Record that a phase did not do its work, with the reason, whatever its state.
+
+        For a phase that started and then decided not to run (a search that found its time too short
+        to plan, a phase that failed): its status becomes "skipped", its start and end times stay (the
+        time it took to decide was spent); a running one ends now. A pending or unplanned phase is
+        skipped as by `skip_phase`. A phase already skipped keeps its first reason.
+        """
+        with self._lock:
+            record = self._records.get(name)
+            if record is None or record.state == _PENDING:
+                self.skip_phase(name, reason)
+                return
+            if record.state == _SKIPPED:
+                return
+            if record.state == _RUNNING:
+                record.end_s = self.elapsed()
+            record.state = _SKIPPED
+            record.skip_reason = reason
+
     def start_phase(self, name: str) -> "Phase":
         """Start a planned phase and fix its allotment from the time left now.
 
@@ -167,7 +187,8 @@ class Budget:
 
         Times are seconds since process start (``elapsed()``); ``planned_s`` is
         None for a phase not yet started, ``end_s`` None while it runs. Skipped
-        phases carry ``skipped: reason``.
+        phases carry ``skipped: reason`` (one that started before it was skipped,
+        ``mark_skipped``, keeps its planned, start and end times).
         """
         with self._lock:
             rows = []

@@ -215,6 +215,31 @@ def test_skipping_an_unplanned_phase_is_reported():
     assert budget.phases_report()[-1]["skipped"] == "baseline run"
 
 
+def test_a_phase_that_started_and_then_did_not_run_is_reported_skipped():
+    """A search starts its phase, then finds it cannot run (too short to plan, or it failed): its row
+    says skipped with the reason, keeping the seconds it took to decide; the next phase still starts."""
+    clock = FakeClock()
+    budget = Budget(110, clock=clock, margin_s=10)
+    budget.plan([("darts", 1), ("bohb", 1), ("final_fit", 1), ("later", 1)])
+    with budget.start_phase("darts"):
+        clock.advance(2)
+    budget.mark_skipped("darts", "12 architecture steps fit in 30s; at least 120 are needed")
+    bohb = budget.start_phase("bohb")
+    clock.advance(3)
+    budget.mark_skipped("bohb", "failed (RuntimeError: boom)")        # while running: it ends now
+    bohb.finish()                                                       # the context manager's exit
+    budget.mark_skipped("later", "not needed")                          # still pending: as skip_phase
+    budget.mark_skipped("later", "a second reason")                     # already skipped: the first one stays
+    rows = {row["name"]: row for row in budget.phases_report()}
+    assert rows["darts"] == {"name": "darts", "status": "skipped", "planned_s": 25.0, "start_s": 0.0,
+                             "end_s": 2.0,
+                             "skipped": "12 architecture steps fit in 30s; at least 120 are needed"}
+    assert rows["bohb"]["status"] == "skipped" and rows["bohb"]["end_s"] == 5.0
+    assert rows["bohb"]["skipped"] == "failed (RuntimeError: boom)"
+    assert rows["later"]["status"] == "skipped" and rows["later"]["skipped"] == "not needed"
+    assert budget.start_phase("final_fit").planned_s == pytest.approx(95)   # the skipped ones gave theirs up
+
+
 # -- watchdog --------------------------------------------------------------------------
 
 class ExitRecorder:

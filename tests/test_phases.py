@@ -162,3 +162,28 @@ def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_
     assert result.cell_choice == "darts_cell" and seen["fixed"] == {"loss": "ce", "cell": "darts"}
     limit = 22
     assert search()[0].cell_choice == "per_stage"
+
+
+@pytest.mark.parametrize("phase", ["darts", "bohb"])
+def test_a_search_that_starts_and_then_skips_says_skipped_in_the_phases(phase, tmp_path):
+    """Both searches decide inside their started phase that it is too short: the report's `phases`
+    row says skipped with the same reason as the section (it said "done")."""
+    from automl_pipeline.checkpoints import Checkpoints
+    from automl_pipeline.phases import hyperparameters
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.settings import Settings
+    from budget import Budget, FakeClock
+
+    budget = Budget(60, clock=FakeClock(), margin_s=50)            # 10 s of work: too short for a search
+    budget.plan([(phase, 1.0)])
+    store = Checkpoints(tmp_path)
+    store.dir.mkdir()
+    ctx = RunContext(settings=Settings(time_limit_s=60, output_dir=tmp_path), budget=budget,
+                     data=random_run_data(), log=RunLog(None, quiet=True, elapsed=budget.elapsed,
+                                                        remaining=budget.remaining),
+                     store=store, report={}, delivery=None)
+    assert (architecture.run(ctx) if phase == "darts" else hyperparameters.run(ctx, None)) is None
+    row, = budget.phases_report()
+    assert ctx.report[phase]["status"] == "skipped" and "too short" in ctx.report[phase]["reason"]
+    assert row["status"] == "skipped" and row["skipped"] == ctx.report[phase]["reason"], row

@@ -205,7 +205,6 @@ def _without_search(ctx: RunContext) -> DartsResult | None:
     from uniform alphas ("random": it takes the DARTS cell's place in BOHB's pool)."""
     if ctx.options.darts == "off":
         why = "the baseline runs without DARTS" if ctx.baseline else "off in the search options (darts: off)"
-        ctx.budget.skip_phase(NAME, why)
         ctx.search_skipped(NAME, why)
         return None
     why = "replaced by a random cell from uniform alphas (search options: darts random)"

@@ -31,7 +31,10 @@ class RunContext:
     resumed: dict | None = None
 
     def search_skipped(self, name: str, why: str) -> None:
-        """A search phase (`darts` / `bohb`) that did not run: event `<name>_skipped` and its report section."""
+        """A search phase (`darts` / `bohb`) that did not run: event `<name>_skipped`, its report section,
+        and its row in the report's `phases` says "skipped" with the reason (also when the phase had
+        started and only then found it could not run: `Budget.mark_skipped`)."""
+        self.budget.mark_skipped(name, why)
         self.log.event(f"{name}_skipped", why)
         self.report[name] = search_section("skipped", why)
 
