@@ -19,6 +19,10 @@ class Candidate:
     predict_labels: class indices for the images predictions.npy is written for.
     test_predictions: class indices for the held-out test images. Only predictions are kept
     here; the held-out labels are compared with them once, by `Candidate.test_metrics`.
+    val_probs / test_probs / predict_probs: the softmax probabilities behind those labels (float32
+    (N, n_classes); None for the fallback and for a candidate restored by --resume): what the
+    final ensemble (automl_pipeline.ensemble) selects on and mixes.
+    members: for an ensemble, one {"name", "source", "weight", "val_macro_f1"} per member.
     """
 
     source: str                     # report.json final.source: first_model, bohb_incumbent, ...
@@ -32,6 +36,10 @@ class Candidate:
     state_dict: dict | None = None
     description: str = ""           # for people: "final fit of the BOHB incumbent (fine-tuned)"
     train_images_per_s: float = 0.0
+    val_probs: np.ndarray | None = None
+    test_probs: np.ndarray | None = None
+    predict_probs: np.ndarray | None = None
+    members: list[dict] | None = None
 
     @property
     def name(self) -> str:
@@ -48,6 +56,7 @@ class Candidate:
             "epochs": self.epochs,
             "train_s": round(self.train_s, 3),
             "val_macro_f1": self.val_macro_f1,
+            **({"members": self.members} if self.members is not None else {}),
         }
 
     def test_metrics(self, test_labels: np.ndarray, n_classes: int) -> dict:
@@ -70,10 +79,14 @@ class Delivery:
         self._log = log
         self._lock = threading.RLock()   # RLock: a signal handler may run on the offering thread
         self.best: Candidate | None = None
+        self.pool: list[Candidate] = []   # every offered candidate with probabilities: the ensemble's library
+        self.runner_up: Candidate | None = None   # scored on the held-out test beside the delivered model
 
     def offer(self, candidate: Candidate) -> bool:
         """Deliver `candidate` if it beats the current best on validation macro-F1."""
         with self._lock:
+            if candidate.val_probs is not None and candidate.members is None:
+                self.pool.append(candidate)
             if self.best is not None and not candidate.val_macro_f1 > self.best.val_macro_f1:
                 self._log(f"kept {self.best.name} (val macro-F1 {self.best.val_macro_f1:.4f}) over "
                           f"{candidate.name} ({candidate.val_macro_f1:.4f})")

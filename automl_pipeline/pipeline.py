@@ -82,6 +82,11 @@ class RunReport:
             if best is not None:
                 report["final"] = best.summary()
                 report["test_metrics"] = best.test_metrics(self.test_labels, self.n_classes)
+                runner_up = self.delivery.runner_up
+                if runner_up is not None and "ensemble" in report:
+                    report["ensemble"] = {**report["ensemble"], "heldout_macro_f1": {
+                        best.name: report["test_metrics"]["macro_f1"],
+                        runner_up.name: runner_up.test_metrics(self.test_labels, self.n_classes)["macro_f1"]}}
             report["wall_s"] = round(self._budget.elapsed(), 3)
             write_json(self._out_dir / "report.json", report)
             self._log(f"report.json written ({status})")

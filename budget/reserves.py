@@ -33,6 +33,9 @@ BOHB_WRAPUP_MIN_S = 2.0
 BOHB_WRAPUP_MAX_S = 10.0
 BOHB_SHUTDOWN_MIN_S = 0.75
 BOHB_SHUTDOWN_MAX_S = 2.0
+# The final fit leaves this much of its phase to the ensemble selection and its model.pt (numpy over stored
+# probabilities: well under a second for 10 candidates; writing the members' weights a fraction of one).
+ENSEMBLE_RESERVE_S = 2.0
 # Seconds a BOHB trial costs beyond its training epochs (building, validation passes, messages), for planning.
 TRIAL_OVERHEAD_S = 0.3
 

@@ -13,7 +13,8 @@ from automl_pipeline.bohb import config_to_network_spec, config_to_train_config,
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network
-from automl_pipeline.training import TensorData, TrainConfig, TrainResult, predict, train_model
+from automl_pipeline.training import TensorData, TrainConfig, TrainResult, predict_proba, train_model
+from automl_pipeline.training.metrics import macro_f1
 from automl_pipeline.training.planning import batch_size_for, measure_epoch_seconds
 
 
@@ -66,24 +67,38 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
     result = train_model(model, data.train, data.val, config, time_left=time_left,
                          n_classes=data.n_classes, on_epoch=on_epoch)
     model.load_state_dict(result.state_dict)
-    test_predictions = predict(model, data.test.x)
-    predict_labels = test_predictions if data.predict is None else predict(model, data.predict.x)
     images_seen = sum(row["batches"] * row["batch_size"] for row in result.history)
     train_s = sum(row["seconds"] for row in result.history)
-    candidate = Candidate(
+    candidate = model_candidate(source, model, data, flip_tta=config.flip, description=description,
+                                architecture=spec.to_json(), config=config.to_json())
+    candidate.train_images_per_s = images_seen / train_s if train_s > 0 else 0.0
+    candidate.epochs, candidate.train_s = result.epochs_done, result.seconds
+    return candidate, result
+
+
+def model_candidate(source: str, model: torch.nn.Module, data: RunData, *, flip_tta: bool, description: str,
+                    architecture: dict, config: dict) -> Candidate:
+    """A trained model as a candidate: its probabilities on validation, held-out test and the predicted
+    images (averaged with the horizontally flipped images' when it was trained with flips), the labels
+    they give, its validation macro-F1 and its weights."""
+    def probs(x: torch.Tensor) -> np.ndarray:
+        p = predict_proba(model, x)
+        return (p + predict_proba(model, torch.flip(x, dims=(3,)))) / 2 if flip_tta else p
+
+    val_probs, test_probs = probs(data.val.x), probs(data.test.x)
+    predict_probs = test_probs if data.predict is None else probs(data.predict.x)
+    val_labels = data.val.y.cpu().numpy()
+    return Candidate(
         source=source,
         description=description,
-        train_images_per_s=images_seen / train_s if train_s > 0 else 0.0,
-        val_macro_f1=float(result.best_val_macro_f1),
-        predict_labels=predict_labels,
-        test_predictions=test_predictions,
-        architecture=spec.to_json(),
-        config=config.to_json(),
-        epochs=result.epochs_done,
-        train_s=result.seconds,
-        state_dict={k: v.detach().cpu() for k, v in result.state_dict.items()},
+        val_macro_f1=macro_f1(val_labels, val_probs.argmax(axis=1), data.n_classes),
+        predict_labels=predict_probs.argmax(axis=1).astype(np.int64),
+        test_predictions=test_probs.argmax(axis=1).astype(np.int64),
+        val_probs=val_probs, test_probs=test_probs, predict_probs=predict_probs,
+        architecture=architecture,
+        config={**config, "flip_tta": flip_tta},
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
     )
-    return candidate, result
 
 
 def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:

@@ -11,11 +11,13 @@ from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
                                            timed_epoch, train_candidate)
+from automl_pipeline.phases import ensemble
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, NetworkSpec, build_network
 from automl_pipeline.training import TrainConfig
 from automl_pipeline.training.planning import epochs_that_fit
+from budget.reserves import ENSEMBLE_RESERVE_S
 
 NAME = "final_fit"
 # The final fit trains BOHB's incumbent only when it reached this multiple of chance macro-F1.
@@ -85,27 +87,31 @@ def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, conf
 
 
 def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> None:
-    """The phase: train the final choice for the time left, delivering each finished round; then
-    record in the report's `darts` section whether the delivered model's cell came from DARTS."""
+    """The phase: train the final choice for the time left, delivering each finished round; then the
+    ensemble of every candidate (phases/ensemble.py); then record in the report's `darts` section whether
+    the delivered model's cell came from DARTS."""
     with ctx.budget.start_phase(NAME) as phase:
         try:
             source, description, spec, config_for = final_choice(ctx.data, darts, bohb,
                                                                  seed=ctx.seed, options=ctx.options)
             for candidate in fit_for_the_time_left(source, description, spec, config_for, ctx.data,
-                                                   phase.remaining, log=ctx.log):
+                                                   lambda: max(0.0, phase.remaining() - ENSEMBLE_RESERVE_S),
+                                                   log=ctx.log):
                 ctx.deliver(candidate)
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)
+        ensemble.run(ctx)
     _note_cell_use(ctx, bohb)
 
 
 def _note_cell_use(ctx: RunContext, bohb: BohbResult | None) -> None:
     """darts.cell_used: a cell of the delivered model came from the DARTS search (its genotype or
-    one sampled from or derived from its weights, in any stage)."""
+    one sampled from or derived from its weights, in any stage; for an ensemble, of any member)."""
     section, best = ctx.report.get("darts"), ctx.delivery.best
     if section is None or best is None:
         return
+    sources = {member["source"] for member in best.members} if best.members else {best.source}
     cells: tuple[str, ...] = ()
-    if best.source == "bohb_incumbent" and bohb is not None and bohb.incumbent_config is not None:
+    if "bohb_incumbent" in sources and bohb is not None and bohb.incumbent_config is not None:
         cells = config_cells(bohb.incumbent_config)
-    section["cell_used"] = best.source == "darts_cell" or any(cell != DEFAULT_CELL for cell in cells)
+    section["cell_used"] = "darts_cell" in sources or any(cell != DEFAULT_CELL for cell in cells)

@@ -5,6 +5,21 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score
 
 
+def macro_f1(y_true, y_pred, n_classes: int) -> float:
+    """The macro-F1 of `classification_metrics` (mean over the classes present in y_true), in numpy
+    alone: the ensemble search scores thousands of weightings with it."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.size == 0:
+        return 0.0
+    cm = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    support, predicted, hits = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+    present = support > 0
+    denominator = support + predicted
+    f1 = np.divide(2.0 * hits, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(f1[present].mean())
+
+
 def classification_metrics(y_true, y_pred, n_classes: int) -> dict:
     """Macro-F1 (headline), accuracy, balanced accuracy, per-class F1, confusion matrix.
 

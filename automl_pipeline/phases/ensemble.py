@@ -1,0 +1,100 @@
+"""The last step of the final fit: a greedy ensemble of every candidate the run trained (the logistic
+regression, the first network, BOHB's kept top-rung trials, the final fit's rounds), with post-hoc logit
+adjustment on imbalanced data, delivered only when the ensemble procedure beats picking the best single
+model on validation images it was not fitted on (automl_pipeline.ensemble.cross_fitted_scores).
+
+Writes the report's `ensemble` section; `RunReport` adds the held-out scores of the delivered model and
+of the runner-up (best single model or the ensemble passed over) side by side.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from automl_pipeline import ensemble
+from automl_pipeline.delivery import Candidate
+from automl_pipeline.phases.common import RunData
+from automl_pipeline.phases.context import RunContext, phase_failed
+from automl_pipeline.training.metrics import macro_f1
+
+NAME = "ensemble"
+# At most this many candidates (the best by validation macro-F1) enter the selection.
+MAX_LIBRARY = 12
+
+
+def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[Candidate | None, Candidate, dict]:
+    """(the ensemble as a candidate, None with fewer than 2 candidates; the best single model; the report
+    section, whose `delivered` says whether the ensemble pays)."""
+    library = sorted(pool, key=lambda c: -c.val_macro_f1)[:MAX_LIBRARY]
+    labels = data.val.y.cpu().numpy()
+    prior = data.train_counts / max(1, data.train_counts.sum())
+    adjust = ensemble.should_adjust(data.train_counts)
+    val_probs = [c.val_probs for c in library]
+    single = library[ensemble.best_single(val_probs, labels, data.n_classes)]
+    section = {"status": "completed", "n_candidates": len(library), "logit_adjustment_tried": adjust,
+               "library": [{"name": c.name, "val_macro_f1": round(c.val_macro_f1, 4)} for c in library]}
+    if len(library) < 2:
+        section.update(status="skipped", reason=f"{len(library)} candidate(s) with probabilities: nothing to mix",
+                       delivered=False)
+        return None, single, section
+    ensemble_cv, single_cv = ensemble.cross_fitted_scores(val_probs, labels, data.n_classes, prior,
+                                                          adjust=adjust, seed=seed)
+    chosen = ensemble.select(val_probs, labels, data.n_classes, prior, adjust=adjust)
+    mixed_val = ensemble.combine(val_probs, chosen, prior)
+    val_f1 = macro_f1(labels, mixed_val.argmax(axis=1), data.n_classes)
+    members = [{"name": library[i].name, "source": library[i].source, "weight": round(chosen.weights[i], 4),
+                "val_macro_f1": round(library[i].val_macro_f1, 4)} for i in chosen.members]
+    pays = ensemble_cv > single_cv and val_f1 > single.val_macro_f1
+    section.update(members=members, tau=chosen.tau, val_macro_f1=round(val_f1, 4),
+                   cross_fitted={"ensemble": round(ensemble_cv, 4), "best_single": round(single_cv, 4)},
+                   delivered=pays)
+    if not pays:
+        section["reason"] = (f"on validation halves it was not fitted on, the ensemble procedure scored "
+                             f"{ensemble_cv:.3f} macro-F1 against {single_cv:.3f} for picking the best single model")
+    return _as_candidate(library, chosen, prior, val_f1, members), single, section
+
+
+def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np.ndarray, val_f1: float,
+                  members: list[dict]) -> Candidate:
+    """The ensemble as one candidate: mixed probabilities, and a model.pt holding every member's weights
+    (keys "member<i>.<key>"), architecture and config, their weights, tau and the class prior."""
+    picked = [library[i] for i in chosen.members]
+    weights = [chosen.weights[i] for i in chosen.members]
+    sub = ensemble.Ensemble(tuple(weights), chosen.tau)
+
+    def mix(field: str) -> np.ndarray:
+        return ensemble.combine([getattr(c, field) for c in picked], sub, prior).astype(np.float32)
+
+    test_probs, predict_probs = mix("test_probs"), mix("predict_probs")
+    state = {f"member{i}.{key}": value for i, c in enumerate(picked) for key, value in (c.state_dict or {}).items()}
+    architecture = {"kind": "ensemble", "tau": chosen.tau, "prior": [float(p) for p in prior],
+                    "members": [{"weight": w, "architecture": c.architecture, "config": c.config}
+                                for w, c in zip(weights, picked)]}
+    return Candidate(source="ensemble", description=f"ensemble of {len(picked)} models", val_macro_f1=val_f1,
+                     predict_labels=predict_probs.argmax(axis=1).astype(np.int64),
+                     test_predictions=test_probs.argmax(axis=1).astype(np.int64),
+                     val_probs=mix("val_probs"), test_probs=test_probs, predict_probs=predict_probs,
+                     architecture=architecture, config={"tau": chosen.tau}, state_dict=state, members=members,
+                     epochs=max(c.epochs for c in picked), train_s=sum(c.train_s for c in picked))
+
+
+def run(ctx: RunContext) -> None:
+    """Select, report and (when it pays) deliver the ensemble; the runner-up (the best single model, or the
+    ensemble passed over) is kept for the report's side-by-side held-out scores."""
+    pool = [c for c in ctx.delivery.pool if c.val_probs is not None]
+    if not pool:
+        ctx.report[NAME] = {"status": "skipped", "reason": "no candidate with stored probabilities", "delivered": False}
+        return
+    try:
+        candidate, single, section = build_ensemble(pool, ctx.data, seed=ctx.seed)
+    except Exception as err:   # noqa: BLE001 - a failed ensemble must not end the run
+        ctx.report[NAME] = {"status": "failed", "reason": phase_failed(ctx.log, NAME, err), "delivered": False}
+        return
+    ctx.report[NAME] = section
+    if not section["delivered"]:
+        ctx.log(f"ensemble not delivered: {section['reason']}")
+        ctx.delivery.runner_up = candidate
+        return
+    ctx.log(f"ensemble of {len(section['members'])} (tau {section['tau']}): val macro-F1 {section['val_macro_f1']:.4f}, "
+            f"cross-fitted {section['cross_fitted']['ensemble']:.4f} vs best single {section['cross_fitted']['best_single']:.4f}")
+    ctx.deliver(candidate)
+    ctx.delivery.runner_up = single
