@@ -63,12 +63,23 @@ class TinyCNN(nn.Module):
 
 
 class BetaRecorder(TinyCNN):
+    """Records every set_surrogate_beta call (`betas`) and the beta each training forward ran with
+    (`train_betas`)."""
+
     def __init__(self):
         super().__init__()
         self.betas: list[float] = []
+        self.beta = 0.0
+        self.train_betas: list[float] = []
 
     def set_surrogate_beta(self, beta: float) -> None:
         self.betas.append(beta)
+        self.beta = beta
+
+    def forward(self, x):
+        if self.training:
+            self.train_betas.append(self.beta)
+        return super().forward(x)
 
 
 def quick_config(**kw) -> TrainConfig:
@@ -350,12 +361,47 @@ def test_surrogate_beta_reaches_zero_at_half(epochs, expected):
     assert all(b == 0.0 for b in betas[epochs // 2:])       # exactly 0 for the second half
 
 
-def test_surrogate_beta_set_per_epoch_and_off_for_evaluation():
+def test_surrogate_beta_set_per_step_and_off_for_evaluation():
     model = BetaRecorder()
-    result = train_model(model, make_patterns(10, 0), make_patterns(5, 1),
+    result = train_model(model, make_patterns(10, 0), make_patterns(5, 1),     # 30 images: 2 batches of 16
                          quick_config(epochs=4, surrogate_beta0=1.0), time_left=forever, n_classes=3)
+    assert model.train_betas == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0]    # 0 from half the 8 steps on
     assert [h["beta"] for h in result.history] == [1.0, 0.5, 0.0, 0.0]
-    assert model.betas == [1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]    # start, evaluation, ..., end
+    assert [h["beta_end"] for h in result.history] == [0.75, 0.25, 0.0, 0.0]
+    assert model.betas == [1.0, 0.75, 0.0, 0.5, 0.25, 0.0, 0.0]    # each change, 0 for evaluation, 0 at the end
+    assert model.modes.count(False) == 4 and model.beta == 0.0
+
+
+def test_fractional_epoch_trial_trains_with_the_surrogate_skip():
+    """A BOHB trial of a fractional budget trains one epoch (on a subset): beta decays per optimiser
+    step from beta0 to 0 over the first half of its steps, so its low rungs do train with the skip.
+    (With the zero at `epochs // 2` = 0 it trained with beta 0 from the first batch.)"""
+    model = BetaRecorder()
+    result = train_model(model, make_patterns(16, 0), make_patterns(5, 1),     # 48 images: 6 batches of 8
+                         quick_config(epochs=1, batch_size=8, surrogate_beta0=1.0), time_left=forever, n_classes=3)
+    assert model.train_betas == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0, 0.0, 0.0])
+    assert result.history[0]["beta"] == 1.0 and result.history[0]["beta_end"] == 0.0
+    assert result.best_epoch == 1                              # its last step trained with beta 0
+    assert model.betas[-1] == 0.0
+
+
+def test_epoch_counts_as_beta_zero_when_its_last_step_was():
+    """Epoch 2 starts at beta 0.25 and ends at 0: it can be the best (epoch 1, ending at 0.5, cannot)."""
+    torch.manual_seed(0)
+    model = BetaRecorder()
+
+    def break_after_epoch_2(entry):
+        model.broken = entry["epoch"] == 2      # epoch 3 (beta 0 throughout) predicts a constant class
+
+    result = train_model(model, make_patterns(12, 0), make_patterns(15, 1),    # 36 images: 3 batches of 12
+                         quick_config(epochs=3, batch_size=12, surrogate_beta0=1.0), time_left=forever, n_classes=3,
+                         on_epoch=break_after_epoch_2)
+    assert model.train_betas == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0]    # 0 from step 4 of 9 on
+    assert [h["beta"] for h in result.history] == [1.0, 0.25, 0.0]
+    assert [h["beta_end"] for h in result.history] == [0.5, 0.0, 0.0]
+    f1s = [h["val_macro_f1"] for h in result.history]
+    assert f1s[1] > f1s[2]
+    assert result.best_epoch == 2 and result.best_val_macro_f1 == f1s[1]
 
 
 def test_surrogate_epochs_never_become_best():

@@ -103,11 +103,11 @@ class TrainResult:
 
     epochs_done: full epochs completed (a deadline-cut epoch is not counted, but is in history).
     best_val_macro_f1 / best_epoch: best validation macro-F1 and its 1-based epoch among the
-      epochs trained with surrogate beta 0 (see train_model for the deadline fallback);
+      epochs whose last step trained with surrogate beta 0 (see train_model for the fallback);
       0.0 / 0 when nothing was evaluated (val None, or no time for any evaluation).
     history: one dict per (possibly partial) epoch: epoch, train_loss, val_macro_f1,
       val_accuracy (None when not evaluated), seconds, batches, partial, batch_size,
-      beta (the surrogate beta the epoch trained with; 0.0 when off).
+      beta / beta_end (the surrogate beta of the epoch's first / last step; 0.0 when off).
     state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
     batch_size: the batch size in use at the end (smaller than configured after out-of-memory
       halvings); oom_halvings: how many times it was halved.
@@ -124,11 +124,12 @@ class TrainResult:
     oom_halvings: int = 0
 
 
-def surrogate_beta(beta0: float, epoch: int, zero_epoch: int) -> float:
-    """The DARTS- surrogate-skip weight of 0-based `epoch`: linear from beta0 at epoch 0 to exactly 0
-    at `zero_epoch` and 0 after (0 throughout when zero_epoch <= 0). The one schedule of the package:
-    training decays to 0 at half its epochs (train_model), DARTS over its planned epochs (run_darts)."""
-    return 0.0 if zero_epoch <= 0 else beta0 * max(0.0, 1.0 - epoch / zero_epoch)
+def surrogate_beta(beta0: float, t: int, zero_at: float) -> float:
+    """The DARTS- surrogate-skip weight at 0-based time `t`: linear from beta0 at t = 0 to exactly 0 at
+    `zero_at` and 0 after (0 throughout when zero_at <= 0). The one schedule of the package, in the
+    caller's unit: train_model counts optimiser steps (zero at half its planned steps), run_darts
+    epochs (zero at its last planned epoch)."""
+    return 0.0 if zero_at <= 0 else beta0 * max(0.0, 1.0 - t / zero_at)
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -207,6 +208,188 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y_true: np.ndarray, n_classes: 
     return classification_metrics(y_true, predict(model, x, batch_size=batch_size), n_classes)
 
 
+def _class_counts(train: TensorData, val: TensorData | None, n_classes: int) -> np.ndarray:
+    """Training-set class counts (n_classes,), after checking the data train_model needs."""
+    if train.y is None:
+        raise ValueError("train_model needs labelled training data")
+    if val is not None and val.y is None:
+        raise ValueError("validation data must be labelled")
+    if len(train) < 2:
+        raise ValueError(f"need at least 2 training images, got {len(train)}")
+    counts = np.bincount(train.y.cpu().numpy(), minlength=n_classes)
+    if counts.size > n_classes:
+        raise ValueError(f"training labels go up to {counts.size - 1} but n_classes is {n_classes}")
+    return counts
+
+
+class _Steps:
+    """The optimiser steps of one run: loss, optimizer, LR schedule, surrogate beta, batch size.
+
+    Steps are counted in batches of the configured size (`base_batch`): step k of epoch e (1-based)
+    is (e - 1) * n_batches + k. The LR schedule and the surrogate beta follow that count, so both keep
+    their planned length when out of memory halves the batch in use (`batch_size`).
+    """
+
+    def __init__(self, model: nn.Module, train: TensorData, config: TrainConfig, counts: np.ndarray):
+        self.model, self.train, self.config = model, train, config
+        self.device = device = train.x.device
+        configure_device(device)
+        self.base_batch = min(max(config.batch_size, MIN_BATCH), len(train))
+        self.batch_size, self.oom_halvings = self.base_batch, 0
+        self.n_batches = _batches_per_epoch(len(train), self.base_batch)
+        self.total = config.epochs * self.n_batches
+        self.loss_fn = make_loss(config.loss, counts, gamma=config.focal_gamma,
+                                 smoothing=config.class_weight_smoothing, tau=config.logit_adjust_tau, device=device)
+        self.optimizer = _make_optimizer(model, config, device)
+        self.schedule = _make_schedule(self.optimizer, config, self.total)
+        self.schedule_steps = 0
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.use_beta = config.surrogate_beta0 > 0 and hasattr(model, "set_surrogate_beta")
+        self.beta_zero_step = max(1, self.total // 2)   # one planned step: beta0 on it (never 0 in training)
+        self.beta: float | None = None                  # the beta last given to the model
+        self.amp = config.precision == "auto"
+        self.channels_last = use_channels_last(device, config.channels_last)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.watch = _FiniteWatch(device)
+
+    def step_index(self, epoch: int, pos: int) -> int:
+        """The planned step that trains images pos.. of 1-based `epoch`."""
+        return (epoch - 1) * self.n_batches + pos // self.base_batch
+
+    def set_beta(self, beta: float) -> None:
+        """Give the model this surrogate beta (when it has one and the value changed)."""
+        if self.use_beta and beta != self.beta:
+            self.model.set_surrogate_beta(beta)
+            self.beta = beta
+
+    def set_step_beta(self, step: int) -> float:
+        """The beta of a planned step (surrogate_beta: beta0 -> 0 at half the steps), set on the model."""
+        beta = surrogate_beta(self.config.surrogate_beta0, step, self.beta_zero_step) if self.use_beta else 0.0
+        self.set_beta(beta)
+        return beta
+
+    def advance_schedule(self, epoch: int, pos: int) -> None:
+        """Step the LR schedule once per planned step begun so far (images 0..pos of `epoch` done)."""
+        if self.schedule is None:
+            return
+        due = min(self.total, (epoch - 1) * self.n_batches + -(-pos // self.base_batch))
+        while self.schedule_steps < due:
+            self.schedule.step()
+            self.schedule_steps += 1
+
+    def run(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """One optimiser step on train[idx]: the loss (on the device), or None after out of memory,
+        which halves the batch size (the caller retries the same images); re-raised below MIN_BATCH."""
+        try:
+            return self._step(idx)
+        except OutOfMemory:
+            if self.batch_size // 2 < MIN_BATCH:
+                raise
+        # handled here, once the failed step's frame is gone
+        self.optimizer.zero_grad(set_to_none=True)
+        release_cached_memory(self.device)
+        self.batch_size //= 2
+        self.oom_halvings += 1
+        return None
+
+    def _step(self, idx: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        xb, yb = self.train.x[idx], self.train.y[idx]
+        if config.augment:
+            xb = augment_batch(xb, self.generator, flip=config.flip)
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp):
+            logits = self.model(xb)
+        loss = self.loss_fn(logits.float(), yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+        self.optimizer.step()
+        return loss.detach()
+
+
+@dataclass
+class _EpochPass:
+    """What one pass over the training data did (train_loss still on the device)."""
+
+    loss_sum: torch.Tensor
+    batches: int
+    images: int
+    cut: bool            # the deadline stopped it
+    beta: float          # surrogate beta of its first and last step
+    beta_end: float
+
+
+def _train_epoch(steps: _Steps, epoch: int, guard: StepGuard, reserve: Callable[[], float]) -> _EpochPass:
+    """One shuffled pass over the training data, a batch at a time while the guard allows it (with
+    `reserve()` seconds kept back for the validation pass). A last batch of one image is dropped."""
+    n = len(steps.train)
+    perm = torch.randperm(n, generator=steps.generator, device=steps.device)
+    loss_sum = torch.zeros((), device=steps.device)
+    done = pos = 0
+    first_beta = beta = steps.set_step_beta(steps.step_index(epoch, 0))
+    while n - pos >= MIN_BATCH:
+        if not guard.allows(reserve()):
+            return _EpochPass(loss_sum, done, pos, True, first_beta, beta)
+        t0 = time.perf_counter()
+        beta = steps.set_step_beta(steps.step_index(epoch, pos))
+        size = min(steps.batch_size, n - pos)
+        loss = steps.run(perm[pos:pos + size])
+        if loss is None:
+            continue                             # out of memory: the same images, in smaller batches
+        pos += size
+        loss_sum += loss
+        done += 1
+        steps.advance_schedule(epoch, pos)
+        if done % NAN_CHECK_EVERY == 0:
+            steps.watch.poll(loss_sum, epoch)
+        guard.record(time.perf_counter() - t0)
+    return _EpochPass(loss_sum, done, pos, False, first_beta, beta)
+
+
+class _Validation:
+    """The validation pass and the seconds to keep for it (measured once it ran)."""
+
+    def __init__(self, val: TensorData | None, n_classes: int):
+        self.val, self.n_classes = val, n_classes
+        self.y = None if val is None else val.y.cpu().numpy()
+        self.seconds: float | None = None
+
+    def reserve(self, step_seconds: float | None, batch_size: int) -> float:
+        if self.val is None:
+            return 0.0
+        if self.seconds is not None:
+            return self.seconds
+        # before the first evaluation: forward only is ~1/3 of a training step; 1.5x for safety
+        return 0.0 if step_seconds is None else step_seconds * len(self.val) / batch_size * 0.5
+
+    def evaluate(self, model: nn.Module, batch_size: int) -> dict:
+        t0 = time.perf_counter()
+        metrics = _evaluate(model, self.val.x, self.y, self.n_classes, max(batch_size, 256))
+        self.seconds = time.perf_counter() - t0
+        return metrics
+
+
+@dataclass
+class _Best:
+    """The best evaluated epoch. Only an epoch whose last step trained with beta 0 can be best; one
+    trained with the surrogate skip is kept (the deadline fallback) just until the next evaluated
+    epoch replaces it."""
+
+    f1: float = 0.0
+    epoch: int = 0
+    beta: float = 0.0
+    state: dict | None = None
+
+    def offer(self, model: nn.Module, epoch: int, f1: float, beta_end: float) -> None:
+        if self.state is None or self.beta > 0 or (beta_end == 0 and f1 > self.f1):
+            self.f1, self.epoch, self.beta, self.state = f1, epoch, beta_end, _cpu_state(model)
+
+
 def train_model(model: nn.Module, train: TensorData, val: TensorData | None, config: TrainConfig, *,
                 time_left: Callable[[], float], n_classes: int,
                 on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
@@ -222,149 +405,58 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
       cannot train on it) - shuffling changes which image each epoch.
     - Out of memory (torch.OutOfMemoryError) on a batch: gradients are dropped, the CUDA
       cache is released, the batch size is halved for the rest of the run and the same
-      images are retried; below 2 images the error is re-raised. The LR schedule keeps
-      its planned length (it advances once per `batch_size` images of the original
-      size), and TrainResult.batch_size / oom_halvings / history "batch_size" record it.
+      images are retried; below 2 images the error is re-raised. The LR schedule and the
+      surrogate beta keep their planned length (they advance once per `batch_size` images of
+      the original size), and TrainResult.batch_size / oom_halvings / history "batch_size" record it.
     - No host-device sync per batch: the loss is summed on the device and read once per
       epoch; the NaN check between epochs ends is non-blocking (_FiniteWatch).
-    - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set to
-      surrogate_beta(beta0, e, epochs // 2) at each epoch start (0 from half the epochs on) and to 0
-      for every evaluation and at the end. Only an epoch trained with beta 0 can become the best, so the
-      returned weights are judged and used in a state they trained in. If the deadline
-      stops training before any beta-0 epoch was evaluated, the last evaluated epoch
-      (still evaluated at beta 0) is returned instead.
+    - If the model has `set_surrogate_beta` and surrogate_beta0 > 0, beta is set per optimiser step:
+      surrogate_beta(beta0, step, max(1, S // 2)) over the S planned steps, so it is beta0 on the first
+      step of every run (a fractional-epoch BOHB trial too) and exactly 0 from half the steps on; it is
+      set to 0 for every evaluation and at the end. An epoch counts as trained with beta 0 when its last
+      step had beta 0, and only such an epoch can become the best, so the returned weights are judged
+      and used in the state they ended training in (earlier steps of that epoch may have had beta > 0).
+      If the deadline stops training before any beta-0 epoch was evaluated, the last evaluated epoch
+      (still evaluated at beta 0) is returned instead; so is the one epoch of a one-step run.
     - Deadline: before every batch, stop if time_left() < 1.5 x the slowest of the last 10 batch
-      times (after an epoch: its synced average) + the validation-pass estimate when val is given. An epoch cut short is still
-      evaluated if time_left() covers the validation estimate.
+      times (after an epoch: its synced average) + the validation-pass estimate when val is given.
+      An epoch cut short is still evaluated if time_left() covers the validation estimate.
     - Non-finite loss (checked asynchronously every 20 batches and at each epoch end) raises
       FloatingPointError("loss became nan at epoch E").
     The model ends holding the returned state_dict, in its original train/eval mode.
     """
-    if train.y is None:
-        raise ValueError("train_model needs labelled training data")
-    if val is not None and val.y is None:
-        raise ValueError("validation data must be labelled")
-    n = len(train)
-    if n < 2:
-        raise ValueError(f"need at least 2 training images, got {n}")
-    start = time.perf_counter()
-    was_training = model.training
-    device = train.x.device
-    counts = np.bincount(train.y.cpu().numpy(), minlength=n_classes)
-    if counts.size > n_classes:
-        raise ValueError(f"training labels go up to {counts.size - 1} but n_classes is {n_classes}")
-
-    configure_device(device)
-    base_batch = min(max(config.batch_size, MIN_BATCH), n)
-    batch_size, oom_halvings = base_batch, 0
-    n_batches = _batches_per_epoch(n, base_batch)
-    total_steps = config.epochs * n_batches
-    loss_fn = make_loss(config.loss, counts, gamma=config.focal_gamma,
-                        smoothing=config.class_weight_smoothing, tau=config.logit_adjust_tau, device=device)
-    optimizer = _make_optimizer(model, config, device)
-    schedule = _make_schedule(optimizer, config, total_steps)
-    schedule_steps = 0
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    use_beta = config.surrogate_beta0 > 0 and hasattr(model, "set_surrogate_beta")
-    amp = config.precision == "auto"
-    channels_last = use_channels_last(device, config.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    y_val = None if val is None else val.y.cpu().numpy()
-    watch = _FiniteWatch(device)
-
+    counts = _class_counts(train, val, n_classes)
+    start, was_training = time.perf_counter(), model.training
+    steps = _Steps(model, train, config, counts)
     guard = StepGuard(time_left)               # seconds per training batch: the one deadline rule
-    eval_est: float | None = None              # seconds per validation pass (measured)
-    history: list[dict] = []
-    best_f1, best_epoch, best_beta, best_state = 0.0, 0, 0.0, None
+    validation = _Validation(val, n_classes)
+    best, history = _Best(), []
     epochs_done, stopped = 0, False
 
-    def eval_reserve() -> float:
-        if val is None:
-            return 0.0
-        if eval_est is not None:
-            return eval_est
-        # before the first evaluation: forward only is ~1/3 of a training step; 1.5x for safety
-        return 0.0 if guard.estimate is None else guard.estimate * len(val) / batch_size * 0.5
-
-    def train_step(idx: torch.Tensor) -> torch.Tensor:
-        xb, yb = train.x[idx], train.y[idx]
-        if config.augment:
-            xb = augment_batch(xb, generator, flip=config.flip)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            logits = model(xb)
-        loss = loss_fn(logits.float(), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
-        return loss.detach()
+    def reserve() -> float:
+        return validation.reserve(guard.estimate, steps.batch_size)
 
     for epoch in range(1, config.epochs + 1):
         epoch_t0 = time.perf_counter()
-        beta = surrogate_beta(config.surrogate_beta0, epoch - 1, config.epochs // 2) if use_beta else 0.0
-        if use_beta:
-            model.set_surrogate_beta(beta)
         model.train()
-        perm = torch.randperm(n, generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        done = pos = 0
-        while n - pos >= MIN_BATCH:                 # a last batch of one image is dropped
-            if not guard.allows(eval_reserve()):
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            size = min(batch_size, n - pos)
-            out_of_memory = False
-            try:
-                loss = train_step(perm[pos:pos + size])
-            except OutOfMemory:
-                if batch_size // 2 < MIN_BATCH:
-                    raise
-                out_of_memory = True             # handled below, once the failed step's frame is gone
-            if out_of_memory:
-                optimizer.zero_grad(set_to_none=True)
-                release_cached_memory(device)
-                batch_size //= 2
-                oom_halvings += 1
-                continue                         # the same images again, in smaller batches
-            pos += size
-            loss_sum += loss
-            done += 1
-            if schedule is not None:             # one step per batch of the planned size
-                due = min(total_steps, (epoch - 1) * n_batches + -(-pos // base_batch))
-                while schedule_steps < due:
-                    schedule.step()
-                    schedule_steps += 1
-            if done % NAN_CHECK_EVERY == 0:
-                watch.poll(loss_sum, epoch)
-            guard.record(time.perf_counter() - t0)
-        if done == 0:
+        trained = _train_epoch(steps, epoch, guard, reserve)
+        stopped = trained.cut
+        if trained.batches == 0:
             break
-        train_loss = _check_finite(loss_sum, epoch) / done     # syncs: the epoch's work is done
-        guard.reset((time.perf_counter() - epoch_t0) / done)     # synced average corrects async timings
+        train_loss = _check_finite(trained.loss_sum, epoch) / trained.batches  # syncs: the epoch's work is done
+        guard.reset((time.perf_counter() - epoch_t0) / trained.batches)      # synced average corrects async timings
         if not stopped:
             epochs_done = epoch
-        if use_beta:
-            model.set_surrogate_beta(0.0)
+        steps.set_beta(0.0)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_macro_f1": None, "val_accuracy": None,
-                 "seconds": 0.0, "batches": done, "partial": n - pos >= MIN_BATCH, "batch_size": batch_size,
-                 "beta": beta}
-        if val is not None and time_left() >= eval_reserve():
-            e0 = time.perf_counter()
-            metrics = _evaluate(model, val.x, y_val, n_classes, max(batch_size, 256))
-            eval_est = time.perf_counter() - e0
+                 "seconds": 0.0, "batches": trained.batches, "partial": len(train) - trained.images >= MIN_BATCH,
+                 "batch_size": steps.batch_size, "beta": trained.beta, "beta_end": trained.beta_end}
+        if val is not None and time_left() >= reserve():
+            metrics = validation.evaluate(model, steps.batch_size)
             entry["val_macro_f1"], entry["val_accuracy"] = metrics["macro_f1"], metrics["accuracy"]
-            # only a beta-0 epoch can be best; a surrogate-trained one is kept (the deadline
-            # fallback) just until the next evaluated epoch replaces it
-            if best_state is None or best_beta > 0 or (beta == 0 and metrics["macro_f1"] > best_f1):
-                best_f1, best_epoch, best_beta, best_state = metrics["macro_f1"], epoch, beta, _cpu_state(model)
+            best.offer(model, epoch, metrics["macro_f1"], trained.beta_end)
         elif val is not None:
-            stopped = True
+            stopped = True                       # no time left to judge another epoch
         entry["seconds"] = time.perf_counter() - epoch_t0
         history.append(entry)
         if on_epoch is not None:
@@ -372,19 +464,26 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         if stopped:
             break
 
-    if use_beta:
+    state = _finish(model, steps, best, was_training)
+    return TrainResult(epochs_done=epochs_done, best_val_macro_f1=float(best.f1), best_epoch=best.epoch,
+                       history=history, seconds=time.perf_counter() - start, stopped_by_deadline=stopped,
+                       state_dict=state, batch_size=steps.batch_size, oom_halvings=steps.oom_halvings)
+
+
+def _finish(model: nn.Module, steps: _Steps, best: _Best, was_training: bool) -> dict:
+    """Leave the model at beta 0, holding the best state (or its last one, returned as a CPU copy when
+    nothing was evaluated), in contiguous format and its original train/eval mode."""
+    if steps.use_beta:
         model.set_surrogate_beta(0.0)
-    if best_state is None:
-        best_state = _cpu_state(model)
+    if best.state is None:
+        state = _cpu_state(model)
     else:
-        model.load_state_dict(best_state)
-    if channels_last:
+        state = best.state
+        model.load_state_dict(state)
+    if steps.channels_last:
         model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
-    return TrainResult(epochs_done=epochs_done, best_val_macro_f1=float(best_f1), best_epoch=best_epoch,
-                       history=history, seconds=time.perf_counter() - start,
-                       stopped_by_deadline=stopped, state_dict=best_state,
-                       batch_size=batch_size, oom_halvings=oom_halvings)
+    return state
 
 
 @torch.no_grad()
