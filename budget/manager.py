@@ -98,10 +98,6 @@ class Budget:
         """Seconds until the limit itself, >= 0."""
         return max(0.0, self.time_limit_s - self.elapsed())
 
-    def exhausted(self) -> bool:
-        """True once the work deadline has passed."""
-        return self.remaining() <= 0
-
     # -- the plan ------------------------------------------------------------------
     def plan(self, weights: Sequence[tuple[str, float]]) -> None:
         """Set the relative weights of the phases still to run, in order.
