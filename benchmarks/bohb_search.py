@@ -25,7 +25,7 @@ from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from automl_pipeline.bohb import (TrialContext, build_config_space, choose_budgets,  # noqa: E402
+from automl_pipeline.bohb import (BohbOptions, TrialContext, build_config_space, choose_budgets,  # noqa: E402
                                   config_to_train_config, run_bohb)
 from automl_pipeline.bohb.budgets import default_first_configs  # noqa: E402
 from automl_pipeline.bohb.worker import build_trial_network  # noqa: E402
@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"(~{epoch_s:.2f}s per epoch); not run")
                 rows.append({"workers": n_workers, "phase_s": args.seconds, "epoch_s": epoch_s, "skipped": True})
                 continue
-            result = run_bohb(ctx, time_left=time_left, out_dir=Path(tmp), config_space=space,
-                              min_budget=budgets[0], max_budget=budgets[1], seed=args.seed,
-                              n_local_workers=n_workers, run_id=f"bench{n_workers}", epoch_seconds=epoch_s,
+            options = BohbOptions(min_budget=budgets[0], max_budget=budgets[1], seed=args.seed,
+                                  n_local_workers=n_workers, run_id=f"bench{n_workers}", epoch_seconds=epoch_s)
+            result = run_bohb(ctx, config_space=space, options=options, time_left=time_left, out_dir=Path(tmp),
                               log=lambda s: None)
             wall = time.monotonic() - start
         report = result.report()

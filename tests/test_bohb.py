@@ -22,7 +22,7 @@ from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, I
 
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
-from automl_pipeline.bohb.search import run_bohb
+from automl_pipeline.bohb.search import BohbOptions, run_bohb
 from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from submission import to_jsonable
@@ -336,8 +336,9 @@ def test_phase_stops_slow_trials_at_the_deadline(tmp_path):
         return {"loss": 0.5, "info": {"val_macro_f1": 0.5, "evaluated": True, "error": None,
                                       "epochs_done": 0, "stopped_by_deadline": True, "seconds": 1.0}}
     start, time_left = _phase_clock(4.0)
-    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
-                      n_local_workers=2, config_space=tiny_space(), evaluate=slow, wrapup_s=1.0, log=lambda s: None)
+    result = run_bohb(None, config_space=tiny_space(),
+                      options=BohbOptions(min_budget=1, max_budget=3, n_local_workers=2, wrapup_s=1.0),
+                      time_left=time_left, out_dir=tmp_path, evaluate=slow, log=lambda s: None)
     elapsed = time.monotonic() - start
     assert elapsed <= 4.0 + 0.5, elapsed
     assert len(result.trials) == 2 and all(t.stopped_by_deadline for t in result.trials)   # no job after the deadline
@@ -353,25 +354,25 @@ def _quick(config, budget, ctx, time_left):
 
 
 def test_phase_warm_starts_from_a_previous_run(tmp_path):
-    first = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path / "a", min_budget=1, max_budget=9,
-                     config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, log=lambda s: None)
+    first = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0),
+                     time_left=_phase_clock(3.0)[1], out_dir=tmp_path / "a", evaluate=_quick, log=lambda s: None)
     assert len(first.trials) >= 5 and first.hpbandster_result is not None
     # the first bracket holds the 2(d + 1) results BOHB's KDE needs on one budget: model-based picks follow
     assert first.model_based_picks > 0 and first.report()["warning"] is None, first.report()["trials_per_budget"]
     assert 0 < sum(first.report()["model_based_picks_per_budget"].values()) <= first.model_based_picks
     lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
     assert len(lines) == len(first.trials) and first.report()["optimizer"] == "bohb"
-    second = run_bohb(None, time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", min_budget=1, max_budget=9,
-                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, previous_result=tmp_path / "a" / "bohb",
-                      log=lambda s: None)
+    second = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0),
+                      time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", previous_result=tmp_path / "a" / "bohb",
+                      evaluate=_quick, log=lambda s: None)
     runs = second.hpbandster_result.get_all_runs()
     assert len(runs) == len(second.trials) + len(first.trials)         # old runs are part of the result
 
 
 def test_random_search_runs_the_same_brackets_without_model_based_picks(tmp_path):
-    result = run_bohb(None, time_left=_phase_clock(3.0)[1], out_dir=tmp_path, min_budget=1, max_budget=9,
-                      config_space=tiny_space(), evaluate=_quick, wrapup_s=1.0, optimizer="random",
-                      log=lambda s: None)
+    result = run_bohb(None, config_space=tiny_space(),
+                      options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0, optimizer="random"),
+                      time_left=_phase_clock(3.0)[1], out_dir=tmp_path, evaluate=_quick, log=lambda s: None)
     report = result.report()
     assert report["optimizer"] == "random" and report["n_trials"] >= 5, report["trials_per_budget"]
     assert report["model_based_picks"] == 0 and report["configs_sampled"] >= 5
@@ -382,16 +383,16 @@ def test_random_search_runs_the_same_brackets_without_model_based_picks(tmp_path
 
 def test_unknown_optimizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bohb, random"):
-        run_bohb(None, time_left=lambda: 5.0, out_dir=tmp_path, min_budget=1, max_budget=3,
-                 config_space=tiny_space(), optimizer="smac", log=lambda s: None)
+        run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=3, optimizer="smac"),
+                 time_left=lambda: 5.0, out_dir=tmp_path, log=lambda s: None)
 
 
 def test_phase_without_time_returns_at_once_without_incumbent(tmp_path):
     def never(*args):
         raise AssertionError("no trial should start")
     start, time_left = _phase_clock(1.0)
-    result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
-                      config_space=tiny_space(), evaluate=never, wrapup_s=1.0, log=lambda s: None)
+    result = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=3, wrapup_s=1.0),
+                      time_left=time_left, out_dir=tmp_path, evaluate=never, log=lambda s: None)
     assert time.monotonic() - start <= 1.5
     assert result.trials == [] and result.incumbent_config is None and result.clean_shutdown
     report = result.report()
@@ -404,8 +405,9 @@ def test_bohb_phase_on_digits_ends_by_deadline(tmp_path):
     phase_s = 25.0
     logs: list[str] = []
     start, time_left = _phase_clock(phase_s)
-    result = run_bohb(ctx, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3, seed=0,
-                      first_configs=4, config_space=tiny_space(), run_id="digits", log=logs.append)
+    result = run_bohb(ctx, config_space=tiny_space(),
+                      options=BohbOptions(min_budget=1, max_budget=3, seed=0, first_configs=4, run_id="digits"),
+                      time_left=time_left, out_dir=tmp_path, log=logs.append)
     elapsed = time.monotonic() - start
     assert elapsed <= phase_s + 1.0, elapsed
     assert isinstance(result, BohbResult) and result.clean_shutdown
@@ -451,9 +453,10 @@ def test_two_worker_processes_share_one_run(tmp_path):
     try:
         phase_s = 40.0                                       # includes the workers' start-up (torch import)
         start, time_left = _phase_clock(phase_s)
-        result = run_bohb(None, time_left=time_left, out_dir=tmp_path, min_budget=1, max_budget=3,
-                          n_local_workers=0, min_n_workers=2, nameserver_port=port, run_id="shared",
-                          config_space=tiny_space(1), log=lambda s: None)
+        result = run_bohb(None, config_space=tiny_space(1),
+                          options=BohbOptions(min_budget=1, max_budget=3, n_local_workers=0, min_n_workers=2,
+                                              nameserver_port=port, run_id="shared"),
+                          time_left=time_left, out_dir=tmp_path, log=lambda s: None)
         assert time.monotonic() - start <= phase_s + 1.0
         outs = [p.communicate(timeout=30) for p in procs]
     finally:
@@ -508,9 +511,10 @@ def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
                                     env=env) for name, env in envs.items()}
     try:
         phase_s = 40.0                                       # includes the workers' start-up (torch import)
-        result = run_bohb(None, time_left=_phase_clock(phase_s)[1], out_dir=tmp_path / "out", min_budget=1,
-                          max_budget=3, n_local_workers=0, min_n_workers=1, nameserver_host=address,
-                          nameserver_port=port, run_id="keyed", config_space=tiny_space(2), log=lambda s: None)
+        result = run_bohb(None, config_space=tiny_space(2),
+                          options=BohbOptions(min_budget=1, max_budget=3, n_local_workers=0, min_n_workers=1,
+                                              nameserver_host=address, nameserver_port=port, run_id="keyed"),
+                          time_left=_phase_clock(phase_s)[1], out_dir=tmp_path / "out", log=lambda s: None)
     finally:
         for p in procs.values():
             try:

@@ -68,12 +68,12 @@ def test_options_refuse_an_open_name_server_and_hide_the_key():
 
 
 def test_run_bohb_off_loopback_without_key_refuses_before_starting(tmp_path, monkeypatch):
-    from automl_pipeline.bohb.search import run_bohb
+    from automl_pipeline.bohb.search import BohbOptions, run_bohb
     monkeypatch.delenv(HMAC_KEY_ENV, raising=False)
     monkeypatch.delenv(HMAC_KEY_FILE_ENV, raising=False)
     with pytest.raises(HmacKeyError, match=HMAC_KEY_ENV):
-        run_bohb(None, time_left=lambda: 5.0, out_dir=tmp_path, config_space=None, min_budget=1, max_budget=3,
-                 nameserver_host="0.0.0.0", log=lambda s: None)
+        run_bohb(None, config_space=None, options=BohbOptions(min_budget=1, max_budget=3, nameserver_host="0.0.0.0"),
+                 time_left=lambda: 5.0, out_dir=tmp_path, log=lambda s: None)
     assert not (tmp_path / "bohb").exists()
 
 

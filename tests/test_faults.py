@@ -18,7 +18,7 @@ import pytest
 import torch
 from ConfigSpace import ConfigurationSpace, Float
 
-from automl_pipeline.bohb import run_bohb
+from automl_pipeline.bohb import BohbOptions, run_bohb
 from automl_pipeline.bohb.space import config_fits
 from automl_pipeline.checkpoints import Checkpoints, fingerprint, load_tensors, save_tensors
 from automl_pipeline.phases import architecture, hyperparameters
@@ -54,8 +54,8 @@ def test_raising_and_nan_trials_are_results_not_a_dead_search(tmp_path):
             return {"loss": float("nan"), "info": {"val_macro_f1": float("nan"), "evaluated": True, "error": None}}
         return _ok(config["x"])
 
-    result = run_bohb(None, time_left=_phase(3.0), out_dir=tmp_path, min_budget=1, max_budget=3,
-                      config_space=_space(), evaluate=evaluate, wrapup_s=1.0, log=lambda s: None)
+    result = run_bohb(None, config_space=_space(), options=BohbOptions(min_budget=1, max_budget=3, wrapup_s=1.0),
+                      time_left=_phase(3.0), out_dir=tmp_path, evaluate=evaluate, log=lambda s: None)
     failed = [t for t in result.trials if t.config["x"] < 0.3]
     nan = [t for t in result.trials if 0.3 <= t.config["x"] < 0.6]
     good = [t for t in result.trials if t.config["x"] >= 0.6]
@@ -76,8 +76,8 @@ def test_a_hung_trial_does_not_hold_the_phase_past_its_deadline(tmp_path):
         never.wait()
 
     started = time.monotonic()
-    result = run_bohb(None, time_left=_phase(3.0), out_dir=tmp_path, min_budget=1, max_budget=3,
-                      config_space=_space(), evaluate=hang, wrapup_s=1.0, log=lambda s: None)
+    result = run_bohb(None, config_space=_space(), options=BohbOptions(min_budget=1, max_budget=3, wrapup_s=1.0),
+                      time_left=_phase(3.0), out_dir=tmp_path, evaluate=hang, log=lambda s: None)
     elapsed = time.monotonic() - started
     assert elapsed < 3.0 + 0.5, elapsed
     assert result.incumbent_config is None and result.trials == []
@@ -85,8 +85,8 @@ def test_a_hung_trial_does_not_hold_the_phase_past_its_deadline(tmp_path):
 
 def test_warm_start_from_kept_trials_does_not_redo_them(tmp_path):
     """The resumed attempt's BOHB (other sampling seed, previous trials fed to its model)."""
-    first = run_bohb(None, time_left=_phase(4.0), out_dir=tmp_path, min_budget=1, max_budget=3,
-                     config_space=_space(seed=0), evaluate=lambda c, b, ctx, t: _ok(c["x"]), wrapup_s=1.0,
+    first = run_bohb(None, config_space=_space(seed=0), options=BohbOptions(min_budget=1, max_budget=3, wrapup_s=1.0),
+                     time_left=_phase(4.0), out_dir=tmp_path, evaluate=lambda c, b, ctx, t: _ok(c["x"]),
                      log=lambda s: None)
     assert first.trials
     ck = Checkpoints(tmp_path)
@@ -94,9 +94,10 @@ def test_warm_start_from_kept_trials_does_not_redo_them(tmp_path):
     assert hyperparameters.archive_trials(ck) == len(first.trials)
     space = _space(seed=7919)
     previous = hyperparameters.previous_trials_dir(ck, lambda config: config_fits(space, config))
-    second = run_bohb(None, time_left=_phase(4.0), out_dir=tmp_path, min_budget=1, max_budget=3, seed=7919,
-                      config_space=space, evaluate=lambda c, b, ctx, t: _ok(c["x"]), wrapup_s=1.0,
-                      previous_result=previous, log=lambda s: None)
+    second = run_bohb(None, config_space=space,
+                      options=BohbOptions(min_budget=1, max_budget=3, seed=7919, wrapup_s=1.0),
+                      time_left=_phase(4.0), out_dir=tmp_path, previous_result=previous,
+                      evaluate=lambda c, b, ctx, t: _ok(c["x"]), log=lambda s: None)
     old = {json.dumps(t.config, sort_keys=True) for t in first.trials}
     new = {json.dumps(t.config, sort_keys=True) for t in second.trials}
     assert second.trials and not old & new

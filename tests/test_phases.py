@@ -139,7 +139,7 @@ def test_bohb_takes_the_richest_space_whose_first_bracket_fits(monkeypatch, tmp_
     seen = {}
 
     def fake_run_bohb(trials, **kwargs):
-        seen["space"], seen["fixed"] = set(kwargs["config_space"]), kwargs["fixed"]
+        seen["space"], seen["fixed"] = set(kwargs["config_space"]), kwargs["options"].fixed
         return BohbResult(incumbent_config={"lr": 0.01, "n_cells": 3, "base_channels": 16, "flip": False},
                           incumbent_val_macro_f1=0.5, incumbent_budget=1.0, min_budget=0.5, max_budget=1.5, eta=3.0,
                           trials=[], configs_sampled=0, model_based_picks=0, model_min_trials=0, trajectory=[],

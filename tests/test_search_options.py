@@ -173,11 +173,11 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
     seen = {}
 
     def fake_run_bohb(ctx, **kwargs):
-        seen.update(kwargs)
+        seen.update(kwargs, optimizer=kwargs["options"].optimizer, fixed=kwargs["options"].fixed)
         return BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0, min_budget=0.5,
                           max_budget=1.5, eta=3.0, trials=[], configs_sampled=0, model_based_picks=0,
                           model_min_trials=0, trajectory=[], seconds=0.0, n_workers=1, clean_shutdown=True,
-                          optimizer=kwargs["optimizer"])
+                          optimizer=kwargs["options"].optimizer)
     monkeypatch.setattr(hyperparameters, "run_bohb", fake_run_bohb)
     options = SearchOptions(optimizer="random", loss="logit_adjusted")
     result, why = hyperparameters.search_hyperparameters(
@@ -188,7 +188,7 @@ def test_the_optimizer_option_reaches_the_bohb_phase(monkeypatch, tmp_path):
 
 
 def test_every_bohb_job_carries_the_fixed_values(tmp_path):
-    from automl_pipeline.bohb import run_bohb
+    from automl_pipeline.bohb import BohbOptions, run_bohb
 
     seen = []
 
@@ -198,7 +198,8 @@ def test_every_bohb_job_carries_the_fixed_values(tmp_path):
                                       "stopped_by_deadline": False}}
     space = build_config_space(seed=0, fixed=("loss",))
     started = time.monotonic()
-    run_bohb(None, time_left=lambda: 3.0 - (time.monotonic() - started), out_dir=tmp_path, config_space=space,
-             min_budget=1, max_budget=3, evaluate=quick, fixed={"loss": "logit_adjusted"}, wrapup_s=1.0,
+    run_bohb(None, config_space=space,
+             options=BohbOptions(min_budget=1, max_budget=3, fixed={"loss": "logit_adjusted"}, wrapup_s=1.0),
+             time_left=lambda: 3.0 - (time.monotonic() - started), out_dir=tmp_path, evaluate=quick,
              log=lambda s: None)
     assert seen and all(config["loss"] == "logit_adjusted" for config in seen)

@@ -28,6 +28,8 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +48,7 @@ from budget.reserves import (BOHB_SHUTDOWN_MAX_S, BOHB_SHUTDOWN_MIN_S, BOHB_WRAP
                              BOHB_WRAPUP_SHARE)
 from submission import write_json
 
-__all__ = ["run_bohb"]
+__all__ = ["BohbOptions", "run_bohb"]
 _LOG = logging.getLogger("automl_pipeline.bohb")
 # hpbandster's KDE (statsmodels) triggers a pandas FutureWarning about numpy's global generator on every
 # model-based pick; it says nothing a user can act on.
@@ -152,54 +154,82 @@ def _search(ctx, config_space, trial_log: TrialLog, nameserver: NameServerOption
     return clean, master, master_errors
 
 
-def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_dir: Path, config_space,
-             min_budget: float, max_budget: float, eta: float = 3.0, seed: int = 0,
-             first_configs: int | None = None, n_local_workers: int = 1, min_n_workers: int | None = None,
-             nameserver_host: str = "127.0.0.1", nameserver_port: int = 0, run_id: str = "bohb",
-             previous_result=None, epoch_seconds: float | None = None, wrapup_s: float | None = None,
-             optimizer: str = "bohb", fixed: dict | None = None, evaluate: Callable[..., dict] = evaluate_config,
-             log: Callable[[str], None] = print) -> BohbResult:
-    """Run BOHB until `time_left()` (the phase's remaining seconds) runs out.
+@dataclass(frozen=True)
+class BohbOptions:
+    """The settings of one BOHB search, validated once: its brackets, its sampling, what every job
+    carries and where its name server listens.
 
-    ctx: the data for local workers (None only with n_local_workers=0).
-    config_space: from space.build_config_space; min_budget/max_budget: epochs (choose_budgets).
-    first_configs: width of the first bracket (default: default_first_configs(config_space)).
-    n_local_workers: in-process worker threads; min_n_workers (default: that, or 1)
-      workers must have registered before the first job is scheduled, so
-      remote workers (`remote.run_remote_worker`) join the same run_id.
-    nameserver_host/port: the Pyro4 name server this phase starts (127.0.0.1, a
-      free port); use a reachable interface for workers on other machines. Off
-      loopback the shared secret must be set (AUTOML_BOHB_HMAC_KEY or
-      AUTOML_BOHB_HMAC_KEY_FILE), else nameserver.HmacKeyError (an InputError)
-      is raised before anything starts; see nameserver.require_hmac_key.
-    previous_result: an hpbandster Result or a directory with configs.json /
-      results.json to warm-start from.
-    epoch_seconds: the measured epoch time the budgets were planned with (reported only).
-    wrapup_s: seconds reserved at the end for trials to report and for shutdown
-      (default 5% of the phase, clamped to [2, 10]); the last
-      min(wrapup_s, max(0.75, min(2, wrapup_s / 2))) seconds are for shutdown.
-    optimizer: "bohb" (default) or "random": the same brackets, budgets and deadlines, with
+    min_budget/max_budget: epochs (budgets.choose_budgets); eta: successive halving's factor.
+    first_configs: width of the first bracket (None: default_first_configs(config_space)).
+    seed: hpbandster's BOHB samples with numpy's global generator, seeded with this.
+    optimizer: "bohb" or "random": the same brackets, budgets and deadlines, with
       configurations sampled uniformly at random (an ablation; 0 model-based picks).
     fixed: values of hyperparameters left out of the space (bohb.space.fixed_hyperparameters, a fixed
       cell); sent with every job, so local and remote workers train with them.
+    wrapup_s: seconds reserved at the end for trials to report and for shutdown
+      (None: 5% of the phase, clamped to [2, 10]); the last
+      min(wrapup_s, max(0.75, min(2, wrapup_s / 2))) seconds are for shutdown.
+    epoch_seconds: the measured epoch time the budgets were planned with (reported only).
+    n_local_workers: in-process worker threads; min_n_workers (None: that, or 1)
+      workers must have registered before the first job is scheduled, so
+      remote workers (`remote.run_remote_worker`) join the same run_id.
+    nameserver_host/port: the Pyro4 name server the search starts (127.0.0.1, a
+      free port); use a reachable interface for workers on other machines. Off
+      loopback the shared secret must be set (AUTOML_BOHB_HMAC_KEY or
+      AUTOML_BOHB_HMAC_KEY_FILE), else run_bohb raises nameserver.HmacKeyError (an
+      InputError) before anything starts; see nameserver.require_hmac_key.
+    """
+
+    min_budget: float
+    max_budget: float
+    eta: float = 3.0
+    first_configs: int | None = None
+    seed: int = 0
+    optimizer: str = "bohb"
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    wrapup_s: float | None = None
+    epoch_seconds: float | None = None
+    n_local_workers: int = 1
+    min_n_workers: int | None = None
+    nameserver_host: str = "127.0.0.1"
+    nameserver_port: int = 0
+    run_id: str = "bohb"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 < self.min_budget < self.max_budget:
+            raise ValueError(f"need 0 < min_budget < max_budget, got {self.min_budget}, {self.max_budget}")
+        object.__setattr__(self, "fixed", dict(self.fixed))    # a copy: the caller's dict may change later
+
+
+def run_bohb(ctx: TrialContext | None, *, config_space, options: BohbOptions, time_left: Callable[[], float],
+             out_dir: Path, previous_result=None, evaluate: Callable[..., dict] = evaluate_config,
+             log: Callable[[str], None] = print) -> BohbResult:
+    """Run BOHB until `time_left()` (the phase's remaining seconds) runs out.
+
+    ctx: the data for local workers (None only with options.n_local_workers=0).
+    config_space: from space.build_config_space; options: the search's settings (BohbOptions).
+    previous_result: an hpbandster Result or a directory with configs.json /
+      results.json to warm-start from.
     evaluate: injectable for tests (default evaluate_config).
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    nameserver = NameServerOptions.from_environment(host=nameserver_host, port=nameserver_port, run_id=run_id,
-                                                    n_local_workers=n_local_workers, min_n_workers=min_n_workers)
+    nameserver = NameServerOptions.from_environment(
+        host=options.nameserver_host, port=options.nameserver_port, run_id=options.run_id,
+        n_local_workers=options.n_local_workers, min_n_workers=options.min_n_workers)
+    min_budget, max_budget, eta, optimizer = options.min_budget, options.max_budget, options.eta, options.optimizer
     t0 = time.monotonic()
     out_dir = Path(out_dir)
     bohb_dir = out_dir / "bohb"
     register_numpy_serializers()
     previous = _load_previous(previous_result)
+    wrapup_s = options.wrapup_s
     if wrapup_s is None:
         wrapup_s = min(BOHB_WRAPUP_MAX_S, max(BOHB_WRAPUP_MIN_S, BOHB_WRAPUP_SHARE * time_left()))
-    if not 0 < min_budget < max_budget:
-        raise ValueError(f"need 0 < min_budget < max_budget, got {min_budget}, {max_budget}")
+    first_configs = options.first_configs
     if first_configs is None:
         first_configs = default_first_configs(config_space)
-    np.random.seed(seed)   # hpbandster's BOHB samples with numpy's global generator
+    np.random.seed(options.seed)   # hpbandster's BOHB samples with numpy's global generator
     # master + workers + name server shut down in ~0.4 s on a loaded 2-core machine
     shutdown_reserve = min(wrapup_s, max(BOHB_SHUTDOWN_MIN_S, min(BOHB_SHUTDOWN_MAX_S, wrapup_s / 2.0)))
 
@@ -207,14 +237,14 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
         return time_left() - wrapup_s
 
     log(f"bohb: budgets {', '.join(f'{b:g}' for b in hpbandster_budgets(min_budget, max_budget, eta))} epochs "
-        f"(eta {eta:g}), {time_left():.0f}s left, {n_local_workers} local worker(s)"
+        f"(eta {eta:g}), {time_left():.0f}s left, {options.n_local_workers} local worker(s)"
         + (f", optimizer {optimizer}" if optimizer != "bohb" else ""))
 
     trial_log = TrialLog(bohb_dir, t0=t0, log=log)
     if trial_seconds_left() > 0:
         master_options = {"eta": eta, "min_budget": min_budget, "max_budget": max_budget,
                           "first_configs": first_configs, "optimizer": optimizer, "previous_result": previous,
-                          "fixed": dict(fixed or {})}
+                          "fixed": dict(options.fixed)}
         with pyro_hmac(nameserver.hmac_key):
             clean, master, master_errors = _search(
                 ctx, config_space, trial_log, nameserver, master_options=master_options, time_left=time_left,
@@ -241,8 +271,9 @@ def run_bohb(ctx: TrialContext | None, *, time_left: Callable[[], float], out_di
         min_budget=float(min_budget), max_budget=float(max_budget), eta=float(eta), trials=trials,
         configs_sampled=sampled, model_based_picks=picks,
         model_min_trials=2 * min_points_in_model(config_space),
-        trajectory=trajectory, seconds=time.monotonic() - t0, n_workers=max(len(workers_seen), n_local_workers),
-        clean_shutdown=clean, epoch_seconds=epoch_seconds,
+        trajectory=trajectory, seconds=time.monotonic() - t0,
+        n_workers=max(len(workers_seen), options.n_local_workers), clean_shutdown=clean,
+        epoch_seconds=options.epoch_seconds,
         master_error=master_errors[0].strip().splitlines()[-1] if master_errors else None, optimizer=optimizer,
         hpbandster_result=hb_result)
     warning = result.warning()
