@@ -26,12 +26,15 @@ from automl_pipeline.runlog import RunLog
 from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
 from budget import Budget, Watchdog, default_margin_s, install_signal_handlers, process_elapsed_s
+from budget.plan import RunFacts, RunPlan, plan_run
 from budget.reserves import DELIVERY_WAIT_S, PLOTS_MIN_LIMIT_S, PLOTS_RESERVE_S, WATCHDOG_GRACE_S
 from submission import OutputDirError, check_output_dir, write_json
 
-# Relative weights of the phases; each phase gets its share of the time left when it starts.
-PLAN_OURS = [("first_model", 0.10), ("darts", 0.20), ("bohb", 0.35), ("final_fit", 0.35)]
-PLAN_BASELINE = [("first_model", 0.10), ("darts", 0.0), ("bohb", 0.60), ("final_fit", 0.30)]   # darts: skipped
+# Relative weights of the phases until the first model has measured what budget.plan.plan_run needs (and
+# for the whole run when it could not: a resumed run that kept its model, a first model that failed); each
+# phase gets its share of the time left when it starts. One plan for both methods: the baseline's DARTS
+# phase skips itself (search_options.BASELINE) and its time rolls over.
+INITIAL_PLAN = [("first_model", 0.10), ("darts", 0.20), ("bohb", 0.35), ("final_fit", 0.35)]
 # The first model gets at least this many seconds (at most FIRST_MODEL_MAX_SHARE of the time left):
 # on short runs its 10 % share was a second or two, and it trained a few images into a useless model.
 FIRST_MODEL_MIN_S = 10.0
@@ -153,16 +156,39 @@ def run(settings: Settings) -> int:
 def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report: RunReport) -> None:
     """Load the data, deliver the fallback, then run the phases of the plan in order."""
     ctx = _load(settings, budget, out_dir, log, report)
-    budget.plan(phase_plan(budget.remaining(), baseline=ctx.baseline))
-    first_model.run(ctx)
+    budget.plan(phase_plan(budget.remaining()))
+    facts = first_model.run(ctx)
+    plan = _replan(ctx, facts) if facts is not None else None
     darts = architecture.run(ctx)
-    bohb = hyperparameters.run(ctx, darts)
+    bohb = hyperparameters.run(ctx, darts, min_epochs=None if plan is None else plan.ranking_epochs)
     final_fit.run(ctx, darts, bohb)
 
 
-def phase_plan(remaining_s: float, *, baseline: bool) -> list[tuple[str, float]]:
-    """Relative phase weights: PLAN_OURS / PLAN_BASELINE, the first model raised to FIRST_MODEL_MIN_S."""
-    plan = PLAN_BASELINE if baseline else PLAN_OURS
+def _replan(ctx: RunContext, facts: first_model.FirstModelFacts) -> RunPlan:
+    """The plan from the first model's measurements (budget.plan.plan_run): searches that cannot rank in
+    the time left are skipped with the plan's sentence, the others get their needs and a share of the rest."""
+    plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=facts.epoch_s, n_classes=ctx.data.n_classes,
+                             curve=facts.curve, curve_epoch_fraction=facts.curve_epoch_fraction,
+                             darts_enabled=plan_darts_here(ctx)))
+    ctx.report["plan"] = plan.to_json()
+    ctx.log.event("plan", plan.reason)
+    for name, why in plan.skipped.items():
+        ctx.search_skipped(name, why)
+    weights = [(name, max(weight, 1e-9)) for name, weight in plan.weights]
+    if not plan_darts_here(ctx):   # DARTS off or random: its phase records why itself, in its place
+        weights.insert(0, ("darts", 1e-9))
+    ctx.budget.plan(weights)
+    return plan
+
+
+def plan_darts_here(ctx: RunContext) -> bool:
+    """Whether the plan decides DARTS' time: only for a DARTS search (search option darts: "search")."""
+    return ctx.options.darts == "search"
+
+
+def phase_plan(remaining_s: float) -> list[tuple[str, float]]:
+    """Relative phase weights: INITIAL_PLAN, the first model raised to FIRST_MODEL_MIN_S."""
+    plan = INITIAL_PLAN
     (first_name, first), rest = plan[0], plan[1:]
     raised = max(first, min(FIRST_MODEL_MAX_SHARE, FIRST_MODEL_MIN_S / max(remaining_s, 1e-9)))
     scale = (1.0 - raised) / sum(weight for _, weight in rest)

@@ -154,6 +154,12 @@ class Budget:
             record.state = _SKIPPED
             record.skip_reason = reason
 
+    def is_skipped(self, name: str) -> bool:
+        """Whether the phase was skipped (by the plan or by itself)."""
+        with self._lock:
+            record = self._records.get(name)
+            return record is not None and record.state == _SKIPPED
+
     def start_phase(self, name: str) -> "Phase":
         """Start a planned phase and fix its allotment from the time left now.
 

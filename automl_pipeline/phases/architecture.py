@@ -173,6 +173,8 @@ def run(ctx: RunContext) -> DartsResult | None:
     outcome, or continues its search from the last finished epoch."""
     if ctx.options.darts != "search":
         return _without_search(ctx)
+    if ctx.budget.is_skipped(NAME):   # the run's plan gave DARTS' time away (report section written then)
+        return None
     store = ctx.store
     outcome = load_outcome(store) if ctx.settings.resume else None
     if outcome is not None:

@@ -22,8 +22,8 @@ MAX_LIBRARY = 12
 
 
 def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[Candidate | None, Candidate, dict]:
-    """(the ensemble as a candidate, None with fewer than 2 candidates; the best single model; the report
-    section, whose `delivered` says whether the ensemble pays)."""
+    """(the ensemble as a candidate, None when it would be one of the candidates itself; the best single
+    model; the report section, whose `delivered` says whether the ensemble pays)."""
     library = sorted(pool, key=lambda c: -c.val_macro_f1)[:MAX_LIBRARY]
     labels = data.val.y.cpu().numpy()
     prior = data.train_counts / max(1, data.train_counts.sum())
@@ -43,10 +43,13 @@ def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[
     val_f1 = macro_f1(labels, mixed_val.argmax(axis=1), data.n_classes)
     members = [{"name": library[i].name, "source": library[i].source, "weight": round(chosen.weights[i], 4),
                 "val_macro_f1": round(library[i].val_macro_f1, 4)} for i in chosen.members]
-    pays = ensemble_cv > single_cv and val_f1 > single.val_macro_f1
+    pays = ensemble_cv > single_cv and val_f1 > single.val_macro_f1 and (len(members) > 1 or chosen.tau > 0)
     section.update(members=members, tau=chosen.tau, val_macro_f1=round(val_f1, 4),
                    cross_fitted={"ensemble": round(ensemble_cv, 4), "best_single": round(single_cv, 4)},
                    delivered=pays)
+    if len(members) == 1 and chosen.tau == 0:
+        section["reason"] = f"the selection kept one model ({members[0]['name']}) without logit adjustment"
+        return None, single, section
     if not pays:
         section["reason"] = (f"on validation halves it was not fitted on, the ensemble procedure scored "
                              f"{ensemble_cv:.3f} macro-F1 against {single_cv:.3f} for picking the best single model")

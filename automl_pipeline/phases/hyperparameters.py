@@ -43,7 +43,8 @@ MIN_TRIAL_IMAGES_PER_CLASS = 10
 def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: TimeLeft, *, seed: int, out_dir,
                            workers: int, nameserver_host: str, nameserver_port: int, log: Callable[[str], None],
                            options: SearchOptions = SearchOptions(), previous=None,
-                           sampling_seed: int | None = None) -> tuple[BohbResult | None, str]:
+                           sampling_seed: int | None = None, min_epochs: float | None = None
+                           ) -> tuple[BohbResult | None, str]:
     """The BOHB phase: (result, "") or (None, why it was skipped).
 
     darts: a DARTS result whose search learned (its cells join the pool), or None.
@@ -55,6 +56,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     sampling_seed: seed of the configuration sampling (default `seed`); a resumed run uses another
     one so it does not draw the configurations it already evaluated again. Trials still train with `seed`.
     options: the search options: hyperparameters they fix (bohb.space.fixed_hyperparameters) leave the space.
+    min_epochs: the plan's floor for the smallest budget (None: only the trial's minimum steps).
     """
     sampling_seed = seed if sampling_seed is None else sampling_seed
     if time_left() < MIN_SEARCH_PHASE_S:
@@ -69,6 +71,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     epoch_s = timed_epoch(build_trial_network(default, trials), data,
                           config_to_train_config(default, 1, seed, batch_size=data.batch_size))
     floor = max(MIN_TRIAL_STEPS * data.batch_size, MIN_TRIAL_IMAGES_PER_CLASS * data.n_classes) / len(data.train)
+    floor = max(floor, min_epochs or 0.0)
     for cell_choice, space, fixed in levels:     # the richest space whose first bracket fits
         budgets = choose_budgets(epoch_s, time_left(), first_configs=default_first_configs(space),
                                  min_budget_floor=floor)
@@ -114,25 +117,29 @@ def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, options: S
          darts_fixed)]
 
 
-def run(ctx: RunContext, darts: DartsResult | None) -> BohbResult | None:
+def run(ctx: RunContext, darts: DartsResult | None, *, min_epochs: float | None = None) -> BohbResult | None:
     """The phase: BOHB (warm-started from a resumed attempt's trials, which count as its own);
-    writes the report's `bohb` section. darts: a DARTS result that learned, or None."""
+    writes the report's `bohb` section. darts: a DARTS result that learned, or None. min_epochs: the
+    smallest budget the run's plan allows (budget.plan: shorter trials rank noise); None: no floor but
+    the trial's minimum steps. A phase the plan skipped still reports a resumed attempt's kept trials."""
     settings, store = ctx.settings, ctx.store
     kept = kept_trials(store) if settings.resume else []
     previous = None
     if kept:
         previous = lambda space: previous_trials_dir(store, lambda config: config_fits(space, config))  # noqa: E731
-    with ctx.budget.start_phase(NAME) as phase:
-        try:
-            bohb, why_not = search_hyperparameters(
-                ctx.data, darts, phase.remaining, seed=ctx.seed, out_dir=store.out_dir,
-                workers=settings.workers, nameserver_host=settings.nameserver_host,
-                nameserver_port=settings.nameserver_port, log=ctx.log, options=ctx.options, previous=previous,
-                sampling_seed=ctx.seed + RESUME_SEED_STRIDE * store.attempt)
-        except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
-            bohb, why_not = None, phase_failed(ctx.log, NAME, err)
-    if bohb is None:
-        ctx.search_skipped(NAME, why_not)
+    bohb = None
+    if not ctx.budget.is_skipped(NAME):   # skipped: the run's plan gave its time away (and said why)
+        with ctx.budget.start_phase(NAME) as phase:
+            try:
+                bohb, why_not = search_hyperparameters(
+                    ctx.data, darts, phase.remaining, seed=ctx.seed, out_dir=store.out_dir,
+                    workers=settings.workers, nameserver_host=settings.nameserver_host,
+                    nameserver_port=settings.nameserver_port, log=ctx.log, options=ctx.options, previous=previous,
+                    sampling_seed=ctx.seed + RESUME_SEED_STRIDE * store.attempt, min_epochs=min_epochs)
+            except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
+                bohb, why_not = None, phase_failed(ctx.log, NAME, err)
+        if bohb is None:
+            ctx.search_skipped(NAME, why_not)
     bohb = merge_kept_trials(bohb, kept)
     if bohb is not None:
         section = ctx.report["bohb"] = bohb.report()

@@ -1,0 +1,143 @@
+"""The run's plan after the first model: which searches get time, and how much, as a pure function of
+measured facts (the default network's epoch cost, the first model's learning curve, the time left).
+
+The delivered model comes first: the final fit needs `final_epochs` epochs of the default network. A
+search gets time only when what is left beyond that can hold a search that ranks: BOHB a first bracket
+whose smallest budget is `ranking_epochs` (trials shorter than that rank noise: the ablation's first
+rung of 0.2-1 epoch reached a median validation macro-F1 of 0.03-0.06), DARTS its minimum. Priority:
+final fit, then BOHB, then DARTS. What no search can use goes to the final fit, and `reason` says so in
+one sentence with the numbers. No torch, no clock: tests feed it made-up curves and costs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+# The final fit needs at least this many epochs of the default network (the plain CNN of DESIGN.md took
+# ~90 epochs to its 0.90 on 5k Fashion-MNIST; our cells learn slower per epoch, not faster) ...
+MIN_FINAL_EPOCHS = 30
+# ... or FINAL_EPOCHS_PER_PLATEAU x the epochs the first model needed to reach 95 % of its best score.
+FINAL_EPOCHS_PER_PLATEAU = 3.0
+PLATEAU_LEVEL = 0.95
+# BOHB's smallest budget is at least this many epochs, or more when the first model needed longer to
+# get RANKING_LEVEL of the way from chance to its best validation macro-F1.
+MIN_RANKING_EPOCHS = 2.0
+RANKING_LEVEL = 0.5
+# The first bracket BOHB needs: this many trials at the smallest budget (the smallest space's 2(d+1)+2),
+# eta 3, three rungs: 3 x FIRST_CONFIGS x min_budget epochs, plus model-based picks after it; the bracket
+# takes BRACKET_SHARE of the phase (bohb.budgets.FIRST_BRACKET_SHARE).
+BOHB_FIRST_CONFIGS = 16
+BOHB_RUNGS = 3
+BRACKET_SHARE = 0.6
+# Cells of BOHB's space cost more per epoch than the default network (more cells, wider): a margin.
+TRIAL_COST_FACTOR = 1.5
+# DARTS needs about this long to learn (120 architecture steps at the measured 0.27 s, planned at 90 %,
+# and its timing probes).
+DARTS_MIN_S = 60.0
+# Beyond the needs, time is shared as the fixed plan did: DARTS 0.20, BOHB 0.35, final fit 0.35.
+SPARE_WEIGHTS = {"darts": 0.20, "bohb": 0.35, "final_fit": 0.35}
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the first model measured.
+
+    seconds_left: the work time left for the rest of the run; epoch_s: seconds of one epoch of the
+    default network on the whole training split (with its validation pass); curve: the first model's
+    validation macro-F1 after each epoch; curve_epoch_fraction: the share of the training split one
+    epoch of that curve saw (it trains on a subset on short runs); darts_enabled: the search options
+    (and the method) allow a DARTS search.
+    """
+
+    seconds_left: float
+    epoch_s: float
+    n_classes: int
+    curve: tuple[float, ...] = ()
+    curve_epoch_fraction: float = 1.0
+    darts_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """weights: (phase, relative weight) of the phases that run, in order; skipped: phase -> reason;
+    reason: the one sentence for report.json / report.md; the numbers behind it."""
+
+    weights: tuple[tuple[str, float], ...]
+    skipped: dict = field(default_factory=dict)
+    reason: str = ""
+    final_epochs: int = MIN_FINAL_EPOCHS
+    ranking_epochs: float = MIN_RANKING_EPOCHS
+    epochs_in_budget: float = 0.0
+    needs_s: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"weights": {name: round(weight, 4) for name, weight in self.weights}, "skipped": dict(self.skipped),
+                "reason": self.reason, "final_epochs": self.final_epochs, "ranking_epochs": self.ranking_epochs,
+                "epochs_in_budget": round(self.epochs_in_budget, 1),
+                "needs_s": {name: round(s, 1) for name, s in self.needs_s.items()}}
+
+
+def epochs_to_level(curve: Sequence[float], level: float, *, floor: float) -> float | None:
+    """Epochs (1-based) until the curve first got `level` of the way from `floor` to its best; None when empty."""
+    if not curve:
+        return None
+    best = max(curve)
+    target = floor + level * (best - floor)
+    return float(next(i + 1 for i, value in enumerate(curve) if value >= target))
+
+
+def final_epochs_needed(facts: RunFacts) -> int:
+    plateau = epochs_to_level(facts.curve, PLATEAU_LEVEL, floor=1.0 / facts.n_classes)
+    if plateau is None:
+        return MIN_FINAL_EPOCHS
+    return max(MIN_FINAL_EPOCHS, math.ceil(FINAL_EPOCHS_PER_PLATEAU * plateau * facts.curve_epoch_fraction))
+
+
+def ranking_epochs_needed(facts: RunFacts) -> float:
+    reached = epochs_to_level(facts.curve, RANKING_LEVEL, floor=1.0 / facts.n_classes)
+    if reached is None:
+        return MIN_RANKING_EPOCHS
+    return max(MIN_RANKING_EPOCHS, reached * facts.curve_epoch_fraction)
+
+
+def bohb_seconds_needed(ranking_epochs: float, epoch_s: float) -> float:
+    """A first bracket of BOHB_FIRST_CONFIGS trials from `ranking_epochs` (eta 3) as BRACKET_SHARE of the phase."""
+    bracket_epochs = BOHB_RUNGS * BOHB_FIRST_CONFIGS * ranking_epochs
+    return bracket_epochs * epoch_s * TRIAL_COST_FACTOR / BRACKET_SHARE
+
+
+def plan_run(facts: RunFacts) -> RunPlan:
+    """The plan for DARTS, BOHB and the final fit (see the module docstring)."""
+    if not (facts.epoch_s > 0 and math.isfinite(facts.epoch_s)):
+        raise ValueError(f"epoch_s must be a positive number, got {facts.epoch_s}")
+    left = max(0.0, facts.seconds_left)
+    final_epochs, ranking = final_epochs_needed(facts), ranking_epochs_needed(facts)
+    needs = {"final_fit": final_epochs * facts.epoch_s, "bohb": bohb_seconds_needed(ranking, facts.epoch_s),
+             "darts": DARTS_MIN_S}
+    held = left / facts.epoch_s
+    options = [("darts", "bohb"), ("bohb",), ("darts",), ()] if facts.darts_enabled else [("bohb",), ()]
+    searches = next((s for s in options if needs["final_fit"] + sum(needs[name] for name in s) <= left), ())
+    running = [name for name in ("darts", "bohb") if name in searches] + ["final_fit"]
+    spare = left - sum(needs[name] for name in running)
+    weight_of_spare = sum(SPARE_WEIGHTS[name] for name in running)
+    weights = tuple((name, needs[name] + spare * SPARE_WEIGHTS[name] / weight_of_spare) for name in running)
+    head = (f"the budget holds {held:.0f} epochs of the default network ({facts.epoch_s:.2f}s each); the final "
+            f"fit needs about {final_epochs}")
+    bohb_more = (f"a BOHB search that ranks (a first bracket of {BOHB_FIRST_CONFIGS} trials from {ranking:g} epochs) "
+                 f"about {needs['bohb'] / facts.epoch_s:.0f} more")
+    skipped = {}
+    if "bohb" not in searches:
+        nothing = "darts" not in searches
+        skipped["bohb"] = f"{head} and {bohb_more}: no time {'to search' if nothing else 'for BOHB'}"
+    if facts.darts_enabled and "darts" not in searches:
+        before = needs["final_fit"] + (needs["bohb"] if "bohb" in searches else 0.0)
+        skipped["darts"] = skipped.get("bohb") or (
+            f"{head}{' and BOHB' if 'bohb' in searches else ''} about {before / facts.epoch_s:.0f} in all, leaving "
+            f"{max(0.0, left - before):.0f}s where DARTS needs about {DARTS_MIN_S:.0f}s: no time for DARTS")
+    if skipped:
+        reason = skipped.get("bohb") or skipped["darts"]
+    else:
+        reason = f"{head}: {' and '.join(searches)} fit, with {spare:.0f}s beyond what they need"
+    return RunPlan(weights=weights, skipped=skipped, reason=reason, final_epochs=final_epochs, ranking_epochs=ranking,
+                   epochs_in_budget=held, needs_s=needs)

@@ -1,0 +1,88 @@
+"""The run's plan (budget.plan.plan_run) on made-up costs and learning curves: searches given away
+when they cannot rank in the time left, sized when they can; and the pipeline acting on it."""
+import pytest
+
+from budget import Budget, FakeClock
+from budget.plan import (DARTS_MIN_S, MIN_FINAL_EPOCHS, MIN_RANKING_EPOCHS, RunFacts, bohb_seconds_needed,
+                         plan_run)
+
+RISING = (0.2, 0.4, 0.55, 0.65, 0.7)            # still learning at its last epoch
+
+
+def names(plan):
+    return [name for name, _ in plan.weights]
+
+
+def test_short_budget_gives_every_search_away_with_the_numbers():
+    """300 s at 20 s per epoch: 15 epochs, fewer than the final fit needs: no search, said with numbers."""
+    plan = plan_run(RunFacts(seconds_left=300, epoch_s=20.0, n_classes=10, curve=RISING))
+    assert names(plan) == ["final_fit"]
+    assert set(plan.skipped) == {"darts", "bohb"}
+    assert "holds 15 epochs" in plan.reason and f"needs about {MIN_FINAL_EPOCHS}" in plan.reason
+    assert plan.reason.endswith("no time to search")
+    assert plan.weights[0][1] == pytest.approx(300)
+
+
+def test_bohb_needs_a_first_bracket_at_the_ranking_budget():
+    """Room for the final fit and DARTS but not for a bracket at >= 2 epochs: DARTS runs, BOHB is given away."""
+    epoch_s = 1.0
+    final = MIN_FINAL_EPOCHS * epoch_s
+    left = final + DARTS_MIN_S + 0.5 * bohb_seconds_needed(MIN_RANKING_EPOCHS, epoch_s)
+    plan = plan_run(RunFacts(seconds_left=left, epoch_s=epoch_s, n_classes=5, curve=RISING))
+    assert names(plan) == ["darts", "final_fit"]
+    assert list(plan.skipped) == ["bohb"] and plan.skipped["bohb"].endswith("no time for BOHB")
+
+
+def test_long_budget_runs_both_searches_and_the_final_fit_keeps_its_need():
+    """The mission: 7200 s on ~1,000 images (about 2 s per epoch)."""
+    plan = plan_run(RunFacts(seconds_left=7000, epoch_s=2.0, n_classes=5, curve=RISING))
+    assert names(plan) == ["darts", "bohb", "final_fit"] and not plan.skipped
+    weights = dict(plan.weights)
+    assert sum(weights.values()) == pytest.approx(7000)
+    assert weights["final_fit"] >= plan.final_epochs * 2.0
+    assert weights["bohb"] >= bohb_seconds_needed(plan.ranking_epochs, 2.0)
+    assert weights["darts"] >= DARTS_MIN_S
+    assert "fit, with" in plan.reason
+
+
+def test_slow_learning_raises_the_ranking_budget_and_the_final_epochs():
+    """A curve that needs 8 epochs to get halfway from chance (0.2) to its best: shorter trials rank noise."""
+    slow = (0.2, 0.2, 0.21, 0.22, 0.24, 0.27, 0.3, 0.4, 0.45, 0.5, 0.52, 0.55, 0.57, 0.59, 0.6, 0.6)
+    fast = (0.55, 0.6, 0.6)
+    plan_slow = plan_run(RunFacts(seconds_left=20000, epoch_s=1.0, n_classes=5, curve=slow))
+    plan_fast = plan_run(RunFacts(seconds_left=20000, epoch_s=1.0, n_classes=5, curve=fast))
+    assert plan_fast.ranking_epochs == MIN_RANKING_EPOCHS
+    assert plan_slow.ranking_epochs == 8
+    assert plan_slow.final_epochs == 3 * 14 > plan_fast.final_epochs == MIN_FINAL_EPOCHS   # 95 % of best at 14
+    # a curve measured on a quarter of the training split counts a quarter of the epochs
+    quarter = plan_run(RunFacts(seconds_left=20000, epoch_s=1.0, n_classes=5, curve=slow, curve_epoch_fraction=0.25))
+    assert quarter.ranking_epochs == MIN_RANKING_EPOCHS
+
+
+def test_without_darts_the_plan_never_mentions_it():
+    plan = plan_run(RunFacts(seconds_left=7000, epoch_s=2.0, n_classes=5, curve=RISING, darts_enabled=False))
+    assert names(plan) == ["bohb", "final_fit"] and not plan.skipped
+    short = plan_run(RunFacts(seconds_left=100, epoch_s=2.0, n_classes=5, curve=RISING, darts_enabled=False))
+    assert list(short.skipped) == ["bohb"] and short.reason.endswith("no time to search")
+
+
+def test_the_budget_executes_the_plan_with_an_injected_clock():
+    """The plan's weights go to Budget.plan; the skipped searches are recorded as skipped."""
+    clock = FakeClock()
+    budget = Budget(1000, clock=clock, margin_s=0)
+    budget.plan([("first_model", 0.1), ("darts", 0.2), ("bohb", 0.35), ("final_fit", 0.35)])
+    with budget.start_phase("first_model"):
+        clock.advance(100)
+    plan = plan_run(RunFacts(seconds_left=budget.remaining(), epoch_s=40.0, n_classes=10, curve=RISING))
+    for name, why in plan.skipped.items():
+        budget.skip_phase(name, why)
+    budget.plan(list(plan.weights))
+    assert budget.start_phase("final_fit").planned_s == pytest.approx(900)
+    rows = {row["name"]: row for row in budget.phases_report()}
+    assert rows["darts"]["status"] == rows["bohb"]["status"] == "skipped"
+    assert "no time to search" in rows["bohb"]["skipped"]
+
+
+def test_bad_epoch_cost_is_refused():
+    with pytest.raises(ValueError):
+        plan_run(RunFacts(seconds_left=100, epoch_s=0.0, n_classes=5))
