@@ -42,7 +42,8 @@ class DartsProxy:
 
 # Supernets to search with, cheapest first. On 2 CPU cores a full-size supernet (3 cells of 4 nodes on
 # 28 px) took ~3 s per architecture + weight step, so a 65 s phase made ~20 steps and learned nothing;
-# the cheapest proxy here takes ~0.15 s (batch 32, measured with benchmarks/darts_search.py).
+# the cheapest proxy here takes ~0.27 s per step (batch 32, 28 px images searched at 16 px, 2 cores:
+# `benchmarks/throughput.py --device cpu --quick`, benchmarks/RESULTS.md "Throughput", 2026-12-02).
 DARTS_PROXIES = (DartsProxy(n_cells=2, n_nodes=2, base_channels=8, side=16),
                  DartsProxy(n_cells=2, n_nodes=3, base_channels=16, side=16),
                  DartsProxy(n_cells=3, n_nodes=3, base_channels=16, side=32),

@@ -31,7 +31,10 @@ NAME = "bohb"
 TRIAL_LOGS = ("configs.json", "results.json", "incumbent.json")
 KEPT_FILE = "bohb_kept.json"           # {"batches": [{"configs": [...], "results": [...]}]}, one per attempt
 PREVIOUS_DIR = "bohb_previous"         # configs.json / results.json for run_bohb(previous_result=...)
-# Config ids of kept trials are (attempt * ID_STRIDE + iteration, stage, index): unique across attempts.
+# A kept trial's config id (iteration, stage, index) becomes
+# (iteration - (batch + 1) * ID_STRIDE, stage, index), batch its position in KEPT_FILE (one batch per
+# earlier attempt that finished trials): negative, so apart from this attempt's ids (iteration >= 0),
+# and from the other batches' as long as an attempt runs fewer than ID_STRIDE BOHB iterations.
 ID_STRIDE = 100_000
 # A resumed run samples BOHB configurations with seed + attempt * this (trials still train with seed).
 RESUME_SEED_STRIDE = 7919
