@@ -18,7 +18,8 @@ from hpbandster.core.result import Result
 
 from automl_pipeline.bohb.budgets import hpbandster_budgets
 from submission import to_jsonable
-from automl_pipeline.bohb.worker import n_epochs
+from automl_pipeline.bohb.worker import TRIAL_ERROR_CHARS, n_epochs
+from automl_pipeline.errors import WorkerError, error_text
 
 INCUMBENT_RULE = ("best val macro-F1 at the largest budget among trials that ran their full budget without error "
                   "(deadline-cut trials only when none completed); ties: earlier trial")
@@ -39,7 +40,7 @@ class TrialRecord:
     stopped_by_deadline: bool
     seconds: float
     worker: str | None
-    t_s: float                      # finish time, seconds since the phase started
+    t_s: float                      # finish time, seconds since run_bohb started the search (not process start)
     model_based_pick: bool | None
 
     @classmethod
@@ -60,8 +61,7 @@ class TrialRecord:
         result = result if isinstance(result, dict) else None
         info = dict(result.get("info") or {}) if result is not None else {}
         if result is None:
-            text = (exception or "no result").strip().splitlines()
-            error = f"WorkerError: {text[-1] if text else 'no result'}"[:500]
+            error = error_text(WorkerError.from_traceback(exception), TRIAL_ERROR_CHARS)
         else:
             error = info.get("error")
         loss = result.get("loss") if result is not None else None
@@ -94,6 +94,30 @@ def select_incumbent(trials: list[TrialRecord]) -> TrialRecord | None:
     top = max(t.budget for t in pool)
     at_top = [t for t in pool if t.budget == top]
     return max(at_top, key=lambda t: (t.val_macro_f1, -t.t_s))
+
+
+# Below this Spearman correlation between adjacent rungs the lower rung ranks noise (hpbandster's notes).
+RANK_CORRELATION_FLOOR = 0.3
+
+
+def rung_rank_correlations(trials: list[TrialRecord], budgets: list[float]) -> list[dict]:
+    """Per pair of adjacent budgets: the Spearman rank correlation of validation macro-F1 over the
+    configurations evaluated on both (None with fewer than 3 such, or when one rung's scores are all equal)."""
+    from scipy.stats import spearmanr
+
+    scores: dict[float, dict[tuple, float]] = {}
+    for t in trials:
+        if t.evaluated:
+            scores.setdefault(t.budget, {})[t.config_id] = t.val_macro_f1
+    rows = []
+    for low, high in zip(budgets, budgets[1:]):
+        lower, upper = scores.get(low, {}), scores.get(high, {})
+        shared = sorted(set(lower) & set(upper))
+        rho = None
+        if len(shared) >= 3 and len({lower[c] for c in shared}) > 1 and len({upper[c] for c in shared}) > 1:
+            rho = float(spearmanr([lower[c] for c in shared], [upper[c] for c in shared]).statistic)
+        rows.append({"budgets": [low, high], "n_configs": len(shared), "spearman": None if rho is None else round(rho, 3)})
+    return rows
 
 
 @dataclass
@@ -130,6 +154,17 @@ class BohbResult:
                     f"model-based picks (its KDE needs {self.model_min_trials} finished trials on one budget)")
         return None
 
+    def rank_warning(self) -> str | None:
+        """A rung whose ranking disagrees with the next one (Spearman below RANK_CORRELATION_FLOOR), or None."""
+        low = [row for row in rung_rank_correlations(self.trials, self.budgets)
+               if row["spearman"] is not None and row["spearman"] < RANK_CORRELATION_FLOOR]
+        if low:
+            row = low[0]
+            return (f"the rung of {row['budgets'][0]:g} epochs ranks noise: Spearman {row['spearman']:.2f} with the "
+                    f"{row['budgets'][1]:g}-epoch rung over {row['n_configs']} configurations "
+                    f"(below {RANK_CORRELATION_FLOOR}: raise min_budget or lower eta)")
+        return None
+
     def report(self) -> dict:
         """The report.json "bohb" section."""
         per_budget: dict[str, int] = {}
@@ -164,6 +199,8 @@ class BohbResult:
             "model_based_picks": self.model_based_picks,
             "model_based_picks_per_budget": picks_per_budget,
             "model_min_trials": self.model_min_trials,
+            "rung_rank_correlation": rung_rank_correlations(self.trials, self.budgets),
+            "rank_warning": self.rank_warning(),
             "n_hyperparameters": self.model_min_trials // 2 - 1,
             "warning": self.warning(),
             "incumbent": incumbent,

@@ -19,11 +19,13 @@ Contract of `TrialWorker.compute` (what hpbandster calls):
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,7 +34,8 @@ import Pyro4.errors
 import torch
 from hpbandster.core.worker import Worker
 
-from submission import to_jsonable
+from submission import atomic_write_bytes, to_jsonable
+from automl_pipeline.errors import error_text
 from automl_pipeline.bohb.space import DEFAULT_CELL, SHARED_CELL_KEY, STAGE_CELL_KEYS
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
@@ -40,6 +43,7 @@ from automl_pipeline.training import TensorData, TrainConfig, classification_met
 from automl_pipeline.training.tensors import random_subset
 
 WORST_LOSS = 1.0
+TRIAL_ERROR_CHARS = 500   # a failed trial's info["error"]: error_text(exc, TRIAL_ERROR_CHARS)
 # The settings space.py fixes (see its docstring); also the default network's training (phases/common.py).
 WEIGHT_DECAY = 5e-4
 FOCAL_GAMMA = 3.0
@@ -74,6 +78,19 @@ class TrialContext:
     seed: int = 0
     darts_ops: tuple[str, ...] = TEMPLATE_OPS
     batch_size: int = 64
+    weights_dir: Path | None = None       # trials at keep_from_budget or more save their best weights here
+    keep_from_budget: float | None = None  # (hpbandster keeps none); None: no weights kept (remote workers)
+
+    def weights_path(self, config_id, budget: float) -> Path | None:
+        """Where the trial (config_id, budget) saves its weights, or None when it keeps none."""
+        if self.weights_dir is None or self.keep_from_budget is None or budget < self.keep_from_budget * (1 - 1e-9):
+            return None
+        return self.weights_dir / trial_weights_name(config_id, budget)
+
+
+def trial_weights_name(config_id, budget: float) -> str:
+    """The file name of a kept trial's weights: config id and budget."""
+    return "trial_" + "_".join(str(int(part)) for part in config_id) + f"_b{budget:g}.pt"
 
 
 def budget_epochs(budget: float) -> tuple[int, float]:
@@ -169,13 +186,8 @@ def build_trial_network(config: dict, ctx: TrialContext) -> torch.nn.Module:
     return model.to(ctx.device)
 
 
-def _error_text(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {message[0] if message else ''}"[:500]
-
-
 def evaluate_config(config: dict, budget: float, ctx: TrialContext,
-                    time_left: Callable[[], float]) -> dict:
+                    time_left: Callable[[], float], *, weights_path: Path | None = None) -> dict:
     """Train one configuration for its budget (`budget_epochs`), or until time_left() runs out.
 
     Returns {"loss": 1 - best val macro-F1, "info": {...}}; never raises for a failing
@@ -183,6 +195,7 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
     A trial cut by the deadline reports what it reached (stopped_by_deadline=True); one
     the deadline stopped before its first validation pass has evaluated=False, loss 1.0
     and no error. info also has epochs (planned), best_epoch.
+    weights_path: where an evaluated trial saves its best weights (atomically; info["weights"] names the file).
     """
     t0 = time.monotonic()
     info: dict = {"val_macro_f1": 0.0, "val_accuracy": 0.0, "per_class_f1": [0.0] * int(ctx.n_classes),
@@ -213,9 +226,12 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
             info.update(val_macro_f1=f1, val_accuracy=float(metrics["accuracy"]),
                         per_class_f1=metrics["per_class_f1"], evaluated=True)
             loss = 1.0 - f1
+            if weights_path is not None:
+                save_weights(weights_path, model.state_dict())
+                info["weights"] = weights_path.name
         # else: the deadline came before the first validation pass -> worst loss, evaluated=False
     except Exception as exc:   # a crashed trial is a result, never a dead search
-        info["error"] = _error_text(exc)
+        info["error"] = error_text(exc, TRIAL_ERROR_CHARS)
         loss = WORST_LOSS
         if isinstance(exc, RuntimeError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -225,6 +241,14 @@ def evaluate_config(config: dict, budget: float, ctx: TrialContext,
     if not math.isfinite(loss):
         loss = WORST_LOSS
     return {"loss": float(loss), "info": to_jsonable(info)}
+
+
+def save_weights(path: Path, state_dict: dict) -> None:
+    """A trial's weights as a torch file of CPU tensors (loadable with weights_only=True), written atomically."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class TrialWorker(Worker):
@@ -262,9 +286,12 @@ class TrialWorker(Worker):
             return max(0.0, left)
 
         try:
-            result = self.evaluate(to_jsonable({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left)
+            path = self.ctx.weights_path(config_id, float(budget))
+            extra = {} if path is None else {"weights_path": path}
+            result = self.evaluate(to_jsonable({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left,
+                                   **extra)
         except Exception as exc:   # evaluate_config does not raise; a custom evaluate might
-            result = {"loss": WORST_LOSS, "info": {"error": _error_text(exc)}}
+            result = {"loss": WORST_LOSS, "info": {"error": error_text(exc, TRIAL_ERROR_CHARS)}}
         loss = result.get("loss")
         if not (isinstance(loss, (int, float)) and math.isfinite(loss)):   # hpbandster needs a finite number
             info = dict(result.get("info") or {})

@@ -8,20 +8,22 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import torch
 from ConfigSpace import ConfigurationSpace
 
 from automl_pipeline.bohb import (BohbOptions, BohbResult, TrialContext, build_config_space, choose_budgets,
-                                  config_to_train_config, fixed_hyperparameters, run_bohb)
+                                  config_to_network_spec, config_to_train_config, fixed_hyperparameters, run_bohb)
 from automl_pipeline.bohb.budgets import default_first_configs
 from automl_pipeline.bohb.results import TrialRecord, select_incumbent
 from automl_pipeline.bohb.space import CELL_CHOICES, SHARED_CELL_KEY, config_fits, n_hyperparameters
-from automl_pipeline.bohb.worker import build_trial_network, genotype_pool
+from automl_pipeline.bohb.worker import build_trial_network, genotype_pool, trial_weights_name
 from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.darts import DartsResult
-from automl_pipeline.phases.common import RunData, TimeLeft, timed_epoch
+from automl_pipeline.delivery import Candidate
+from automl_pipeline.phases.common import RunData, TimeLeft, model_candidate, timed_epoch
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
-from automl_pipeline.search_space import TEMPLATE_OPS
+from automl_pipeline.search_space import TEMPLATE_OPS, build_network
 from budget.reserves import MIN_SEARCH_PHASE_S
 from submission import to_jsonable
 
@@ -40,6 +42,10 @@ ID_STRIDE = 100_000
 RESUME_SEED_STRIDE = 7919
 # The smallest BOHB budget trains on at least this many batches and images per class.
 MIN_TRIAL_STEPS = 6
+# Trials at the largest budget save their weights here (OUT/checkpoints/, cleared by a fresh run); the best
+# KEEP_TOP_TRIALS of them become candidates (the final ensemble's library), the others' files are deleted.
+TRIAL_WEIGHTS_DIR = Path("checkpoints") / "trial_weights"
+KEEP_TOP_TRIALS = 3
 MIN_TRIAL_IMAGES_PER_CLASS = 10
 
 
@@ -90,6 +96,7 @@ def search_hyperparameters(data: RunData, darts: DartsResult | None, time_left: 
     previous_dir = None if previous is None else previous(space)
     if previous_dir is not None:
         log(f"BOHB: warm start from the trials in {previous_dir}")
+    trials = dataclasses.replace(trials, weights_dir=Path(out_dir) / TRIAL_WEIGHTS_DIR, keep_from_budget=budgets[1])
     search = BohbOptions(min_budget=budgets[0], max_budget=budgets[1], seed=sampling_seed,
                          optimizer=options.optimizer, fixed=fixed, epoch_seconds=epoch_s, n_local_workers=workers,
                          nameserver_host=nameserver_host, nameserver_port=nameserver_port)
@@ -118,6 +125,35 @@ def search_spaces(darts: DartsResult | None, ops: tuple[str, ...], *, options: S
                                         cell_choice=choice), fixed) for choice in CELL_CHOICES] + [
         ("darts_cell", build_config_space(seed=seed, cells=pool, fixed=tuple(darts_fixed)),
          darts_fixed)]
+
+
+def kept_trial_candidates(result: BohbResult, data: RunData, darts: DartsResult | None, weights_dir: Path,
+                          *, keep: int = KEEP_TOP_TRIALS) -> list[Candidate]:
+    """The best `keep` trials at the largest budget, by validation macro-F1, as candidates built from the
+    weights they saved (bohb.worker.evaluate_config); the other trials' weight files are deleted."""
+    top = max((t.budget for t in result.trials if t.evaluated), default=None)
+    ranked = sorted((t for t in result.trials if t.evaluated and t.budget == top), key=lambda t: -t.val_macro_f1)
+    candidates = []
+    for trial in ranked:
+        path = weights_dir / trial_weights_name(trial.config_id, trial.budget)
+        if len(candidates) >= keep or not path.exists():
+            continue
+        spec = config_to_network_spec(trial.config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
+                                      image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
+        model = build_network(spec).to(data.device)
+        model.load_state_dict(torch.load(path, map_location=data.device, weights_only=True))
+        config = config_to_train_config(trial.config, max(1, trial.epochs_done), 0, batch_size=data.batch_size)
+        name = "-".join(str(part) for part in trial.config_id)
+        candidate = model_candidate("bohb_trial", model, data, flip_tta=config.flip,
+                                    description=f"BOHB trial {name} ({trial.budget:g} epochs, its own weights)",
+                                    architecture=spec.to_json(), config=trial.config)
+        candidate.epochs, candidate.train_s = trial.epochs_done, trial.seconds
+        candidates.append(candidate)
+    kept = {trial_weights_name(c_id, b) for c_id, b in ((t.config_id, t.budget) for t in ranked[:keep])}
+    for path in weights_dir.glob("trial_*.pt") if weights_dir.exists() else ():
+        if path.name not in kept:
+            path.unlink(missing_ok=True)
+    return candidates
 
 
 def run(ctx: RunContext, darts: DartsResult | None, *, min_epochs: float | None = None) -> BohbResult | None:
@@ -151,6 +187,14 @@ def run(ctx: RunContext, darts: DartsResult | None, *, min_epochs: float | None 
             section["kept_trials"] = [t.to_json() for t in kept]
         for error in section["errors"]:
             ctx.log.event("failed_trial", error)
+        try:
+            kept_models = kept_trial_candidates(bohb, ctx.data, darts, store.out_dir / TRIAL_WEIGHTS_DIR)
+        except Exception as err:   # noqa: BLE001 - the search's result stands without its weights
+            kept_models = []
+            phase_failed(ctx.log, "kept BOHB trials", err)
+        section["kept_models"] = [{"name": c.name, "val_macro_f1": round(c.val_macro_f1, 4)} for c in kept_models]
+        for candidate in kept_models:
+            ctx.deliver(candidate)
     return bohb
 
 

@@ -21,7 +21,7 @@ PLOT_CAPTIONS = {
     "timeline": "Phases: planned vs actual time against the limit",
     "class_counts": "Images per class and split",
     "darts_alphas": "DARTS architecture weights per edge and skip count per epoch",
-    "bohb": "BOHB: best validation macro-F1 over time and losses per budget",
+    "bohb": "BOHB: best validation macro-F1 over the time since its search started",
     "cell_stack": "Chosen model: cell and skip edges per position of the stack",
     "confusion": "Held-out test confusion matrix",
     "per_class_f1": "Held-out test F1 per class",
@@ -90,7 +90,7 @@ def _headline(report: dict) -> list[str]:
     splits = ((_dict(report, "data") or {}).get("splits") or {})
     test = splits.get("test") if isinstance(splits, dict) else None
     if isinstance(test, dict) and test.get("count") is not None:
-        src = splits.get("heldout_source") or (_dict(report, "data") or {}).get("heldout_source")
+        src = (_dict(report, "data") or {}).get("heldout_source")
         lines.append(f"Held-out test images: {test['count']}" + (f" ({src})" if src else "")
                      + "; touched once, by the final model.")
     return lines + [""] + _search_options(report)
@@ -186,7 +186,11 @@ def _final(report: dict, links: list[str]) -> list[str]:
         facts.append(f"validation macro-F1 {_f(final['val_macro_f1'])}")
     lines += ["; ".join(facts) + ".", ""]
     arch = final.get("architecture")
-    if isinstance(arch, dict) and arch:
+    if isinstance(arch, dict) and arch.get("kind") == "ensemble":
+        lines += ["An ensemble: its members and weights are in the Ensemble section.", ""]
+    elif isinstance(arch, dict) and arch.get("kind") == "logistic_regression":
+        lines += [f"A logistic regression on the {arch.get('in_features')} pixel values.", ""]
+    elif isinstance(arch, dict) and arch:
         lines += describe_architecture(arch) + [""] + links
     else:
         lines += ["No network architecture (not a trained network).", ""]
@@ -249,13 +253,36 @@ def _phases(report: dict, links: list[str]) -> list[str]:
         used = _s(end - start) if start is not None and end is not None else "n/a"
         note = f"skipped: {p['skipped']}" if p.get("skipped") else ""
         rows.append([p.get("name", "?"), _s(p.get("planned_s")), _s(start), _s(end), used, note])
-    return ["## Phases", ""] + _table(["phase", "planned", "start", "end", "used", "note"], rows) + links
+    plan = _dict(report, "plan")
+    said = [f"Plan: {_line(plan['reason'])}.", ""] if plan and plan.get("reason") else []
+    return ["## Phases", ""] + said + _table(["phase", "planned", "start", "end", "used", "note"], rows) + links
+
+
+def _ensemble(report: dict) -> list[str]:
+    section = _dict(report, "ensemble")
+    if section is None:
+        return []
+    lines = ["## Ensemble", ""]
+    if section.get("members"):
+        lines += _table(["member", "weight", "validation macro-F1"],
+                        [[m.get("name"), _f(m.get("weight")), _f(m.get("val_macro_f1"))] for m in section["members"]])
+        cross = section.get("cross_fitted") or {}
+        lines += [f"Logit adjustment tau {section.get('tau')}; on validation halves each procedure was not fitted "
+                  f"on: ensemble {_f(cross.get('ensemble'))}, best single model {_f(cross.get('best_single'))}. "
+                  + ("Delivered." if section.get("delivered") else f"Not delivered: {_line(section.get('reason'))}."), ""]
+    elif section.get("reason"):
+        lines += [f"Not delivered: {_line(section['reason'])}.", ""]
+    heldout = section.get("heldout_macro_f1")
+    if isinstance(heldout, dict) and heldout:
+        lines += ["Held-out test macro-F1, side by side (the choice was made on validation only):", ""]
+        lines += _table(["model", "held-out macro-F1"], [[name, _f(value)] for name, value in heldout.items()])
+    return lines
 
 
 def _not_run(section: dict) -> list[str]:
     """The lines for a search section whose `status` says it did not run ("skipped"), else []."""
     status = section.get("status")
-    if status in (None, "completed"):
+    if status == "completed":
         return []
     reason = section.get("reason")
     return [f"**{str(status).capitalize()}**" + (f": {_line(reason)}" if reason else "") + ".", ""]
@@ -287,7 +314,7 @@ def _darts(report: dict, links: list[str]) -> list[str]:
                   + " a cell from this search.", ""]
     skips = darts.get("skip_count_per_epoch") or []
     if skips:
-        limit = darts.get("skip_limit", 2)
+        limit = darts.get("skip_limit")
         lines += ["Skip count per epoch (edges whose skip weight exceeds the threshold"
                   + (f" {darts['skip_threshold']}" if darts.get("skip_threshold") is not None else "")
                   + f"; termination when above {limit}): {', '.join(str(s) for s in skips)}", ""]
@@ -309,49 +336,42 @@ def _bohb(report: dict, links: list[str]) -> list[str]:
     not_run = _not_run(bohb)
     if not_run:
         return lines + not_run
-    trials = [t for t in bohb.get("trials") or [] if isinstance(t, dict)]
-    n_trials = bohb.get("n_trials", len(trials) if trials else None)
-    facts = []
-    if n_trials is not None:
-        facts.append(f"{n_trials} trials")
-    failed = bohb.get("failed_trials", bohb.get("n_failed"))
-    if failed is None and trials:
-        failed = sum(1 for t in trials if t.get("error"))
-    if failed:
-        facts.append(f"{failed} failed (counted as loss 1)")
-    budgets = bohb.get("budgets")
-    if not budgets and trials:
-        budgets = sorted({t["budget"] for t in trials if finite(t.get("budget")) is not None})
+    n_trials = bohb.get("n_trials")
+    facts = [f"{n_trials} trials"]
+    if bohb.get("failed_trials"):
+        facts.append(f"{bohb['failed_trials']} failed (counted as loss 1)")
+    budgets = bohb.get("budgets") or []
     if budgets:
-        facts.append("budgets (epochs): " + ", ".join(f"{finite(b):g}" if finite(b) is not None else str(b) for b in budgets))
-    elif bohb.get("min_budget") is not None:
-        facts.append(f"budgets {bohb['min_budget']}–{bohb.get('max_budget', '?')} epochs")
+        facts.append("budgets (epochs): " + ", ".join(f"{finite(b):g}" if finite(b) is not None else str(b)
+                                                      for b in budgets))
     if bohb.get("seconds") is not None:
         facts.append(_s(bohb["seconds"]))
-    if facts:
-        lines += ["; ".join(facts) + ".", ""]
+    lines += ["; ".join(facts) + ".", ""]
 
-    inc = bohb.get("incumbent") if isinstance(bohb.get("incumbent"), dict) else {}
-    inc_config = bohb.get("incumbent_config", inc.get("config"))
-    inc_f1 = bohb.get("incumbent_val_macro_f1", inc.get("val_macro_f1"))
-    inc_budget = bohb.get("incumbent_budget", inc.get("budget"))
-    if inc_f1 is not None or inc_config:
-        lines.append(f"Incumbent: validation macro-F1 **{_f(inc_f1)}** at budget {inc_budget if inc_budget is not None else 'n/a'}.")
-        lines.append("")
-        if isinstance(inc_config, dict) and inc_config:
-            lines += _table(["hyperparameter", "value"], [[k, v] for k, v in inc_config.items()])
+    inc = bohb.get("incumbent")
+    if isinstance(inc, dict):
+        budget = inc.get("budget")
+        lines += [f"Incumbent: validation macro-F1 **{_f(inc.get('val_macro_f1'))}** at budget "
+                  f"{budget if budget is not None else 'n/a'}.", ""]
+        if isinstance(inc.get("config"), dict) and inc["config"]:
+            lines += _table(["hyperparameter", "value"], [[k, v] for k, v in inc["config"].items()])
 
     picks = bohb.get("model_based_picks")
-    if picks is None and trials and any("model_based_pick" in t for t in trials):
-        picks = sum(1 for t in trials if t.get("model_based_pick"))
-    if picks is not None and n_trials:
-        if int(picks) == 0:
-            lines += [f"> **Warning:** none of the {n_trials} configurations was proposed by BOHB's model "
-                      "(all were random samples). The model needs more finished trials per budget than "
-                      "this run had, so this search behaved like Hyperband (random search with successive "
-                      "halving).", ""]
-        else:
-            lines += [f"Model-based picks: {picks} of {n_trials} configurations.", ""]
+    if bohb.get("optimizer") == "random":
+        lines += [f"Random search (search option `optimizer: random`): the {n_trials} trials' configurations "
+                  "were sampled uniformly, with BOHB's brackets and budgets; no model-based picks are expected.", ""]
+    elif bohb.get("warning"):
+        lines += [f"> **Warning:** {_line(bohb['warning'])}: this search behaved like Hyperband (random "
+                  "search with successive halving).", ""]
+    elif picks is not None and n_trials:
+        lines += [f"Model-based picks: {picks} of {bohb.get('configs_sampled', n_trials)} configurations.", ""]
+    rows = [[f"{finite(r['budgets'][0]):g} -> {finite(r['budgets'][1]):g}", r["n_configs"],
+             "n/a" if r["spearman"] is None else f"{r['spearman']:.2f}"] for r in bohb.get("rung_rank_correlation") or []]
+    if rows:
+        lines += ["Do adjacent rungs rank alike? Spearman correlation of validation macro-F1 over the configurations "
+                  "trained on both:", ""] + _table(["budgets (epochs)", "configurations", "Spearman"], rows)
+    if bohb.get("rank_warning"):
+        lines += [f"> **Warning:** {_line(bohb['rank_warning'])}.", ""]
     return lines + links
 
 
@@ -437,6 +457,7 @@ def render_report_md(report: dict, out_dir: Path, plots: dict[str, str | Path] |
     lines += _phases(report, link("timeline"))
     lines += _darts(report, link("darts_alphas"))
     lines += _bohb(report, link("bohb"))
+    lines += _ensemble(report)
     lines += _per_class(report, link("per_class_f1", "confusion"))
     lines += _environment(report)
     lines += _events(report)
