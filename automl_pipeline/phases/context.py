@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.delivery import Candidate, Delivery
+from automl_pipeline.errors import error_text
 from automl_pipeline.phases.common import RunData
 from automl_pipeline.runlog import RunLog
 from automl_pipeline.search_options import SearchOptions
@@ -59,7 +60,7 @@ class RunContext:
 def phase_failed(log: RunLog, name: str, err: Exception) -> str:
     """Record a phase that raised (event `phase_failed`); the run goes on with the best model so far.
     Returns the reason for the report: "failed (Type: first line)"."""
-    text = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:300]
+    text = error_text(err)
     log.event("phase_failed", f"{name}: {text}; the run goes on with what it has")
     return f"failed ({text})"
 
