@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -165,12 +162,8 @@ def run_one(*, data: str, data_dir: Path | None, variant: str, seed: int, time_l
     extra, scale = variant_arguments(variant, out_dir / "configs")
     limit = time_limit_s * scale
     run_dir = out_dir / data / f"{variant}-seed{seed}"
-    argv = common.pipeline_command(time_limit_s=limit, output_dir=run_dir, seed=seed, data_dir=data_dir,
-                                   device=device, extra=extra)
-    if core is not None:
-        argv = ["taskset", "-c", str(core), *argv]
-    row = common.run_pipeline(time_limit_s=limit, output_dir=run_dir, seed=seed, data_dir=data_dir,
-                              slack_s=slack_s, argv=argv)
+    row = common.run_pipeline(time_limit_s=limit, output_dir=run_dir, seed=seed, data_dir=data_dir, device=device,
+                              extra=extra, slack_s=slack_s, core=core)
     row.update(quality.ours_facts(row.pop("report")))
     row.update(data=data, variant=variant, seed=seed, time_limit_s=limit, run_dir=str(run_dir), core=core)
     return row
@@ -194,11 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.time_limit < 10:
         parser.error("--time-limit must be >= 10 s (run.py refuses shorter limits)")
-    if args.lanes < 1 or (args.lanes > 1 and shutil.which("taskset") is None):
-        parser.error("--lanes must be >= 1, and lanes > 1 need `taskset` (util-linux)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if args.lanes > cores:
-        parser.error(f"--lanes {args.lanes} is more than the {cores} usable cores")
+    lanes_error = common.lanes_error(args.lanes)
+    if lanes_error:
+        parser.error(lanes_error)
     return args
 
 
@@ -241,27 +232,18 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:             # seed-major: an interrupted benchmark still has whole pairs
             jobs += [(data, data_dir, variant, seed) for variant in args.variants
                      if (data, variant, seed) not in done]
-    free_cores = list(range(args.lanes))
 
-    def work(job) -> None:
+    def work(job, core: int | None) -> None:
         data, data_dir, variant, seed = job
-        with lock:
-            core = free_cores.pop(0) if args.lanes > 1 else None
-        try:
-            print(f"[{data} seed {seed}] {variant} (core {core})", flush=True)
-            row = run_one(data=data, data_dir=data_dir, variant=variant, seed=seed, time_limit_s=args.time_limit,
-                          out_dir=args.out / tag, device=args.device, slack_s=args.slack, core=core)
-        finally:
-            with lock:
-                if core is not None:
-                    free_cores.append(core)
+        print(f"[{data} seed {seed}] {variant} (core {core})", flush=True)
+        row = run_one(data=data, data_dir=data_dir, variant=variant, seed=seed, time_limit_s=args.time_limit,
+                      out_dir=args.out / tag, device=args.device, slack_s=args.slack, core=core)
         record(row)
         print(f"  {data} seed {seed} {variant}: {row['status']} macro-F1 {common._cell(row['macro_f1'], 4)} "
               f"({row.get('source')}, DARTS {row.get('darts_arch_steps')} steps, BOHB {row.get('bohb_n_trials')} "
               f"trials){'  ' + row['error'] if row.get('error') else ''}", flush=True)
 
-    with ThreadPoolExecutor(max_workers=args.lanes) as pool:
-        list(pool.map(work, jobs))
+    common.run_in_lanes(jobs, args.lanes, work)
     if not rows:
         print("no runs")
         return 0

@@ -4,7 +4,9 @@
   group, after limit + slack), read back its report.json; never raises for a bad run, the
   returned row says what went wrong.
 - `run_plain_cnn`: the same for `benchmarks/plain_cnn.py` (the plain-CNN baseline), reading its
-  result.json.
+  result.json. Both take `core=`: the process pinned to that core with `taskset -c`.
+- `lanes_error`, `run_in_lanes`: K runs at once, each pinned to its own core (lane i holds core i
+  while it runs), so every run sees the same one-core machine; one lane runs unpinned.
 - `fashion_npz`: build (once, cached) a MedMNIST-style Fashion-MNIST npz (grey, or tinted RGB with
   `colour=True`) with `benchmarks/make_fashion_npz.py`, or say how to install the data and return None.
 - `summarize`, `markdown_table`, `summary_table`: result rows -> mean/std per method, markdown.
@@ -20,10 +22,13 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "benchmarks"
@@ -138,19 +143,55 @@ def _move_stale(path: Path) -> None:
         os.replace(path, path.with_name(f"{path.stem}.previous{path.suffix}"))
 
 
+def pinned(argv: Sequence[str], core: int | None) -> list[str]:
+    """argv run under `taskset -c core` (unchanged for core None)."""
+    return list(argv) if core is None else ["taskset", "-c", str(core), *argv]
+
+
+def lanes_error(lanes: int) -> str | None:
+    """Why `lanes` parallel pinned runs cannot go on this machine, or None when they can."""
+    if lanes < 1 or (lanes > 1 and shutil.which("taskset") is None):
+        return "--lanes must be >= 1, and lanes > 1 need `taskset` (util-linux)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if lanes > cores:
+        return f"--lanes {lanes} is more than the {cores} usable cores"
+    return None
+
+
+def run_in_lanes(jobs: Iterable[Any], lanes: int, work: Callable[[Any, int | None], None]) -> None:
+    """work(job, core) for every job in order, `lanes` at a time: with lanes > 1 each running job
+    holds its own core (0 .. lanes - 1, given back when it ends), with one lane core is None (unpinned)."""
+    free_cores = list(range(lanes))
+    lock = threading.Lock()
+
+    def one(job) -> None:
+        with lock:
+            core = free_cores.pop(0) if lanes > 1 else None
+        try:
+            work(job, core)
+        finally:
+            if core is not None:
+                with lock:
+                    free_cores.append(core)
+
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        list(pool.map(one, jobs))
+
+
 def run_pipeline(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None,
                  device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
-                 argv: Sequence[str] | None = None) -> dict:
+                 argv: Sequence[str] | None = None, core: int | None = None) -> dict:
     """One `python run.py` run; returns a result dict (never raises for a failed run).
 
     Keys: status ("complete" | report status | "failed" | "timeout"), exit_code, error (None or a
     message with the last stderr line), seconds (measured outside), macro_f1, accuracy,
     balanced_accuracy, wall_s (the report's own, else the measured seconds), report (the parsed
-    report.json or None), command. `argv` overrides the command (tests).
+    report.json or None), command. `argv` overrides the command (tests); `core` pins it (taskset).
     """
     if argv is None:
         argv = pipeline_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                 device=device, extra=extra)
+    argv = pinned(argv, core)
     return _run_and_read(argv, Path(output_dir), "report.json", "report", time_limit_s, slack_s,
                          metrics=lambda report: report.get("test_metrics"),
                          complete_status=lambda report: str(report.get("status", "complete")),
@@ -168,7 +209,7 @@ def plain_cnn_command(*, time_limit_s: float, output_dir: Path, seed: int, data_
 
 def run_plain_cnn(*, time_limit_s: float, output_dir: Path, seed: int, data_dir: Path | None, loss: str,
                   device: str = "auto", extra: Sequence[str] = (), slack_s: float = DEFAULT_SLACK_S,
-                  argv: Sequence[str] | None = None) -> dict:
+                  argv: Sequence[str] | None = None, core: int | None = None) -> dict:
     """One `python benchmarks/plain_cnn.py` run (its own process, timed from outside); never raises
     for a failed run.
 
@@ -178,6 +219,7 @@ def run_plain_cnn(*, time_limit_s: float, output_dir: Path, seed: int, data_dir:
     if argv is None:
         argv = plain_cnn_command(time_limit_s=time_limit_s, output_dir=output_dir, seed=seed, data_dir=data_dir,
                                  loss=loss, device=device, extra=extra)
+    argv = pinned(argv, core)
     return _run_and_read(argv, Path(output_dir), "result.json", "result", time_limit_s, slack_s,
                          metrics=lambda result: result, complete_status=lambda result: "complete",
                          no_metrics="result.json has no held-out macro_f1")

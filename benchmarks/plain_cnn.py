@@ -2,6 +2,7 @@
 
     python benchmarks/plain_cnn.py --time-limit T [--data-dir D] [--seed S] [--loss ce|focal_inv]
                                    [--output-dir O] [--device auto|cpu|cuda] [--flip on|off]
+                                   [--init-seed I] [--save-test-probs]
 
 Network: 3 blocks of conv3x3 (no bias) - BatchNorm - ReLU - max-pool 2 with 32 / 64 / 128 channels,
 then flatten -> Linear 256 -> ReLU -> Linear(n_classes): 390,634 parameters on 28x28 grey images.
@@ -24,7 +25,11 @@ project's own code, so only the network and the fixed recipe differ from ours:
 The best-by-validation weights are scored once on the held-out test (`classification_metrics`).
 
 Writes O/result.json: method, seed, time_limit_s, wall_s (process elapsed when written), macro_f1,
-accuracy, epochs, train_images_per_s, val_macro_f1, and the timing details. Progress lines go to
+accuracy, epochs, train_images_per_s, val_macro_f1, and the timing details; with --save-test-probs
+also O/test_probs.npz (`probs`: the held-out softmax, float32 (N, n_classes), `labels`: int64 (N,),
+in held-out order), written before result.json, so that runs can be averaged (benchmarks/mission_run.py's
+five-CNN ensemble). --init-seed I sets the initialisation and shuffling (default: --seed) while
+--seed still fixes the splits, so runs of different I share one held-out test. Progress lines go to
 stderr. Exit codes: 0 done, 2 bad input (one message, no traceback).
 """
 from __future__ import annotations
@@ -96,6 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ce: cross-entropy; focal_inv: focal loss gamma 2 with inverse-frequency class weights")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--flip", choices=("on", "off"), default="on", help="horizontal flips in the augmentation")
+    parser.add_argument("--init-seed", type=int, default=None,
+                        help="initialisation and shuffling (default: --seed); --seed still fixes the splits")
+    parser.add_argument("--save-test-probs", action="store_true",
+                        help="also write O/test_probs.npz (held-out softmax and labels), for averaging runs")
     args = parser.parse_args(argv)
     if not args.time_limit >= MIN_TIME_LIMIT_S:
         parser.error(f"--time-limit must be at least {MIN_TIME_LIMIT_S:g} s, got {args.time_limit:g}")
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None, *, log=None) -> int:
 
     from automl_pipeline.data import load_dataset, make_splits
     from automl_pipeline.errors import InputError
-    from automl_pipeline.training import (channel_stats, classification_metrics, configure_threads, predict,
+    from automl_pipeline.training import (channel_stats, classification_metrics, configure_threads, predict_proba,
                                           resolve_device, to_tensor_data, warm_up)
 
     try:
@@ -201,15 +210,23 @@ def main(argv: list[str] | None = None, *, log=None) -> int:
     height, _, in_channels = dataset.image_shape
     warming.join(timeout=max(0.0, budget.remaining()))
 
-    torch.manual_seed(args.seed)
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    torch.manual_seed(init_seed)
     model = build_plain_cnn(in_channels, dataset.n_classes, height).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"plain CNN: {n_params:,} parameters on {height}x{height}x{in_channels} images")
     train_start_s = budget.elapsed()
     fit = train_for_the_time_left(model, tensors["train"], tensors["val"], dataset.n_classes, loss=args.loss,
-                                  flip=args.flip == "on", seed=args.seed, time_left=budget.remaining, log=log)
-    test = classification_metrics(splits.test.labels, predict(model, tensors["test"].x), dataset.n_classes)
-    row = {"method": method_name(args.loss), "seed": args.seed, "time_limit_s": limit, "wall_s": None,   # set last
+                                  flip=args.flip == "on", seed=init_seed, time_left=budget.remaining, log=log)
+    probs = predict_proba(model, tensors["test"].x)
+    test = classification_metrics(splits.test.labels, probs.argmax(axis=1), dataset.n_classes)
+    if args.save_test_probs:
+        import numpy as np
+
+        with open(out_dir / "test_probs.npz", "wb") as handle:
+            np.savez(handle, probs=probs, labels=np.asarray(splits.test.labels, dtype=np.int64))
+    row = {"method": method_name(args.loss), "seed": args.seed, "init_seed": init_seed, "time_limit_s": limit,
+           "wall_s": None,   # set last
            "macro_f1": test["macro_f1"], "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
            **training_facts(fit),
            "train_start_s": round(train_start_s, 3), 

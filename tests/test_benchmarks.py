@@ -328,3 +328,73 @@ def test_ablation_facts_count_trial_scores_per_rung_and_cells_of_per_stage_searc
     (tmp_path / "bad.json").write_text("[]")
     assert ablation_facts.main([str(tmp_path / "bad.json")]) == 2
     assert "not an ablation results file" in capsys.readouterr().err
+
+
+def test_make_retina_like_has_retinamnist_shapes_and_counts_and_is_deterministic(tmp_path):
+    import make_fashion_npz
+    import make_retina_like
+
+    source = make_fashion_npz.find_source_dir(None)
+    if source is None:
+        pytest.skip("Fashion-MNIST (dataset-fashion-mnist) is not installed")
+    first = make_retina_like.build(source, seed=0)
+    for split, counts in make_retina_like.COUNTS.items():
+        images, labels = first[f"{split}_images"], first[f"{split}_labels"]
+        assert images.shape == (sum(counts), 28, 28, 3) and images.dtype == np.uint8
+        assert labels.shape == (sum(counts), 1)
+        assert np.bincount(labels[:, 0], minlength=5).tolist() == list(counts)
+    assert make_retina_like.COUNTS["train"] == (486, 128, 206, 194, 66)
+    out = tmp_path / "retina.npz"
+    assert make_retina_like.main(["--out", str(out)]) == 0     # a second build, from the CLI: the same arrays
+    with np.load(out, allow_pickle=False) as saved:
+        assert sorted(saved.files) == sorted(first) and all(np.array_equal(saved[k], first[k]) for k in first)
+
+
+def test_plain_cnn_members_average_to_a_score_on_the_same_labels(tmp_path):
+    import mission_run
+
+    labels = np.array([0, 1, 2, 1])
+    for i, probs in enumerate(([[.9, .1, 0], [.6, .4, 0], [0, .2, .8], [.1, .9, 0]],
+                               [[.1, .9, 0], [0, 1., 0], [0, .4, .6], [.2, .8, 0]])):
+        np.savez(tmp_path / f"m{i}.npz", probs=np.array(probs, np.float32), labels=labels)
+    got = mission_run.average_members([tmp_path / "m0.npz", tmp_path / "m1.npz"])
+    assert got["accuracy"] == 1.0 and got["macro_f1"] == 1.0 and got["n_members"] == 2   # member 0 alone: 0.75
+    np.savez(tmp_path / "bad.npz", probs=np.ones((4, 3), np.float32), labels=labels[::-1])
+    assert "differ" in mission_run.average_members([tmp_path / "m0.npz", tmp_path / "bad.npz"])["error"]
+    report = {"phases": [{"name": "first_model", "start_s": 2.0, "end_s": 5.5}, {"name": "darts", "start_s": 5.5,
+                                                                                   "end_s": None}],
+              "bohb": {"trials_per_budget": {"3": 2, "1": 6}, "n_trials": 8}, "final": {"source": "first_model"}}
+    facts = mission_run.pipeline_facts(report)
+    assert facts["phase_seconds"] == {"first_model": 3.5, "darts": None}
+    assert facts["bohb_trials_text"] == "1: 6, 3: 2" and facts["source"] == "first_model"
+
+
+def test_mission_run_end_to_end_on_tiny_data_gives_a_row_per_contestant_and_seed(tmp_path):
+    """Every contestant as real processes, two lanes pinned to cores 0 and 1 (one unpinned lane on a
+    one-core machine), T = 25 s as run.py's end-to-end tests, two members of 12.5 s."""
+    import os
+    import shutil
+    import time
+
+    import mission_run
+    from data_builders import make_npz
+
+    lanes = 2 if shutil.which("taskset") and len(os.sched_getaffinity(0)) >= 2 else 1
+    data = make_npz(tmp_path / "data", n_per_class=12, n_classes=3, side=12, rgb=True) / "data.npz"
+    start = time.monotonic()
+    assert mission_run.main(["--time-limit", "25", "--seeds", "0", "--lanes", str(lanes), "--members", "2",
+                             "--data", str(data), "--device", "cpu", "--slack", "30",
+                             "--out", str(tmp_path / "out")]) == 0
+    assert time.monotonic() - start < 120
+    saved = json.loads((tmp_path / "out" / "mission_25s.json").read_text())
+    rows = {(r["contestant"], r["seed"]): r for r in saved["rows"]}
+    assert sorted(rows) == sorted((c, 0) for c in mission_run.CONTESTANTS)
+    for row in rows.values():
+        assert row["macro_f1"] is not None and np.isfinite(row["macro_f1"]), row
+        assert row["core"] in ((0, 1) if lanes == 2 else (None,)) and row["wall_s"] > 0
+    for name in ("ours", "baseline"):
+        assert rows[(name, 0)]["phase_seconds"] and rows[(name, 0)]["source"]
+    ensemble = rows[("plain_cnn_x5", 0)]
+    assert ensemble["n_members"] == 2 and [m["init_seed"] for m in ensemble["members"]] == [0, 1000]
+    assert ensemble["heldout_same_as_ours"] is not False
+    assert "| ours |" in (tmp_path / "out" / "mission_25s.md").read_text()
