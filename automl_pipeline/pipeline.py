@@ -21,7 +21,7 @@ from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
 from automl_pipeline.delivery import Delivery
 from automl_pipeline.errors import InputError
 from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
-from automl_pipeline.phases.context import RunContext, search_section
+from automl_pipeline.phases.context import RunContext, phase_failed, search_section
 from automl_pipeline.runlog import RunLog
 from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
@@ -158,7 +158,12 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     ctx = _load(settings, budget, out_dir, log, report)
     budget.plan(phase_plan(budget.remaining()))
     facts = first_model.run(ctx)
-    plan = _replan(ctx, facts) if facts is not None else None
+    plan = None
+    if facts is not None:
+        try:
+            plan = _replan(ctx, facts)
+        except Exception as err:   # noqa: BLE001 - the initial plan stands
+            phase_failed(ctx.log, "plan", err)
     darts = architecture.run(ctx)
     bohb = hyperparameters.run(ctx, darts, min_epochs=None if plan is None else plan.ranking_epochs)
     final_fit.run(ctx, darts, bohb)

@@ -83,6 +83,11 @@ def test_the_budget_executes_the_plan_with_an_injected_clock():
     assert "no time to search" in rows["bohb"]["skipped"]
 
 
+def test_a_curve_that_never_beat_chance_says_nothing_about_learning_speed():
+    plan = plan_run(RunFacts(seconds_left=7000, epoch_s=2.0, n_classes=10, curve=(0.02, 0.05, 0.09)))
+    assert plan.ranking_epochs == MIN_RANKING_EPOCHS and plan.final_epochs == MIN_FINAL_EPOCHS
+
+
 def test_bad_epoch_cost_is_refused():
     with pytest.raises(ValueError):
         plan_run(RunFacts(seconds_left=100, epoch_s=0.0, n_classes=5))
