@@ -68,6 +68,7 @@ from automl_pipeline.phases.common import default_train_config, first_model_spec
 from automl_pipeline.search_space import NetworkSpec, build_network  # noqa: E402
 from automl_pipeline.training import TensorData, configure_threads, make_loss, resolve_device, train_model  # noqa: E402
 from automl_pipeline.training.device import configure_device  # noqa: E402
+from automl_pipeline.training.losses import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA  # noqa: E402
 from plain_cnn import build_plain_cnn  # noqa: E402
 
 EPOCH_IMAGES = 50_000
@@ -193,7 +194,8 @@ def bench_darts(device, side, channels, proxy, precision, channels_last, steps, 
     n = config.batch_size * (steps + warmup)
     train, val = synthetic(n, side, channels, device, 0), synthetic(n, side, channels, device, 1)
     counts = np.bincount(train.y.cpu().numpy(), minlength=N_CLASSES)
-    loss = make_loss("focal", counts, gamma=3.0, smoothing=0.8, device=device)     # as phases.architecture.search_architecture
+    loss = make_loss("focal", counts, gamma=FOCAL_GAMMA, smoothing=CLASS_WEIGHT_SMOOTHING,
+                     device=device)                # as phases.architecture.search_architecture
     search = _Search(train, val, N_CLASSES, config, loss, amp=precision == "bf16", channels_last=channels_last)
     batches = search.train_batches()
     for _ in range(warmup):

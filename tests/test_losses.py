@@ -110,3 +110,20 @@ def test_logit_adjustment_helps_the_minority_class():
     ce, adjusted = recalls(make_loss("ce", counts)), recalls(make_loss("logit_adjusted", counts))
     assert ce[1] < 0.5 < 0.7 < adjusted[1]
     assert adjusted.mean() > ce.mean() + 0.1           # balanced accuracy
+
+
+def test_focal_settings_come_from_losses_only():
+    """FOCAL_GAMMA and CLASS_WEIGHT_SMOOTHING are defined in training.losses and nowhere else: the
+    loss factory, TrainConfig and BOHB's fixed settings all train with them."""
+    from automl_pipeline.bohb import worker
+    from automl_pipeline.training import TrainConfig, class_weights
+    from automl_pipeline.training.losses import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA
+
+    focal = make_loss("focal", COUNTS)
+    assert focal.gamma == FOCAL_GAMMA
+    np.testing.assert_allclose(focal.weight.numpy(), class_weights(COUNTS, CLASS_WEIGHT_SMOOTHING))
+    default = TrainConfig(epochs=1)
+    assert (default.focal_gamma, default.class_weight_smoothing) == (FOCAL_GAMMA, CLASS_WEIGHT_SMOOTHING)
+    trial = worker.config_to_train_config({"lr": 1e-3, "loss": "focal"}, 1, 0, batch_size=8)
+    assert (trial.focal_gamma, trial.class_weight_smoothing) == (FOCAL_GAMMA, CLASS_WEIGHT_SMOOTHING)
+    assert "FOCAL_GAMMA =" not in open(worker.__file__).read()

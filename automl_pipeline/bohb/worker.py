@@ -40,14 +40,14 @@ from automl_pipeline.bohb.space import DEFAULT_CELL, SHARED_CELL_KEY, STAGE_CELL
 from automl_pipeline.search_space import DEFAULT_GENOTYPE, Genotype, NetworkSpec, build_network, default_stem_pool
 from automl_pipeline.search_space.ops import TEMPLATE_OPS
 from automl_pipeline.training import TensorData, TrainConfig, classification_metrics, predict, train_model
+from automl_pipeline.training.losses import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA
 from automl_pipeline.training.tensors import random_subset
 
 WORST_LOSS = 1.0
 TRIAL_ERROR_CHARS = 500   # a failed trial's info["error"]: error_text(exc, TRIAL_ERROR_CHARS)
 # The settings space.py fixes (see its docstring); also the default network's training (phases/common.py).
+# The focal loss's gamma and class-weight smoothing are training.losses' FOCAL_GAMMA, CLASS_WEIGHT_SMOOTHING.
 WEIGHT_DECAY = 5e-4
-FOCAL_GAMMA = 3.0
-CLASS_WEIGHT_SMOOTHING = 0.8
 SURROGATE_BETA0 = 1.0
 # The genotype pool (`genotype_pool`): sampled cells (softmax(log(w) / T) of the DARTS weights), skip_heavy.
 AMPLIFY_TEMPERATURE = 0.5

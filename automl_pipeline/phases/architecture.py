@@ -8,7 +8,6 @@ from typing import Callable
 
 from automl_pipeline.darts import (DartsConfig, DartsResult, estimate_epoch_seconds, random_cell_result, run_darts,
                                    steps_per_epoch)
-from automl_pipeline.bohb.worker import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA
 from automl_pipeline.checkpoints import Checkpoints
 from automl_pipeline.phases.common import RunData, TimeLeft
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
@@ -16,6 +15,7 @@ from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, default_stem_pool
 from automl_pipeline.search_space.ops import EXTRA_OPS
 from automl_pipeline.training import make_loss
+from automl_pipeline.training.losses import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA
 from automl_pipeline.training.tensors import random_subset
 from budget.reserves import MIN_SEARCH_PHASE_S, PLAN_SHARE
 

@@ -7,6 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 LOSS_KINDS = ("ce", "weighted_ce", "focal", "logit_adjusted")
+# The package's focal loss: gamma and the class-weight smoothing (TrainConfig's defaults, BOHB's fixed
+# settings, the default network's training and DARTS' loss all take them from here).
+FOCAL_GAMMA = 3.0
+CLASS_WEIGHT_SMOOTHING = 0.8
 
 
 def class_prior(counts: np.ndarray) -> np.ndarray:
@@ -43,7 +47,7 @@ class FocalLoss(nn.Module):
     Computed in float32 whatever the logits' dtype.
     """
 
-    def __init__(self, gamma: float = 3.0, weight: torch.Tensor | None = None):
+    def __init__(self, gamma: float = FOCAL_GAMMA, weight: torch.Tensor | None = None):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
@@ -87,8 +91,8 @@ class LogitAdjustedLoss(nn.Module):
         return f"tau={self.tau}"
 
 
-def make_loss(kind: str, counts: np.ndarray, *, gamma: float = 3.0, smoothing: float = 0.8, tau: float = 1.0,
-              device: torch.device | str = "cpu") -> nn.Module:
+def make_loss(kind: str, counts: np.ndarray, *, gamma: float = FOCAL_GAMMA, smoothing: float = CLASS_WEIGHT_SMOOTHING,
+              tau: float = 1.0, device: torch.device | str = "cpu") -> nn.Module:
     """"ce" (unweighted) | "weighted_ce" | "focal" | "logit_adjusted". weighted_ce and focal weight
     classes with class_weights(counts, smoothing) (smoothing 0 = no weighting); logit_adjusted is
     LogitAdjustedLoss(counts, tau), unweighted."""

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .device import (OutOfMemory, autocast_context, configure_device, optimizer_kwargs, release_cached_memory,
                      use_channels_last)
-from .losses import LOSS_KINDS, make_loss
+from .losses import CLASS_WEIGHT_SMOOTHING, FOCAL_GAMMA, LOSS_KINDS, make_loss
 from .metrics import classification_metrics
 from .deadline import StepGuard
 from .tensors import TensorData, augment_batch
@@ -56,8 +56,8 @@ class TrainConfig:
     optimizer: str = "adamw"
     schedule: str = "onecycle"
     loss: str = "focal"
-    focal_gamma: float = 3.0
-    class_weight_smoothing: float = 0.8
+    focal_gamma: float = FOCAL_GAMMA
+    class_weight_smoothing: float = CLASS_WEIGHT_SMOOTHING
     augment: bool = True
     surrogate_beta0: float = 0.0
     grad_clip: float = 5.0
