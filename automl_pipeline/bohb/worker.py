@@ -7,7 +7,8 @@ separate process / machine, see `remote.py`).
 
 Contract of `TrialWorker.compute` (what hpbandster calls):
   in:  config (plain-Python dict from the space in `space.py`), budget (epochs,
-       float; trained as max(1, round(budget)) epochs), and optionally
+       float; trained as ceil(budget) epochs on a seeded random subset of budget / ceil(budget)
+       of the training split, at least 2 x n_classes images: `budget_epochs`), and optionally
        `phase_seconds_left`, the seconds the master's phase had left for this
        trial when it was submitted (see `master.py`), and `fixed`, values of
        hyperparameters left out of the space that complete the configuration.
