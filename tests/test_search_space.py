@@ -157,7 +157,7 @@ def test_bad_spec_raises():
     with pytest.raises(ValueError):
         _spec(n_cells=0)
     with pytest.raises(ValueError):
-        _spec(dropout=1.0)
+        _spec(base=0)
 
 
 # --------------------------------------------------------------------------- per-stage cells

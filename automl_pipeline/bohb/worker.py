@@ -155,8 +155,8 @@ def config_to_network_spec(config: dict, *, darts, in_channels: int, n_classes: 
         stage_genotypes = tuple(pool[name] for name in names)
     return NetworkSpec(genotype=stage_genotypes[0] if stage_genotypes else DEFAULT_GENOTYPE,
                        in_channels=int(in_channels), n_classes=int(n_classes), image_side=int(image_side),
-                       n_cells=int(config["n_cells"]), base_channels=int(config["base_channels"]), dropout=0.0,
-                       head_hidden=(), stem_pool=default_stem_pool(int(image_side)),
+                       n_cells=int(config["n_cells"]), base_channels=int(config["base_channels"]),
+                       stem_pool=default_stem_pool(int(image_side)),
                        stage_genotypes=stage_genotypes, stage_cells=names)
 
 

@@ -1,4 +1,4 @@
-"""NetworkSpec -> nn.Module: a stem, a stack of cells and an MLP head.
+"""NetworkSpec -> nn.Module: a stem, a stack of cells and a linear head.
 
 Layout rules (shared with the DARTS supernet):
 - Stem: conv3x3 (stride 1) + BN, in_channels -> base_channels; with `stem_pool` it is followed
@@ -15,8 +15,8 @@ Layout rules (shared with the DARTS supernet):
   cell, so 3 cells with base 32 have widths 32/64/128 (the poster's channels).
   The width is the cell's output channels: each of the len(concat) nodes gets
   `node_channels(width, len(concat)) = max(2, width // len(concat))` channels.
-- Head: global average pool -> [Linear -> ReLU -> Dropout] per entry of
-  head_hidden -> Linear(n_classes) logits.
+- Head: global average pool -> Linear(n_classes) logits. (The poster's 64-32-16 MLP head with dropout
+  learned far slower on short budgets: phases/common.py first_model_spec.)
 - Stages (`cell_stages`): stage 0 = the cells before the first reduction cell, stage 1 = from the first
   reduction cell up to the second, stage 2 = from the second reduction cell on (a reduction cell belongs to
   the stage it opens). A spec may give one genotype per stage (`NetworkSpec.stage_genotypes`); each cell is
@@ -122,8 +122,6 @@ class NetworkSpec:
     image_side: int
     n_cells: int = 3
     base_channels: int = 32
-    dropout: float = 0.3
-    head_hidden: tuple[int, ...] = (64, 32, 16)
     stem_pool: bool = False
     stage_genotypes: tuple[Genotype, ...] = ()
     stage_cells: tuple[str, ...] = ()
@@ -132,9 +130,8 @@ class NetworkSpec:
         validate_genotype(self.genotype)
         if self.in_channels < 1 or self.n_classes < 2 or self.image_side < 1:
             raise ValueError(f"bad shapes in {self}")
-        if self.n_cells < 1 or self.base_channels < 1 or not 0.0 <= self.dropout < 1.0:
+        if self.n_cells < 1 or self.base_channels < 1:
             raise ValueError(f"bad network sizes in {self}")
-        object.__setattr__(self, "head_hidden", tuple(int(h) for h in self.head_hidden))
         object.__setattr__(self, "stage_genotypes", tuple(self.stage_genotypes))
         object.__setattr__(self, "stage_cells", tuple(str(c) for c in self.stage_cells))
         if self.stage_genotypes:
@@ -173,7 +170,6 @@ class NetworkSpec:
         """JSON-ready dict; `cell_stack` is derived (for the report) and ignored by from_json."""
         d = dataclasses.asdict(self)
         d["genotype"] = self.genotype.to_json()
-        d["head_hidden"] = list(self.head_hidden)
         d["stage_genotypes"] = [g.to_json() for g in self.stage_genotypes]
         d["stage_cells"] = list(self.stage_cells)
         d["cell_stack"] = self.cell_stack()
@@ -184,19 +180,10 @@ class NetworkSpec:
         """Inverse of to_json; reads JSON of earlier versions too (no stem_pool, no stage keys)."""
         d = {k: v for k, v in d.items() if k != "cell_stack"}
         d["genotype"] = Genotype.from_json(d["genotype"])
-        d["head_hidden"] = tuple(d.get("head_hidden", (64, 32, 16)))
         d["stem_pool"] = bool(d.get("stem_pool", False))
         d["stage_genotypes"] = tuple(Genotype.from_json(g) for g in d.get("stage_genotypes", ()))
         d["stage_cells"] = tuple(d.get("stage_cells", ()))
         return cls(**d)
-
-
-def mlp_head(C_in: int, hidden: tuple[int, ...], n_classes: int, dropout: float) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(C_in, h), nn.ReLU(), nn.Dropout(dropout)]
-        C_in = h
-    return nn.Sequential(*layers, nn.Linear(C_in, n_classes))
 
 
 class Network(nn.Module):
@@ -215,7 +202,7 @@ class Network(nn.Module):
                                                               spec.image_side, make_cell, stem_pool=spec.stem_pool)
         self.stages = cell_stages(self.layout)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = mlp_head(C_p, spec.head_hidden, spec.n_classes, spec.dropout)
+        self.head = nn.Linear(C_p, spec.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
