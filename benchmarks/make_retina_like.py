@@ -54,7 +54,7 @@ SIDE = 28
 BACKGROUND_TINT = (40.0, 14.0, 6.0)      # RGB of the dark fundus background
 FOREGROUND_TINT = (215.0, 105.0, 45.0)   # RGB of the bright (garment) foreground
 TINT_JITTER = 25.0                       # std of each image's per-channel tint offsets
-DEFAULTS = {"purity": 0.6, "grade_noise": 0.2, "blur": 1.0, "contrast": 0.6, "pixel_noise": 12.0}
+DEFAULTS = {"purity": 0.7, "grade_noise": 0.15, "blur": 1.0, "contrast": 0.6, "pixel_noise": 12.0}
 
 
 def neighbour(grades: np.ndarray, move: np.ndarray, rng: np.random.Generator, n_grades: int) -> np.ndarray:
