@@ -142,9 +142,9 @@ def kept_trial_candidates(result: BohbResult, data: RunData, darts: DartsResult 
                                       image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
         model = build_network(spec).to(data.device)
         model.load_state_dict(torch.load(path, map_location=data.device, weights_only=True))
-        config = config_to_train_config(trial.config, max(1, trial.epochs_done), 0, batch_size=data.batch_size)
+        trained_with_flips = config_to_train_config(trial.config, 1, 0, batch_size=data.batch_size).flip
         name = "-".join(str(part) for part in trial.config_id)
-        candidate = model_candidate("bohb_trial", model, data, flip_tta=config.flip,
+        candidate = model_candidate("bohb_trial", model, data, flip_tta=trained_with_flips,
                                     description=f"BOHB trial {name} ({trial.budget:g} epochs, its own weights)",
                                     architecture=spec.to_json(), config=trial.config)
         candidate.epochs, candidate.train_s = trial.epochs_done, trial.seconds
