@@ -7,7 +7,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -80,9 +82,38 @@ def test_already_elapsed_counts_from_process_start():
     assert budget.hard_remaining() == 53
 
 
-def test_process_elapsed_is_small_and_non_negative():
-    elapsed = process_elapsed_s()
-    assert 0 <= elapsed < 24 * 3600
+def test_process_elapsed_counts_from_process_start():
+    """A child that sleeps before it asks: the answer includes the sleep (time before the call, before
+    the import) and no more than the child lived. psutil's create time rests on the boot time in whole
+    seconds (/proc/stat btime), so it may be off by up to 1 s either way."""
+    sleep_s = 1.5
+    code = (f"import time; time.sleep({sleep_s}); from budget.process import process_elapsed_s; "
+            "print(process_elapsed_s())")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    lived = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    elapsed = float(proc.stdout)
+    assert sleep_s - 1.0 <= elapsed <= lived + 1.0, (elapsed, lived)
+
+
+def test_process_elapsed_is_zero_when_the_start_is_unknown_or_ahead(monkeypatch):
+    import psutil
+
+    from budget import process as process_module
+
+    class NoStart:
+        def create_time(self):
+            raise psutil.AccessDenied()
+
+    monkeypatch.setattr(process_module, "psutil", SimpleNamespace(Process=NoStart, Error=psutil.Error))
+    assert process_elapsed_s() == 0.0
+    monkeypatch.undo()
+    before = process_elapsed_s()
+    assert before > 0.0
+    # a wall clock set back below the process's start time: clamped to 0, not negative
+    monkeypatch.setattr(process_module, "time", SimpleNamespace(time=lambda: time.time() - before - 3600))
+    assert process_elapsed_s() == 0.0
 
 
 # -- the plan --------------------------------------------------------------------------

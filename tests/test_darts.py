@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -315,6 +316,19 @@ def test_second_order_gradient_matches_exact_unrolled_gradient_and_restores_stat
     assert err < 0.05 * torch.norm(first_order[0] - exact[0]).item()   # the second-order term matters here
 
 
-def test_estimate_epoch_seconds_is_positive(digits):
+def test_estimate_epoch_seconds_times_steps_after_a_warm_up_and_scales_to_an_epoch(digits, monkeypatch):
+    """One search step costs 0.05 s after a first one of 0.6 s (start-up): an epoch is the mean of the
+    n_batches timed steps (the first one left out) times the steps per epoch, here 32 // 16 = 2. Three
+    timed steps also need more batches than one epoch holds (a second pass over the data)."""
     train, val = digits
-    assert estimate_epoch_seconds(train, val, 10, tiny(), CE, n_batches=1) > 0
+    batches = []
+
+    def step(self, x, y):
+        batches.append((x.shape[0], y.shape[0]))
+        time.sleep(0.6 if len(batches) == 1 else 0.05)
+
+    monkeypatch.setattr(_Search, "step", step)
+    seconds = estimate_epoch_seconds(train, val, 10, tiny(), CE, n_batches=3)
+    assert batches == [(16, 16)] * 4                   # one warm-up step + 3 timed, full batches only
+    # 2 x 0.05 = 0.1 (sleep may overshoot on a loaded machine); with the warm-up step in the mean it is 0.375
+    assert 0.1 <= seconds < 0.25, seconds

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import warnings
 
 import numpy as np
@@ -109,8 +110,26 @@ def test_configure_threads_sets_torch_threads():
         torch.set_num_threads(before)
 
 
-def test_warm_up_returns_seconds():
-    assert warm_up(CPU) >= 0.0
+def test_warm_up_steps_both_optimisers_and_returns_the_seconds_it_took(monkeypatch):
+    """warm_up pays the one-time costs of training up front: it builds and steps the optimisers the
+    training loops use (AdamW, SGD) on the device, with gradients, and says how long that took."""
+    stepped = []
+
+    def spy(base):
+        class Spy(base):
+            def step(self, *args, **kwargs):
+                params = [p for group in self.param_groups for p in group["params"]]
+                stepped.append((base.__name__, {p.device.type for p in params}, all(p.grad is not None for p in params)))
+                return super().step(*args, **kwargs)
+        return Spy
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy(torch.optim.AdamW))
+    monkeypatch.setattr(torch.optim, "SGD", spy(torch.optim.SGD))
+    start = time.perf_counter()
+    seconds = warm_up(CPU)
+    outside = time.perf_counter() - start
+    assert sorted(stepped) == [("AdamW", {"cpu"}, True), ("SGD", {"cpu"}, True)], stepped
+    assert 0.0 < seconds <= outside and outside - seconds < 0.05, (seconds, outside)
 
 
 def test_autocast_is_noop_on_cpu():
