@@ -67,19 +67,6 @@ RUN_COLUMNS = [("contestant", "contestant", 0), ("seed", "seed", 0), ("core", "c
 # --------------------------------------------------------------------------- reading the runs
 
 
-def phase_seconds(report: dict | None) -> dict[str, float | None]:
-    """{phase name: seconds used (end_s - start_s), None when it never ran or did not end} from report.json's
-    `phases`, in plan order."""
-    phases = (report or {}).get("phases")
-    out: dict[str, float | None] = {}
-    for phase in phases if isinstance(phases, list) else []:
-        if not isinstance(phase, dict) or not phase.get("name"):
-            continue
-        start, end = common.num(phase.get("start_s")), common.num(phase.get("end_s"))
-        out[str(phase["name"])] = round(end - start, 1) if start is not None and end is not None else None
-    return out
-
-
 def _per_budget_text(per_budget: Any) -> str | None:
     if not isinstance(per_budget, dict) or not per_budget:
         return None
@@ -95,11 +82,8 @@ def pipeline_facts(report: dict | None) -> dict:
     darts = report.get("darts") if isinstance(report.get("darts"), dict) else {}
     bohb = report.get("bohb") if isinstance(report.get("bohb"), dict) else {}
     final = report.get("final") if isinstance(report.get("final"), dict) else {}
-    seconds = phase_seconds(report)
     facts = quality.ours_facts(report)
-    facts.update(phase_seconds=seconds, phases=report.get("phases"),
-                 phases_text=", ".join(f"{name} {'-' if s is None else f'{s:.0f}'}" for name, s in seconds.items())
-                 or None,
+    facts.update(phase_seconds=quality.phase_seconds(report), phases=report.get("phases"),
                  darts_status=darts.get("status"), darts_reason=darts.get("reason"),
                  bohb_status=bohb.get("status"), bohb_reason=bohb.get("reason"),
                  bohb_cell_choice=bohb.get("cell_choice"),

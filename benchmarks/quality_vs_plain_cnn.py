@@ -20,6 +20,7 @@ Data (built once with make_fashion_npz.py, cached under benchmarks/data/):
 - fashion-lt: long-tailed, imbalance ratio 100, head class 1,340 train images (--n-train 13400; 3,322 in all).
 - colour-lt: RGB with random per-image foreground/background tints (colour carries no class
   information), imbalance ratio 10, head class 500 (--n-train 5000; 2,040 in all), 2,000 test.
+- retina: the RetinaMNIST-shaped hard set (make_retina_like.py: 5 grades, 1,080 / 120 / 400, 28x28 RGB).
 
 Results: per-run rows (held-out test macro-F1, wall_s, and for ours where the delivered model came
 from, DARTS architecture steps and cell, BOHB trials and model-based picks), mean ± std per
@@ -48,6 +49,7 @@ DATASETS: dict[str, dict | None] = {   # name -> common.fashion_npz arguments (N
     "fashion5k": {"n_train": 5000, "n_test": 2000, "imbalance_ratio": 1.0},
     "fashion-lt": {"n_train": 13400, "n_test": 2000, "imbalance_ratio": 100.0},
     "colour-lt": {"n_train": 5000, "n_test": 2000, "imbalance_ratio": 10.0, "colour": True},
+    "retina": "retina",   # the RetinaMNIST-shaped hard set of make_retina_like.py (built when missing)
 }
 METHOD_OURS = "ours"
 PLAIN_LOSSES = {plain_cnn.method_name(loss): loss for loss in plain_cnn.LOSSES}   # plain_ce, plain_focal
@@ -57,7 +59,9 @@ RUN_COLUMNS = [("data", "data", 0), ("time_limit_s", "T s", 0), ("method", "meth
                ("wall_s", "wall s", 1), ("seconds", "outside s", 1), ("epochs", "epochs", 0),
                ("train_images_per_s", "train img/s", 0), ("source", "delivered from", 0),
                ("darts_arch_steps", "DARTS arch steps", 0), ("darts_cell_used", "DARTS cell used", 0),
-               ("bohb_n_trials", "BOHB trials", 0), ("bohb_model_based_picks", "BOHB model picks", 0)]
+               ("bohb_n_trials", "BOHB trials", 0), ("bohb_model_based_picks", "BOHB model picks", 0),
+               ("bohb_rank_correlation", "BOHB rung Spearman", 0), ("phases_text", "seconds per phase", 0),
+               ("ensemble_text", "ensemble members (weight)", 0), ("plan_skipped", "plan gave away", 0)]
 SUMMARY_METRICS = ("macro_f1", "accuracy", "wall_s", "seconds")
 
 
@@ -69,34 +73,39 @@ def _section(report: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _skipped(report: dict, phase: str) -> bool:
-    """Did the run skip `phase` ("darts" | "bohb")? From its events or its phases list."""
-    events = report.get("events") if isinstance(report.get("events"), list) else []
-    if any(isinstance(e, dict) and e.get("kind") == f"{phase}_skipped" for e in events):
-        return True
-    phases = report.get("phases") if isinstance(report.get("phases"), list) else []
-    return any(isinstance(p, dict) and p.get("name") == phase and p.get("skipped") for p in phases)
+def phase_seconds(report: dict | None) -> dict[str, float | None]:
+    """{phase name: seconds used (end_s - start_s), None when it never ran or did not end} from report.json's
+    `phases`, in plan order."""
+    phases = (report or {}).get("phases")
+    out: dict[str, float | None] = {}
+    for phase in phases if isinstance(phases, list) else []:
+        if not isinstance(phase, dict) or not phase.get("name"):
+            continue
+        start, end = common.num(phase.get("start_s")), common.num(phase.get("end_s"))
+        out[str(phase["name"])] = round(end - start, 1) if start is not None and end is not None else None
+    return out
 
 
 def ours_facts(report: dict | None) -> dict:
-    """What ours did, read defensively from report.json: where the delivered model came from, DARTS
-    architecture steps (older reports: darts.steps_run) and whether its cell was used, BOHB trials
-    and model-based picks, final epochs and training images/s. A skipped search counts 0 steps/trials;
-    a key the report does not have is None."""
+    """What ours did, from report.json (the schema the pipeline writes; a key it lacks is None): where the
+    delivered model came from, DARTS architecture steps and whether its cell was used, BOHB trials,
+    model-based picks and the Spearman correlation between adjacent rungs, seconds per phase, the
+    ensemble's members and weights, and the searches the plan gave away."""
     report = report if isinstance(report, dict) else {}
     final, darts, bohb = _section(report, "final"), _section(report, "darts"), _section(report, "bohb")
-    steps = darts.get("arch_steps", darts.get("steps_run"))
-    trials = bohb.get("n_trials")
-    if trials is None and isinstance(bohb.get("trials"), list):
-        trials = len(bohb["trials"])
-    if not darts and _skipped(report, "darts"):
-        steps = 0
-    if not bohb and _skipped(report, "bohb"):
-        trials = 0
+    steps, trials = darts.get("arch_steps"), bohb.get("n_trials")
+    correlations = bohb.get("rung_rank_correlation") or []
+    members = final.get("members") or []
+    used = phase_seconds(report)
     return {"source": final.get("source"), "epochs": final.get("epochs"),
             "train_images_per_s": final.get("train_images_per_s"), "darts_arch_steps": steps,
             "darts_cell_used": darts.get("cell_used"), "bohb_n_trials": trials,
-            "bohb_model_based_picks": bohb.get("model_based_picks")}
+            "bohb_model_based_picks": bohb.get("model_based_picks"),
+            "bohb_rank_correlation": ", ".join("n/a" if c.get("spearman") is None else f"{c['spearman']:.2f}"
+                                               for c in correlations) or None,
+            "phases_text": ", ".join(f"{name} {'-' if s is None else f'{s:.0f}'}" for name, s in used.items()) or None,
+            "ensemble_text": ", ".join(f"{m.get('name')} ({m.get('weight')})" for m in members) or None,
+            "plan_skipped": ", ".join(_section(report, "plan").get("skipped") or {}) or None}
 
 
 def ours_heldout_fingerprint(run_dir: Path) -> str | None:
@@ -199,6 +208,12 @@ def prepare_data(name: str, cache_dir: Path) -> tuple[bool, Path | None]:
     spec = DATASETS[name]
     if spec is None:
         return True, None
+    if spec == "retina":
+        import make_retina_like   # noqa: PLC0415 (benchmarks/ script)
+
+        path = cache_dir / make_retina_like.DEFAULT_OUT.name
+        ok = path.is_file() or make_retina_like.main(["--out", str(path)]) == 0
+        return ok, path if ok else None
     path = common.fashion_npz(**spec, cache_dir=cache_dir)
     return path is not None, path
 

@@ -207,27 +207,33 @@ def test_plain_cnn_tables_summary_and_ratio_from_fake_rows():
     assert "| colour-lt | 300 | - | plain_ce | 0.5000 | - |" in text
 
 
-def test_plain_cnn_benchmark_reads_old_and_new_report_keys():
-    new = {"final": {"source": "bohb_incumbent", "description": "final fit of the BOHB incumbent", "epochs": 9,
-                     "train_images_per_s": 812.5},
-           "darts": {"status": "completed", "arch_steps": 300, "steps_run": 1, "cell_used": False},
-           "bohb": {"status": "completed", "n_trials": 11, "model_based_picks": 4}}
-    assert qpc.ours_facts(new) == {"source": "bohb_incumbent", "epochs": 9, "train_images_per_s": 812.5,
-                                   "darts_arch_steps": 300, "darts_cell_used": False, "bohb_n_trials": 11,
-                                   "bohb_model_based_picks": 4}
-    # searches skipped: report.json now always has both sections, with status and reason
+def test_plain_cnn_benchmark_reads_what_the_pipeline_reports():
+    report = {"final": {"source": "ensemble", "description": "ensemble of 2 models", "epochs": 9,
+                        "train_images_per_s": 812.5,
+                        "members": [{"name": "first model", "source": "first_model", "weight": 0.6},
+                                    {"name": "BOHB trial 0-0-1", "source": "bohb_trial", "weight": 0.4}]},
+              "darts": {"status": "completed", "arch_steps": 300, "cell_used": False},
+              "bohb": {"status": "completed", "n_trials": 11, "model_based_picks": 4,
+                       "rung_rank_correlation": [{"budgets": [2, 6], "n_configs": 5, "spearman": 0.41},
+                                                 {"budgets": [6, 18], "n_configs": 2, "spearman": None}]},
+              "phases": [{"name": "first_model", "start_s": 5.0, "end_s": 35.0},
+                         {"name": "darts", "status": "skipped", "start_s": None, "end_s": None},
+                         {"name": "final_fit", "start_s": 35.0, "end_s": 280.5}],
+              "plan": {"skipped": {"darts": "no time for DARTS"}}}
+    assert qpc.ours_facts(report) == {
+        "source": "ensemble", "epochs": 9, "train_images_per_s": 812.5, "darts_arch_steps": 300,
+        "darts_cell_used": False, "bohb_n_trials": 11, "bohb_model_based_picks": 4,
+        "bohb_rank_correlation": "0.41, n/a", "phases_text": "first_model 30, darts -, final_fit 246",
+        "ensemble_text": "first model (0.6), BOHB trial 0-0-1 (0.4)", "plan_skipped": "darts"}
+    # searches skipped: report.json always has both sections, with status and reason
     skipped = {"final": {"source": "default_network", "description": "final fit of the default network"},
                "darts": {"status": "skipped", "reason": "19s is too short", "arch_steps": 0, "cell_used": False},
                "bohb": {"status": "skipped", "reason": "too short", "n_trials": 0, "model_based_picks": 0}}
     facts = qpc.ours_facts(skipped)
     assert (facts["source"], facts["darts_arch_steps"], facts["darts_cell_used"], facts["bohb_n_trials"]) == (
         "default_network", 0, False, 0)
-    old = {"final": {"source": "first model", "epochs": 5}, "darts": {"steps_run": 42},
-           "events": [{"t_s": 9.0, "kind": "bohb_skipped", "message": "50s left"}]}
-    facts = qpc.ours_facts(old)
-    assert (facts["darts_arch_steps"], facts["bohb_n_trials"], facts["train_images_per_s"]) == (42, 0, None)
+    assert facts["bohb_rank_correlation"] is None and facts["ensemble_text"] is None
     assert qpc.ours_facts(None)["source"] is None
-    assert qpc.ours_facts({"phases": [{"name": "darts", "skipped": "too short"}]})["darts_arch_steps"] == 0
 
 
 def test_make_fashion_npz_colour_tints_carry_no_label_and_keep_the_garment():
