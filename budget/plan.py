@@ -24,6 +24,9 @@ PLATEAU_LEVEL = 0.95
 # get RANKING_LEVEL of the way from chance to its best validation macro-F1.
 MIN_RANKING_EPOCHS = 2.0
 RANKING_LEVEL = 0.5
+# ... but at most this: BOHB's largest budget is capped at the poster's 20 epochs (bohb.budgets), so with
+# eta 3 a two-rung bracket starts at 20 / 3 epochs at most.
+MAX_RANKING_EPOCHS = 6.0
 # The first bracket BOHB needs: this many trials at the smallest budget (the smallest space's 2(d+1)+2),
 # eta 3, three rungs: 3 x FIRST_CONFIGS x min_budget epochs, plus model-based picks after it; the bracket
 # takes BRACKET_SHARE of the phase (bohb.budgets.FIRST_BRACKET_SHARE).
@@ -102,7 +105,7 @@ def ranking_epochs_needed(facts: RunFacts) -> float:
     reached = epochs_to_level(facts.curve, RANKING_LEVEL, floor=1.0 / facts.n_classes)
     if reached is None or reached > len(facts.curve) / 2:
         return MIN_RANKING_EPOCHS
-    return max(MIN_RANKING_EPOCHS, reached * facts.curve_epoch_fraction)
+    return min(MAX_RANKING_EPOCHS, max(MIN_RANKING_EPOCHS, reached * facts.curve_epoch_fraction))
 
 
 def bohb_seconds_needed(ranking_epochs: float, epoch_s: float) -> float:

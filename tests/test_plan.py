@@ -54,6 +54,9 @@ def test_slow_learning_raises_the_ranking_budget_and_the_final_epochs():
     assert plan_fast.ranking_epochs == MIN_RANKING_EPOCHS
     assert plan_slow.ranking_epochs == 8
     assert plan_slow.final_epochs == 3 * 14 > plan_fast.final_epochs == MIN_FINAL_EPOCHS   # 95 % of best at 14
+    # never beyond what BOHB's 20-epoch cap allows a two-rung bracket to start from
+    slower = (0.2,) * 5 + slow + (0.6,) * 20      # halfway at epoch 13
+    assert plan_run(RunFacts(seconds_left=20000, epoch_s=1.0, n_classes=5, curve=slower)).ranking_epochs == 6
     # a short curve that gets halfway only at its end shows its one-cycle warm-up, not a ranking budget
     short = plan_run(RunFacts(seconds_left=20000, epoch_s=1.0, n_classes=5, curve=(0.2, 0.25, 0.5)))
     assert short.ranking_epochs == MIN_RANKING_EPOCHS

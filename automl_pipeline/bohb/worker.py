@@ -287,7 +287,7 @@ class TrialWorker(Worker):
             return max(0.0, left)
 
         try:
-            path = self.ctx.weights_path(config_id, float(budget))
+            path = None if self.ctx is None else self.ctx.weights_path(config_id, float(budget))
             extra = {} if path is None else {"weights_path": path}
             result = self.evaluate(to_jsonable({**config, **(fixed or {})}), float(budget), self.ctx, trial_time_left,
                                    **extra)
