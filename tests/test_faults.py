@@ -155,14 +155,16 @@ def _check_predictions(out: Path) -> dict:
 def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
-    # run.py, with the DARTS search replaced by one that never returns (as a stuck phase would)
+    # run.py, with the final fit replaced by one that never returns (as a stuck phase would); the final
+    # fit runs at every budget (the plan may give the searches' time away)
     hang = ("import sys, time\n"
-            "from automl_pipeline.phases import architecture\n"
+            "from automl_pipeline.phases import final_fit\n"
             "from automl_pipeline.cli import exit_at_once, main\n"
             "def stuck(*args, **kwargs):\n"
             "    while True:\n"
             "        time.sleep(0.5)\n"
-            "architecture.search_architecture = stuck\n"
+            "    yield\n"
+            "final_fit.fit_for_the_time_left = stuck\n"
             "exit_at_once(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", hang, "--time-limit", "20", "--output-dir", str(out),
                            "--quiet", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -172,7 +174,7 @@ def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
     report = _check_predictions(out)
     assert report["status"] == "stopped_by_watchdog"
     running = [p["name"] for p in report["phases"] if p.get("start_s") is not None and p.get("end_s") is None]
-    assert running == ["darts"]
+    assert running == ["final_fit"]
 
 
 def test_sigint_exits_130_with_valid_predictions(tmp_path):

@@ -90,13 +90,17 @@ def batch_for_steps(n_train: int, epochs: int, batch_size: int) -> int:
     return batch_size
 
 
-def train_linear_model(data: RunData, time_left: TimeLeft, *, seed: int) -> Candidate:
-    """The logistic regression on the pixels (class-weighted), as a candidate."""
-    model = fit_logistic(data.train, data.n_classes, time_left=time_left, train_counts=data.train_counts, seed=seed)
+def train_linear_model(data: RunData, time_left: TimeLeft, *, seed: int,
+                       options: SearchOptions = SearchOptions()) -> Candidate:
+    """The logistic regression on the pixels, as a candidate: cross-entropy, class-weighted unless the
+    search options fix plain cross-entropy (as the baseline does)."""
+    weighted = options.fixed_loss != "ce"
+    model = fit_logistic(data.train, data.n_classes, time_left=time_left,
+                         train_counts=data.train_counts if weighted else None, seed=seed)
     return model_candidate("linear", model, data, flip_tta=False, description="logistic regression on the pixels",
                            architecture={"kind": "logistic_regression", "in_features": int(model[1].in_features),
                                          "n_classes": data.n_classes},
-                           config={"loss": "class-weighted cross-entropy", "optimizer": "lbfgs"})
+                           config={"loss": "ce", "class_weights": weighted, "optimizer": "lbfgs"})
 
 
 def run(ctx: RunContext) -> FirstModelFacts | None:
@@ -109,7 +113,8 @@ def run(ctx: RunContext) -> FirstModelFacts | None:
     with ctx.budget.start_phase(NAME) as phase:
         try:
             share_end = phase.remaining() * (1 - LINEAR_SHARE)
-            ctx.deliver(train_linear_model(ctx.data, lambda: phase.remaining() - share_end, seed=ctx.seed))
+            ctx.deliver(train_linear_model(ctx.data, lambda: phase.remaining() - share_end, seed=ctx.seed,
+                                           options=ctx.options))
         except Exception as err:   # noqa: BLE001 - a failed model must not end the phase
             phase_failed(ctx.log, "linear model", err)
         try:
