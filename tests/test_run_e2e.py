@@ -149,7 +149,7 @@ def test_main_path_runs_darts_then_bohb_then_the_final_fit(tmp_path):
     ensemble with a member from it); all inside the limit."""
     from tests import data_builders
 
-    data = data_builders.make_shifted_digits_npz(tmp_path / "data")
+    data = data_builders.make_shifted_digits_npz(tmp_path / "data", n_train=240)
     out = tmp_path / "out"
     limit = 300     # the plan needs ~260 epochs of the default network after the first model (budget/plan.py)
     proc, wall = run_cli("--time-limit", str(limit), "--data-dir", str(data), "--output-dir", str(out), "--quiet",
