@@ -8,111 +8,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from automl_pipeline.reporting import markdown, write_report_md, write_run_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CLASSES = ["healthy", "mild", "moderate", "severe", "proliferative"]
+# report.json of a real run on the digits demo, as the pipeline wrote it (both searches completed), made by
+#   python tests/fixtures/make_report_fixture.py   (the committed one: --time-limit 2400 at a085764, on a busy
+#   2-core machine: the run's plan gave both searches time only there)
+# test_the_fixture_has_every_key_the_pipeline_writes says when it must be made again.
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_digits.json"
 
 
-def fake_report(n_edges: int = 14) -> dict:
-    """A report.json as the pipeline writes it: RetinaMNIST-like, 5 classes, all sections.
+def pipeline_report() -> dict:
+    """A fresh copy of the fixture report (tests change their copy)."""
+    return json.loads(FIXTURE.read_text(encoding="utf-8"))
 
-    n_edges: DARTS edges per cell (14 for 4 nodes); tests that do not look at the DARTS plot
-    use fewer, because drawing 28 small panels takes seconds on a shared 2-core machine.
-    """
-    rng = np.random.default_rng(0)
-    n_ops, epochs = 5, 6
-    alphas = []
-    for e in range(epochs):
-        cell = {}
-        for kind in ("normal", "reduce"):
-            logits = rng.normal(size=(n_edges, n_ops)) + 0.2 * e * np.arange(n_ops)
-            a = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-            cell[kind] = a.round(4).tolist()
-        alphas.append(cell)
-    genotype = {
-        "normal": [["conv_3x3", 0], ["res_basic", 1], ["skip_connect", 0], ["conv_3x3", 2],
-                   ["res_bottleneck", 1], ["conv_3x3", 3], ["res_basic", 2], ["skip_connect", 4]],
-        "normal_concat": [2, 3, 4, 5],
-        "reduce": [["conv_3x3", 0], ["conv_3x3", 1], ["res_basic", 0], ["conv_3x3", 2],
-                   ["res_basic", 1], ["conv_3x3", 2], ["res_bottleneck", 3], ["conv_3x3", 4]],
-        "reduce_concat": [2, 3, 4, 5],
-    }
-    # stage 2's cell: more skips with depth (the poster's finding)
-    skip_heavy = dict(genotype, normal=[["skip_connect", i] if k in (1, 3) else [op, i]
-                                        for k, (op, i) in enumerate(genotype["normal"])])
-    stack = [{"position": i, "stage": stage, "reduction": red, "cell": cell, "skips": skips}
-             for i, (stage, red, cell, skips) in enumerate([(0, False, "darts", 2), (1, True, "sampled_1", 0),
-                                                            (1, False, "sampled_1", 2), (2, True, "skip_heavy", 0),
-                                                            (2, False, "skip_heavy", 4)])]
-    confusion = [[150, 8, 12, 3, 1], [20, 15, 6, 4, 1], [18, 5, 52, 10, 7],
-                 [6, 2, 14, 40, 6], [2, 1, 5, 7, 5]]
-    trials = [{"budget": b, "loss": float(l), "t_s": 60.0 + 3 * i, "model_based_pick": False}
-              for i, (b, l) in enumerate(zip([5, 5, 5, 5, 10, 10, 20] * 4, rng.uniform(0.55, 0.9, 28)))]
-    return {
-        "settings": {"time_limit_s": 300.0, "seed": 0, "device": "auto", "method": "ours"},
-        "time_limit_s": 300.0,
-        "wall_s": 287.4,
-        "status": "complete",
-        "phases": [
-            {"name": "setup", "planned_s": 10.0, "start_s": 0.0, "end_s": 4.2},
-            {"name": "anytime", "planned_s": 30.0, "start_s": 4.2, "end_s": 31.0},
-            {"name": "darts", "planned_s": 70.0, "start_s": 31.0, "end_s": 88.5},
-            {"name": "bohb", "planned_s": 110.0, "start_s": 88.5, "end_s": 200.1},
-            {"name": "final", "planned_s": 65.0, "start_s": 200.1, "end_s": 279.0},
-            {"name": "ensemble", "planned_s": 0.0, "skipped": "no time left"},
-        ],
-        "data": {
-            "format": "npz", "source": "/data/retinamnist.npz", "n_classes": 5, "class_names": CLASSES,
-            "image_size": [28, 28, 3], "native_side": 28, "notes": ["labels reshaped from (N,1) | to (N,)"],
-            "splits": {
-                "train": {"count": 1080, "per_class": [486, 128, 206, 194, 66]},
-                "val": {"count": 120, "per_class": [54, 14, 23, 22, 7]},
-                "test": {"count": 400, "per_class": [174, 46, 92, 68, 20]},
-                "heldout_source": "data test split",
-            },
-        },
-        "test_metrics": {
-            "macro_f1": 0.4217, "accuracy": 0.6550, "balanced_accuracy": 0.4389,
-            "per_class_f1": [0.8152, 0.3409, 0.5810, 0.5926, 0.2778],
-            "confusion_matrix": confusion,
-        },
-        "final": {
-            "source": "bohb_incumbent", "description": "final fit of the BOHB incumbent",
-            "architecture": {"genotype": genotype, "in_channels": 3, "n_classes": 5, "image_side": 28,
-                             "n_cells": 5, "base_channels": 32, "dropout": 0.3, "head_hidden": [64, 32, 16],
-                             "stem_pool": False, "stage_genotypes": [genotype, genotype, skip_heavy],
-                             "stage_cells": ["darts", "sampled_1", "skip_heavy"], "cell_stack": stack},
-            "config": {"batch_size": 64, "lr": 0.0031, "weight_decay": 1.2e-4, "loss": "focal",
-                       "focal_gamma": 3.0, "class_weight_smoothing": 0.8, "schedule": "onecycle"},
-            "epochs": 41, "train_s": 78.9, "val_macro_f1": 0.47,
-        },
-        "environment": {"python": "3.11.2", "torch": "2.14.1", "device": "cpu"},
-        "darts": {
-            "status": "completed", "learned": True, "reason": "", "cell_used": True, "arch_steps": 540,
-            "epochs_planned": 15, "epochs_run": epochs, "stopped_early": True,
-            "stop_reason": "skip count 3 > limit 2", "skip_count_per_epoch": [0, 0, 1, 1, 2, 3],
-            "beta_per_epoch": [1.0, 0.93, 0.87, 0.8, 0.73, 0.67], "skip_limit": 2, "skip_threshold": 0.3,
-            "alphas_per_epoch": alphas, "genotype": genotype, "seconds": 57.5,
-            "ops": ["none", "skip_connect", "conv_3x3", "res_basic", "res_bottleneck"],
-        },
-        "bohb": {
-            "status": "completed", "failed_trials": 1,
-            "n_trials": len(trials), "budgets": [5, 10, 20], "trials": trials,
-            "trajectory": [{"t_s": 62.0, "val_macro_f1": 0.31}, {"t_s": 75.0, "val_macro_f1": 0.38},
-                           {"t_s": 120.0, "val_macro_f1": 0.45}, {"t_s": 190.0, "val_macro_f1": 0.47}],
-            "incumbent_config": {"n_cells": 5, "lr": 0.0031, "batch_size": 64, "cell_stage0": "darts",
-                                 "cell_stage1": "sampled_1", "cell_stage2": "skip_heavy"},
-            "incumbent_val_macro_f1": 0.47, "incumbent_budget": 20, "model_based_picks": 0,
-        },
-        "events": [
-            {"t_s": 4.1, "kind": "data", "message": "loaded 1600 images"},
-            {"t_s": 150.3, "kind": "trial_failed", "message": "trial 7: CUDA out of memory | retried"},
-        ],
-    }
+
+def skipped(reason: str) -> dict:
+    """A `darts` / `bohb` section of a search that did not run, as the phases write it."""
+    from automl_pipeline.phases.context import search_section
+
+    return search_section("skipped", reason)
 
 
 def assert_valid_png(path: Path) -> None:
@@ -132,7 +49,7 @@ def assert_valid_png(path: Path) -> None:
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     logs: list[str] = []
-    path = write_run_report(fake_report(), out, log=logs.append)
+    path = write_run_report(pipeline_report(), out, log=logs.append)
     return out, path, logs
 
 
@@ -155,37 +72,73 @@ def test_every_plot_is_a_valid_png(full_run):
 
 def test_report_md_has_headline_numbers_first(full_run):
     out, path, _ = full_run
+    report = pipeline_report()
+    metrics = report["test_metrics"]
     assert path == out / "report.md"
     text = path.read_text(encoding="utf-8")
     head = text.split("## ", 1)[0]
-    assert "macro-F1: 0.422" in head
-    assert "accuracy 0.655" in head
-    assert "balanced accuracy 0.439" in head
-    assert "287.4 s" in head and "300 s" in head
-    assert "complete" in head
+    assert f"macro-F1: {metrics['macro_f1']:.3f}" in head
+    assert f"accuracy {metrics['accuracy']:.3f}" in head
+    assert f"balanced accuracy {metrics['balanced_accuracy']:.3f}" in head
+    assert f"{report['wall_s']:.1f} s" in head and f"{report['time_limit_s']:.0f} s limit" in head
+    assert f"status: **{report['status']}**" in head
+    assert f"Held-out test images: {report['data']['splits']['test']['count']} ({report['data']['heldout_source']})" in head
 
 
 def test_report_md_describes_model_darts_bohb_and_data(full_run):
-    text = full_run[1].read_text(encoding="utf-8")
-    assert "5 cells" in text and "64-32-16" in text
-    assert "`res_bottleneck`(state 1)" in text
-    assert "**stage 2 (`skip_heavy`) normal cell**: node 2 = `conv_3x3`(state 0) + `skip_connect`(state 1)" in text
-    assert "| 3 | 2 | reduction | skip_heavy | 0 |" in text and "| 4 | 2 | normal | skip_heavy | 4 |" in text
-    assert "focal_gamma" in text
-    assert "**final fit of the BOHB incumbent** (source `bohb_incumbent`)" in text
-    assert "6** of 15 planned" in text and "skip count 3 > limit 2" in text
-    assert "540 architecture steps" in text and "uses a cell from this search" in text
-    assert "28 trials; 1 failed (counted as loss 1)" in text
-    assert "Hyperband" in text  # model-based picks == 0 warning
-    assert "| proliferative | 0.278 | 20 |" in text
-    assert "data test split" in text
-    assert "trial 7: CUDA out of memory \\| retried" in text  # pipes escaped in tables
+    report, text = pipeline_report(), full_run[1].read_text(encoding="utf-8")
+    final, darts, bohb, data = report["final"], report["darts"], report["bohb"], report["data"]
+    assert f"**{final['description']}** (source `{final['source']}`)" in text
+    assert f"trained {final['epochs']} epochs" in text and f"{final['architecture']['n_cells']} cells" in text
+    for key in final["config"]:
+        assert f"| {key} |" in text
+    for c in final["architecture"]["cell_stack"]:
+        kind = "reduction" if c["reduction"] else "normal"
+        assert f"| {c['position']} | {c['stage']} | {kind} | {c['cell'] or '(one cell for all)'} | {c['skips']} |" in text
+    assert f"{darts['epochs_run']}** of {darts['epochs_planned']} planned" in text
+    assert f"(reason: {darts['stop_reason']})" in text and f"{darts['arch_steps']} architecture steps" in text
+    assert "Skip count per epoch" in text and ", ".join(str(k) for k in darts["skip_count_per_epoch"]) in text
+    assert f"{bohb['n_trials']} trials" in text
+    assert "budgets (epochs): " + ", ".join(f"{b:g}" for b in bohb["budgets"]) in text
+    inc = bohb["incumbent"]
+    assert f"Incumbent: validation macro-F1 **{inc['val_macro_f1']:.3f}** at budget {inc['budget']}." in text
+    for key in inc["config"]:
+        assert f"| {key} |" in text
+    assert (f"Model-based picks: {bohb['model_based_picks']} of {bohb['configs_sampled']} configurations." in text
+            if not bohb["warning"] else bohb["warning"] in text)
+    f1, support = report["test_metrics"]["per_class_f1"], data["splits"]["test"]["per_class"]
+    assert f"| {data['class_names'][-1]} | {f1[-1]:.3f} | {support[-1]} |" in text
+    for event in report["events"][:markdown.MAX_EVENTS]:
+        assert markdown._cell(event["message"]) in text
+
+
+def test_report_md_describes_a_network_with_a_cell_per_stage(tmp_path):
+    """The stage cells BOHB picks, in words and per position (a NetworkSpec of the pipeline's own)."""
+    from automl_pipeline.bohb import config_to_network_spec
+    from automl_pipeline.darts import random_cell_result
+    from automl_pipeline.search_space import TEMPLATE_OPS
+
+    spec = config_to_network_spec({"n_cells": 5, "base_channels": 16, "cell_stage0": "default",
+                                   "cell_stage1": "sampled_1", "cell_stage2": "skip_heavy"},
+                                  darts=random_cell_result(TEMPLATE_OPS, seed=0), in_channels=1, n_classes=10,
+                                  image_side=8, ops=TEMPLATE_OPS)
+    report = pipeline_report()
+    report["final"]["architecture"] = spec.to_json()
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    skip_heavy = spec.stage_genotypes[2].normal
+    words = " + ".join(f"`{op}`(state {i})" for op, i in skip_heavy[:2])
+    assert f"- **stage 2 (`skip_heavy`) normal cell**: node 2 = {words}" in text
+    for c in spec.cell_stack():
+        kind = "reduction" if c["reduction"] else "normal"
+        assert f"| {c['position']} | {c['stage']} | {kind} | {c['cell']} | {c['skips']} |" in text
 
 
 def test_report_md_links_only_existing_files(full_run):
     out, path, _ = full_run
+    from automl_pipeline.reporting.plots import PLOTTERS
+
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", path.read_text(encoding="utf-8"))
-    assert len(links) == 7
+    assert len(links) == len(PLOTTERS)
     for link in links:
         assert (out / link).is_file(), link
 
@@ -193,7 +146,7 @@ def test_report_md_links_only_existing_files(full_run):
 def test_missing_plot_file_is_not_linked(tmp_path):
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "timeline.png").write_bytes(PNG_SIGNATURE)
-    path = write_report_md(fake_report(), tmp_path, {"timeline": "plots/timeline.png",
+    path = write_report_md(pipeline_report(), tmp_path, {"timeline": "plots/timeline.png",
                                                      "confusion": "plots/confusion.png"})
     text = path.read_text(encoding="utf-8")
     assert "plots/timeline.png" in text
@@ -203,7 +156,7 @@ def test_missing_plot_file_is_not_linked(tmp_path):
 @pytest.mark.parametrize("missing", ["darts", "bohb", "test_metrics", "data", "phases", "final", "events",
                                      "environment", "settings"])
 def test_report_md_without_a_section(tmp_path, missing):
-    report = fake_report(n_edges=2)
+    report = pipeline_report()
     del report[missing]
     path = write_report_md(report, tmp_path, {})
     text = path.read_text(encoding="utf-8")
@@ -219,11 +172,9 @@ def test_report_md_without_a_section(tmp_path, missing):
 def test_report_md_says_why_a_search_was_skipped_or_not_used(tmp_path):
     """report.json always has `darts` and `bohb`; a skipped search is its status and reason, not a
     table of n/a; a DARTS search that ran but learned nothing says its cell was not used."""
-    report = fake_report(n_edges=2)
-    report["darts"] = {"status": "skipped", "reason": "19s is too short for a search (at least 20s)",
-                       "arch_steps": 0, "cell_used": False}
-    report["bohb"] = {"status": "skipped", "reason": "76s cannot hold a first bracket of 12 trials",
-                      "n_trials": 0, "model_based_picks": 0}
+    report = pipeline_report()
+    report["darts"] = skipped("19s is too short for a search (at least 20s)")
+    report["bohb"] = skipped("76s cannot hold a first bracket of 12 trials")
     text = write_report_md(report, tmp_path, {}).read_text(encoding="utf-8")
     darts = text.split("## DARTS search", 1)[1].split("## ", 1)[0]
     bohb = text.split("## BOHB search", 1)[1].split("## ", 1)[0]
@@ -231,7 +182,7 @@ def test_report_md_says_why_a_search_was_skipped_or_not_used(tmp_path):
     assert "**Skipped**: 76s cannot hold a first bracket of 12 trials." in bohb
     assert "trials" not in bohb.replace("12 trials", "") and "Hyperband" not in bohb
 
-    report = fake_report(n_edges=2)
+    report = pipeline_report()
     report["darts"].update(learned=False, cell_used=False, reason="the supernet did not learn")
     text = write_report_md(report, tmp_path, {}).read_text(encoding="utf-8")
     assert "Its cell was not used: the supernet did not learn." in text
@@ -241,16 +192,15 @@ def test_skipped_searches_make_no_search_plots(tmp_path, monkeypatch):
     import automl_pipeline.reporting.plots as plots
 
     monkeypatch.setattr(plots, "DPI", 20)
-    report = fake_report(n_edges=2)
-    report["darts"] = {"status": "skipped", "reason": "too short", "arch_steps": 0, "cell_used": False}
-    report["bohb"] = {"status": "skipped", "reason": "too short", "n_trials": 0, "model_based_picks": 0}
+    report = pipeline_report()
+    report["darts"], report["bohb"] = skipped("too short"), skipped("too short")
     errors: list[str] = []
     made = plots.write_plots(report, tmp_path, log=lambda m: None, errors=errors)
     assert errors == [] and "darts_alphas" not in made and "bohb" not in made and "timeline" in made
 
 
 def test_sparse_report_makes_only_the_plots_it_has_data_for(tmp_path):
-    report = {key: fake_report(n_edges=2)[key] for key in ("time_limit_s", "wall_s", "status", "phases", "test_metrics")}
+    report = {key: pipeline_report()[key] for key in ("time_limit_s", "wall_s", "status", "phases", "test_metrics")}
     logs: list[str] = []
     path = write_run_report(report, tmp_path, log=logs.append)
     assert logs == []
@@ -261,15 +211,20 @@ def test_sparse_report_makes_only_the_plots_it_has_data_for(tmp_path):
 
 
 def test_report_md_of_an_architecture_with_one_shared_cell(tmp_path):
-    report = fake_report(n_edges=2)
-    arch = report["final"]["architecture"]
-    for key in ("stage_genotypes", "stage_cells", "cell_stack"):
-        del arch[key]                                              # a report of an earlier version
-    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
-    assert "- **normal cell**: node 2 = `conv_3x3`(state 0)" in text and "Cell stack" not in text
-    arch["cell_stack"] = [{"position": 0, "stage": 0, "reduction": False, "cell": None, "skips": 2}]
-    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
-    assert "| 0 | 0 | normal | (one cell for all) | 2 |" in text
+    """A network without stage cells (the first model, a configuration without cell keys): one cell
+    described, and the stack says so at every position."""
+    from automl_pipeline.bohb import config_to_network_spec
+
+    spec = config_to_network_spec({"n_cells": 3, "base_channels": 16}, darts=None, in_channels=1, n_classes=10,
+                                  image_side=8)
+    report = pipeline_report()
+    report["final"]["architecture"] = spec.to_json()
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8").split("## Chosen model", 1)[1]
+    op, state = spec.genotype.normal[0]
+    assert f"- **normal cell**: node 2 = `{op}`(state {state})" in text and "**stage 0" not in text
+    for c in spec.cell_stack():
+        kind = "reduction" if c["reduction"] else "normal"
+        assert f"| {c['position']} | {c['stage']} | {kind} | (one cell for all) | {c['skips']} |" in text
 
 
 def test_minimal_report_gives_report_md_without_plots(tmp_path):
@@ -289,7 +244,7 @@ def test_failing_plot_is_logged_and_report_still_written(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "DPI", 20)
     monkeypatch.setitem(plots.PLOTTERS, "confusion", boom)
     logs: list[str] = []
-    path = write_run_report(fake_report(n_edges=2), tmp_path, log=logs.append)
+    path = write_run_report(pipeline_report(), tmp_path, log=logs.append)
     assert path is not None
     assert any("confusion" in m and "plot exploded" in m for m in logs)
     text = path.read_text(encoding="utf-8")
@@ -301,7 +256,7 @@ def test_write_plots_collects_errors(tmp_path, monkeypatch):
     import automl_pipeline.reporting.plots as plots
 
     monkeypatch.setattr(plots, "DPI", 20)
-    report = fake_report(n_edges=2)
+    report = pipeline_report()
     report["test_metrics"]["confusion_matrix"] = [[1, 2, 3], [4, 5, 6]]  # not square
     errors: list[str] = []
     made = plots.write_plots(report, tmp_path, log=lambda m: None, errors=errors)
@@ -317,7 +272,7 @@ def test_write_run_report_survives_broken_plot_module(tmp_path, monkeypatch):
 
     monkeypatch.setattr(plots, "write_plots", broken)
     logs: list[str] = []
-    path = write_run_report(fake_report(), tmp_path, log=logs.append)
+    path = write_run_report(pipeline_report(), tmp_path, log=logs.append)
     assert path.is_file() and "![" not in path.read_text(encoding="utf-8")
     assert any("no matplotlib" in m for m in logs)
 
@@ -326,7 +281,7 @@ def test_write_run_report_never_raises_and_returns_none_when_unwritable(tmp_path
     blocker = tmp_path / "file"
     blocker.write_text("x")
     logs: list[str] = []
-    assert write_run_report(fake_report(n_edges=2), blocker / "out", log=logs.append) is None
+    assert write_run_report(pipeline_report(), blocker / "out", log=logs.append) is None
     assert any("report.md failed" in m for m in logs)
     logs.clear()
     assert write_run_report(None, tmp_path / "none", log=logs.append) is None  # not a dict: logged, no raise
@@ -334,15 +289,17 @@ def test_write_run_report_never_raises_and_returns_none_when_unwritable(tmp_path
 
 
 def test_trajectory_points_are_a_running_best():
+    """bohb.trajectory is [t_s, val macro-F1] pairs; anything else is skipped."""
     from automl_pipeline.reporting.plots import trajectory_points
 
-    pts = trajectory_points([{"t_s": 5, "loss": 0.6}, [2, 0.3], {"t_s": 9, "val_macro_f1": 0.35},
-                             {"t_s": "x"}, {"t_s": 12, "score": float("nan")}])
-    assert pts == [(2.0, 0.3), (5.0, pytest.approx(0.4)), (9.0, pytest.approx(0.4))]
+    pts = trajectory_points([[5, 0.4], [2, 0.3], [9, 0.35], ["x", 0.9], [12, float("nan")], [13, 0.5, 1],
+                             {"t_s": 14, "val_macro_f1": 0.9}])
+    assert pts == [(2.0, 0.3), (5.0, 0.4), (9.0, 0.4)]
+    assert trajectory_points(pipeline_report()["bohb"]["trajectory"])   # the pipeline's own is readable
 
 
 def test_markdown_output_is_deterministic(tmp_path):
-    report = fake_report()
+    report = pipeline_report()
     a = markdown.render_report_md(copy.deepcopy(report), tmp_path, {})
     b = markdown.render_report_md(json.loads(json.dumps(report)), tmp_path, {})
     assert a == b
@@ -352,15 +309,146 @@ def test_a_train_only_class_reads_absent_in_report_md_and_gets_no_bar(tmp_path, 
     import automl_pipeline.reporting.plots as plots
 
     monkeypatch.setattr(plots, "DPI", 20)
-    report = {key: fake_report(n_edges=2)[key] for key in ("time_limit_s", "wall_s", "status", "data",
-                                                           "test_metrics")}
-    report["data"]["train_only_classes"] = ["proliferative"]
+    report = {key: pipeline_report()[key] for key in ("time_limit_s", "wall_s", "status", "data", "test_metrics")}
+    name = report["data"]["class_names"][4]
+    report["data"]["train_only_classes"] = [name]
     report["data"]["splits"]["test"]["per_class"][4] = 0
     report["test_metrics"]["per_class_f1"][4] = None
     logs: list[str] = []
     path = write_run_report(report, tmp_path, log=logs.append)
     assert logs == []
     text = path.read_text(encoding="utf-8")
-    assert "| proliferative | absent | 0 |" in text
-    assert "Kept in training only (1 image, nothing carved from them): proliferative." in text
+    assert f"| {name} | absent | 0 |" in text
+    assert f"Kept in training only (1 image, nothing carved from them): {name}." in text
     assert (tmp_path / "plots" / "per_class_f1.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_the_bohb_plot_says_which_clock_its_times_are_on(tmp_path, monkeypatch):
+    """bohb.trajectory counts seconds from the start of the BOHB search (bohb/trial_log.py), not from
+    process start like `phases` and `events`: the plot's time axis says so (it said "since process start")."""
+    import matplotlib.pyplot as plt
+
+    import automl_pipeline.reporting.plots as plots
+
+    report = pipeline_report()
+    phase = next(p for p in report["phases"] if p["name"] == "bohb")
+    assert report["bohb"]["trajectory"][0][0] < phase["start_s"]      # not on the process clock
+    labels: list[str] = []
+
+    def save(fig, path, **kwargs):
+        labels.extend(ax.get_xlabel() for ax in fig.axes)
+        plt.close(fig)
+        return path
+    monkeypatch.setattr(plots, "_save", save)
+    assert plots.plot_bohb(report, tmp_path / "bohb.png") is not None
+    assert labels == ["seconds since the BOHB search started"]
+
+
+def _bohb_section(optimizer: str) -> dict:
+    """The fixture's `bohb` section as a search with 0 model-based picks of `optimizer` writes it."""
+    from automl_pipeline.bohb import BohbResult
+
+    result = BohbResult(incumbent_config=None, incumbent_val_macro_f1=0.0, incumbent_budget=0.0, min_budget=1.0,
+                        max_budget=3.0, eta=3.0, trials=[], configs_sampled=16, model_based_picks=0,
+                        model_min_trials=14, trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True,
+                        optimizer=optimizer)
+    section = pipeline_report()["bohb"]
+    section.update(optimizer=optimizer, configs_sampled=16, model_based_picks=0, warning=result.warning(),
+                   model_based_picks_per_budget={key: 0 for key in section["model_based_picks_per_budget"]})
+    return section
+
+
+def test_random_search_is_not_warned_about_missing_model_based_picks(tmp_path):
+    """Search option `optimizer: random` samples every configuration at random: report.md says so and
+    gives no "not model-based" warning; BOHB with 0 model-based picks still gets it."""
+    report = pipeline_report()
+    report["bohb"] = _bohb_section("random")
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    bohb = text.split("## BOHB search", 1)[1].split("## ", 1)[0]
+    assert "Warning" not in bohb and "Hyperband" not in bohb
+    assert "Random search (search option `optimizer: random`)" in bohb
+
+    report["bohb"] = _bohb_section("bohb")
+    bohb = write_report_md(report, tmp_path).read_text(encoding="utf-8").split("## BOHB search", 1)[1]
+    assert "> **Warning:** BOHB was effectively random search: 0 of 16 configurations" in bohb
+    assert "Hyperband" in bohb and "Random search (search option" not in bohb
+
+
+def _keys_the_pipeline_writes(tmp_path, monkeypatch) -> tuple[dict, dict]:
+    """The report.json the current code writes, made cheaply: RunReport.finish over the sections the
+    loading and the two search phases write (the searches replaced by results built without training);
+    and a NetworkSpec's JSON (final.architecture of a trained network)."""
+    import torch
+
+    from automl_pipeline import pipeline
+    from automl_pipeline.bohb import BohbResult, TrialRecord
+    from automl_pipeline.checkpoints import Checkpoints
+    from automl_pipeline.darts import random_cell_result
+    from automl_pipeline.data import load_dataset, make_splits
+    from automl_pipeline.delivery import Delivery
+    from automl_pipeline.phases import architecture, common, hyperparameters
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.search_space import TEMPLATE_OPS
+    from automl_pipeline.settings import Settings
+    from budget import Budget, FakeClock
+    from budget.plan import RunFacts, plan_run
+
+    dataset = load_dataset(None, max_side=8)
+    splits = make_splits(dataset, seed=0)
+    data = pipeline._to_run_data(dataset, splits, torch.device("cpu"))
+    settings = Settings(time_limit_s=60, output_dir=tmp_path, quiet=True)
+    budget = Budget(60, clock=FakeClock(), margin_s=5)
+    budget.plan([("first_model", 1.0), ("darts", 1.0), ("bohb", 1.0), ("final_fit", 1.0)])
+    log = RunLog(None, quiet=True, elapsed=budget.elapsed, remaining=budget.remaining)
+    report = pipeline.RunReport(settings, budget, tmp_path, log, with_plots=False)
+    report.sections["environment"] = pipeline._environment(torch.device("cpu"), 1)
+    report.sections["data"] = pipeline._data_section(dataset, splits)
+    delivery = Delivery(tmp_path, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
+    report.delivery, report.test_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
+    store = Checkpoints(tmp_path)
+    store.dir.mkdir()
+    ctx = RunContext(settings=settings, budget=budget, data=data, log=log, store=store, report=report.sections,
+                     delivery=delivery)
+    ctx.deliver(common.majority_candidate(data, splits.val.labels))
+    log.event("input", "an event")
+
+    darts = random_cell_result(TEMPLATE_OPS, seed=0)
+    monkeypatch.setattr(architecture, "search_architecture", lambda *args, **kwargs: (darts, ""))
+    trial = TrialRecord(config_id=(0, 0, 0), config={"lr": 0.01}, budget=1.0, loss=0.5, val_macro_f1=0.5,
+                        evaluated=True, error=None, epochs_done=1, stopped_by_deadline=False, seconds=1.0,
+                        worker="w", t_s=1.0, model_based_pick=False)
+    bohb = BohbResult(incumbent_config={"lr": 0.01}, incumbent_val_macro_f1=0.5, incumbent_budget=1.0,
+                      min_budget=1.0, max_budget=3.0, eta=3.0, trials=[trial], configs_sampled=1,
+                      model_based_picks=0, model_min_trials=14, trajectory=[(1.0, 0.5)], seconds=1.0, n_workers=1,
+                      clean_shutdown=True)
+    monkeypatch.setattr(hyperparameters, "search_hyperparameters", lambda *args, **kwargs: (bohb, ""))
+    architecture.run(ctx)
+    hyperparameters.run(ctx, None)
+    report.finish("complete")
+    written = json.loads((tmp_path / "report.json").read_text())
+    written["plan"] = plan_run(RunFacts(seconds_left=600.0, epoch_s=1.0, n_classes=10)).to_json()   # pipeline._replan
+    return written, common.first_model_spec(data).to_json()
+
+
+def test_the_fixture_has_every_key_the_pipeline_writes(tmp_path, monkeypatch):
+    """The fixture is the schema the readers are tested on: when the code writes a key it lacks, make
+    it again (the command is at FIXTURE)."""
+    written, spec, fixture = *_keys_the_pipeline_writes(tmp_path, monkeypatch), pipeline_report()
+    assert fixture["darts"]["status"] == fixture["bohb"]["status"] == "completed"   # the random cell: "completed" too
+
+    def lacking(path: str, code: dict, there: dict) -> list[str]:
+        return [f"{path}{key}" for key in sorted(set(code) - set(there))]
+
+    missing = lacking("", written, fixture)
+    for name, section in written.items():
+        if isinstance(section, dict):
+            missing += lacking(f"{name}.", section, fixture.get(name) or {})
+    missing += lacking("data.splits.test.", written["data"]["splits"]["test"], fixture["data"]["splits"]["test"])
+    missing += lacking("bohb.incumbent.", written["bohb"]["incumbent"], fixture["bohb"]["incumbent"])
+    missing += lacking("final.architecture.", spec, fixture["final"]["architecture"])
+    missing += lacking("final.architecture.cell_stack[].", spec["cell_stack"][0],
+                       fixture["final"]["architecture"]["cell_stack"][0])
+    missing += lacking("phases[].", written["phases"][0], fixture["phases"][0])
+    missing += lacking("events[].", written["events"][0], fixture["events"][0])
+    assert not missing, f"{FIXTURE.name} lacks keys the pipeline writes now: {missing}; make it again"

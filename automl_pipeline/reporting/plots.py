@@ -28,9 +28,6 @@ import numpy as np  # noqa: E402
 
 from automl_pipeline.reporting.numbers import finite  # noqa: E402
 
-DEFAULT_SKIP_LIMIT = 2
-# DARTS ops in search order when report["darts"] does not name them.
-DEFAULT_OPS = ("none", "skip_connect", "conv_3x3", "res_basic", "res_bottleneck")
 DPI = 110
 
 Plotter = Callable[[dict, Path], "Path | None"]
@@ -130,9 +127,9 @@ def _alpha_history(darts: dict, cell: str) -> np.ndarray | None:
 
 
 def _op_names(darts: dict, n_ops: int) -> list[str]:
-    ops = [str(o) for o in darts.get("ops") or DEFAULT_OPS]
+    ops = [str(o) for o in darts.get("ops") or []]
     if len(ops) != n_ops:
-        ops = [str(o) for o in DEFAULT_OPS] if len(DEFAULT_OPS) == n_ops else [f"op{i}" for i in range(n_ops)]
+        ops = [f"op{i}" for i in range(n_ops)]
     return ops
 
 
@@ -188,11 +185,13 @@ def plot_darts_alphas(report: dict, path: Path) -> Path | None:
     if skips:
         ax = fig.add_subplot(grid[n_rows - 1, :])
         limit = finite(darts.get("skip_limit"))
-        limit = DEFAULT_SKIP_LIMIT if limit is None else limit
         epochs = np.arange(1, len(skips) + 1)
         values = [np.nan if s is None else s for s in skips]
         ax.plot(epochs, values, marker="o", color="tab:purple", label="edges with dominant skip")
-        ax.axhline(limit, color="red", linestyle="--", label=f"termination limit ({limit:g})")
+        # with early termination off the limit is more edges than a cell has: no line for it
+        n_edges = max((h.shape[1] for h in histories.values()), default=None)
+        if limit is not None and (n_edges is None or limit <= n_edges):
+            ax.axhline(limit, color="red", linestyle="--", label=f"termination limit ({limit:g})")
         ax.set_xlabel("DARTS epoch")
         ax.set_ylabel("skip count")
         ax.set_xticks(epochs)
@@ -215,26 +214,24 @@ def plot_darts_alphas(report: dict, path: Path) -> Path | None:
 # --------------------------------------------------------------------------- BOHB
 
 
-def trajectory_points(trajectory: Sequence[Any]) -> list[tuple[float, float]]:
-    """(t_s, best val macro-F1 so far) from a bohb.trajectory list.
+# The clock of bohb.trajectory (and of each trial's t_s): seconds since run_bohb started its search
+# (bohb/search.py, after the BOHB phase timed an epoch of the default configuration), not since
+# process start like the phases and events.
+BOHB_TIME_AXIS = "seconds since the BOHB search started"
 
-    Entries may be dicts with a time (``t_s``/``time_s``/``t``) and either a
-    score (``val_macro_f1``/``macro_f1``/``score``) or a ``loss`` (1 - macro-F1),
-    or ``[t, score]`` pairs. Unreadable entries are skipped; the running best is
-    taken so the curve is monotone even if the log is not.
+
+def trajectory_points(trajectory: Sequence[Any]) -> list[tuple[float, float]]:
+    """(t_s, best val macro-F1 so far) from bohb.trajectory, a list of [t_s, val macro-F1] pairs.
+
+    A pair that is not two finite numbers is skipped; the running best is taken, so the curve is
+    monotone.
     """
     points = []
     for entry in trajectory or []:
-        t = score = None
-        if isinstance(entry, dict):
-            t = next((finite(entry[k]) for k in ("t_s", "time_s", "t") if k in entry), None)
-            score = next((finite(entry[k]) for k in ("val_macro_f1", "macro_f1", "score") if k in entry), None)
-            if score is None and finite(entry.get("loss")) is not None:
-                score = 1.0 - finite(entry["loss"])
-        elif isinstance(entry, (list, tuple)) and len(entry) >= 2:
+        if isinstance(entry, (list, tuple)) and len(entry) == 2:
             t, score = finite(entry[0]), finite(entry[1])
-        if t is not None and score is not None:
-            points.append((t, score))
+            if t is not None and score is not None:
+                points.append((t, score))
     points.sort()
     best, out = -math.inf, []
     for t, s in points:
@@ -244,48 +241,22 @@ def trajectory_points(trajectory: Sequence[Any]) -> list[tuple[float, float]]:
 
 
 def plot_bohb(report: dict, path: Path) -> Path | None:
-    """Best val macro-F1 over time; losses per budget as a scatter when trials exist."""
+    """Best val macro-F1 over the search's time (bohb.trajectory: each improvement of the incumbent)."""
     bohb = _section(report, "bohb")
     if bohb is None:
         return None
     traj = trajectory_points(bohb.get("trajectory") or [])
-    trials = [t for t in bohb.get("trials") or [] if isinstance(t, dict)
-              and finite(t.get("budget")) is not None and finite(t.get("loss")) is not None]
-    if not traj and not trials:
+    if not traj:
         return None
-    n = (1 if traj else 0) + (1 if trials else 0)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
-    axes = list(axes[0])
-    if traj:
-        ax = axes.pop(0)
-        ts, ss = zip(*traj)
-        ax.step(ts, ss, where="post", color="tab:green", lw=1.8)
-        ax.plot(ts, ss, "o", color="tab:green", ms=4)
-        ax.set_xlabel("seconds since process start")
-        ax.set_ylabel("best val macro-F1")
-        ax.set_title("BOHB incumbent over time")
-        ax.grid(alpha=0.3)
-    if trials:
-        ax = axes.pop(0)
-        budgets = np.array([finite(t["budget"]) for t in trials])
-        losses = np.array([finite(t["loss"]) for t in trials])
-        times = [finite(t.get("t_s")) for t in trials]
-        if all(x is not None for x in times):
-            sc = ax.scatter(budgets, losses, c=times, cmap="viridis", s=22, alpha=0.85)
-            fig.colorbar(sc, ax=ax, label="finished at (s)")
-        else:
-            ax.scatter(budgets, losses, s=22, alpha=0.85)
-        distinct = sorted(set(budgets.tolist()))
-        if len(distinct) > 1 and distinct[0] > 0 and distinct[-1] / distinct[0] >= 4:
-            ax.set_xscale("log", base=2)
-            ax.minorticks_off()
-        if len(distinct) <= 8:
-            ax.set_xticks(distinct)
-            ax.set_xticklabels([f"{b:g}" for b in distinct])
-        ax.set_xlabel("budget (epochs)")
-        ax.set_ylabel("loss = 1 - val macro-F1")
-        ax.set_title(f"BOHB trials ({len(trials)})")
-        ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ts, ss = zip(*traj)
+    ax.step(ts, ss, where="post", color="tab:green", lw=1.8)
+    ax.plot(ts, ss, "o", color="tab:green", ms=4)
+    ax.set_xlabel(BOHB_TIME_AXIS)
+    ax.set_ylabel("best val macro-F1")
+    n_trials = bohb.get("n_trials")
+    ax.set_title("BOHB incumbent over time" + (f" ({n_trials} trials)" if n_trials else ""))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 
