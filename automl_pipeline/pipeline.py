@@ -157,11 +157,11 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     """Load the data, deliver the fallback, then run the phases of the plan in order."""
     ctx = _load(settings, budget, out_dir, log, report)
     budget.plan(phase_plan(budget.remaining()))
-    facts = first_model.run(ctx)
+    epoch_s = first_model.run(ctx)
     plan = None
-    if facts is not None:
+    if epoch_s is not None:
         try:
-            plan = _replan(ctx, facts)
+            plan = _replan(ctx, epoch_s)
         except Exception as err:   # noqa: BLE001 - the initial plan stands
             phase_failed(ctx.log, "plan", err)
     darts = architecture.run(ctx)
@@ -169,12 +169,10 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
     final_fit.run(ctx, darts, bohb)
 
 
-def _replan(ctx: RunContext, facts: first_model.FirstModelFacts) -> RunPlan:
-    """The plan from the first model's measurements (budget.plan.plan_run): searches that cannot rank in
-    the time left are skipped with the plan's sentence, the others get their needs and a share of the rest."""
-    plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=facts.epoch_s, n_classes=ctx.data.n_classes,
-                             curve=facts.curve, curve_epoch_fraction=facts.curve_epoch_fraction,
-                             darts_enabled=plan_darts_here(ctx)))
+def _replan(ctx: RunContext, epoch_s: float) -> RunPlan:
+    """The plan from the first model's epoch cost (budget.plan.plan_run): searches that cannot rank in the
+    time left are skipped with the plan's sentence, the others get their needs and a share of the rest."""
+    plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=epoch_s, darts_enabled=plan_darts_here(ctx)))
     ctx.report["plan"] = plan.to_json()
     ctx.log.event("plan", plan.reason)
     for name, why in plan.skipped.items():

@@ -1,28 +1,27 @@
 """The run's plan after the first model: which searches get time, and how much, as a pure function of
-measured facts (the default network's epoch cost, the first model's learning curve, the time left).
+measured facts (the default network's epoch cost on the whole training split, the time left).
 
-The delivered model comes first: the final fit needs `final_epochs` epochs of the default network. A
+The delivered model comes first: the final fit needs FINAL_EPOCHS epochs of the default network. A
 search gets time only when what is left beyond that can hold a search that ranks: BOHB a first bracket
 whose smallest budget is MIN_RANKING_EPOCHS (trials shorter than that rank noise: the ablation's first
 rung of 0.2-1 epoch reached a median validation macro-F1 of 0.03-0.06), DARTS its minimum. Priority:
 final fit, then BOHB, then DARTS. What no search can use goes to the final fit, and `reason` says so in
-one sentence with the numbers. No torch, no clock: tests feed it made-up curves and costs.
+one sentence with the numbers. No torch, no clock: tests feed it made-up costs.
+
+The first model's learning curve is not an input: it trains on a one-cycle schedule over its few
+epochs, so its best epoch is its last by design and its early epochs show the schedule's warm-up. It
+can tell neither when a network plateaus nor when trials start to rank (a 17-epoch first model on shifted
+digits got halfway from chance to its best only at epoch 6; read as a ranking budget, that gave BOHB away).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
 
-# The final fit needs at least this many epochs of the default network (the plain CNN of DESIGN.md took
-# ~90 epochs to its 0.90 on 5k Fashion-MNIST; our cells learn slower per epoch, not faster) ...
-MIN_FINAL_EPOCHS = 30
-# ... or FINAL_EPOCHS_PER_PLATEAU x the epochs the first model needed to reach 95 % of its best score.
-FINAL_EPOCHS_PER_PLATEAU = 3.0
-PLATEAU_LEVEL = 0.95
-# BOHB's smallest budget (the ranking budget). Not read off the first model's curve: on a one-cycle schedule
-# its early epochs show the schedule's warm-up, not when trials start to rank (a 17-epoch first model on
-# shifted digits got halfway only at epoch 6). Whether the rung ranks is measured in every run instead
+# The final fit needs this many epochs of the default network (the plain CNN of DESIGN.md took ~90 epochs
+# to its 0.90 on 5k Fashion-MNIST; our cells learn slower per epoch, not faster; a floor, not a measurement).
+FINAL_EPOCHS = 30
+# BOHB's smallest budget (the ranking budget); whether its rung ranks is measured in every run
 # (report.json bohb.rung_rank_correlation).
 MIN_RANKING_EPOCHS = 2.0
 # The first bracket BOHB needs: this many trials at the smallest budget (the smallest space's 2(d+1)+2),
@@ -43,20 +42,12 @@ SPARE_WEIGHTS = {"darts": 0.20, "bohb": 0.35, "final_fit": 0.35}
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What the first model measured.
-
-    seconds_left: the work time left for the rest of the run; epoch_s: seconds of one epoch of the
-    default network on the whole training split (with its validation pass); curve: the first model's
-    validation macro-F1 after each epoch; curve_epoch_fraction: the share of the training split one
-    epoch of that curve saw (it trains on a subset on short runs); darts_enabled: the search options
-    (and the method) allow a DARTS search.
-    """
+    """What the first model measured: seconds_left, the work time left for the rest of the run; epoch_s,
+    seconds of one epoch of the default network on the whole training split (with its validation pass);
+    darts_enabled: the search options (and the method) allow a DARTS search."""
 
     seconds_left: float
     epoch_s: float
-    n_classes: int
-    curve: tuple[float, ...] = ()
-    curve_epoch_fraction: float = 1.0
     darts_enabled: bool = True
 
 
@@ -68,7 +59,7 @@ class RunPlan:
     weights: tuple[tuple[str, float], ...]
     skipped: dict = field(default_factory=dict)
     reason: str = ""
-    final_epochs: int = MIN_FINAL_EPOCHS
+    final_epochs: int = FINAL_EPOCHS
     ranking_epochs: float = MIN_RANKING_EPOCHS
     epochs_in_budget: float = 0.0
     needs_s: dict = field(default_factory=dict)
@@ -78,23 +69,6 @@ class RunPlan:
                 "reason": self.reason, "final_epochs": self.final_epochs, "ranking_epochs": self.ranking_epochs,
                 "epochs_in_budget": round(self.epochs_in_budget, 1),
                 "needs_s": {name: round(s, 1) for name, s in self.needs_s.items()}}
-
-
-def epochs_to_level(curve: Sequence[float], level: float, *, floor: float) -> float | None:
-    """Epochs (1-based) until the curve first got `level` of the way from `floor` to its best; None when
-    it is empty or never rose above `floor` (it says nothing about learning speed)."""
-    if not curve or max(curve) <= floor:
-        return None
-    best = max(curve)
-    target = floor + level * (best - floor)
-    return float(next(i + 1 for i, value in enumerate(curve) if value >= target))
-
-
-def final_epochs_needed(facts: RunFacts) -> int:
-    plateau = epochs_to_level(facts.curve, PLATEAU_LEVEL, floor=1.0 / facts.n_classes)
-    if plateau is None:
-        return MIN_FINAL_EPOCHS
-    return max(MIN_FINAL_EPOCHS, math.ceil(FINAL_EPOCHS_PER_PLATEAU * plateau * facts.curve_epoch_fraction))
 
 
 def bohb_seconds_needed(ranking_epochs: float, epoch_s: float) -> float:
@@ -108,7 +82,7 @@ def plan_run(facts: RunFacts) -> RunPlan:
     if not (facts.epoch_s > 0 and math.isfinite(facts.epoch_s)):
         raise ValueError(f"epoch_s must be a positive number, got {facts.epoch_s}")
     left = max(0.0, facts.seconds_left)
-    final_epochs, ranking = final_epochs_needed(facts), MIN_RANKING_EPOCHS
+    final_epochs, ranking = FINAL_EPOCHS, MIN_RANKING_EPOCHS
     needs = {"final_fit": final_epochs * facts.epoch_s, "bohb": bohb_seconds_needed(ranking, facts.epoch_s),
              "darts": DARTS_MIN_S}
     held = left / facts.epoch_s

@@ -4,7 +4,6 @@ early. Both join the final ensemble's library."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Callable
 
 from automl_pipeline.delivery import Candidate
@@ -46,20 +45,10 @@ def shrink_to_fit(data: RunData, epoch_s: float, seconds: float, *, seed: int, w
     return dataclasses.replace(data, train=random_subset(data.train, n_train, seed)), scaled
 
 
-@dataclass(frozen=True)
-class FirstModelFacts:
-    """What the first network measured, for the run's plan (budget.plan.RunFacts): seconds of one epoch
-    of the default network on the whole training split, its validation macro-F1 per epoch, and the share
-    of the training split those epochs saw."""
-
-    epoch_s: float
-    curve: tuple[float, ...]
-    curve_epoch_fraction: float
-
-
 def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
-                      options: SearchOptions = SearchOptions()) -> tuple[Candidate, FirstModelFacts]:
-    """The first model: the default network for the phase's time (on a subset, see shrink_to_fit)."""
+                      options: SearchOptions = SearchOptions()) -> tuple[Candidate, float]:
+    """The first model: the default network for the phase's time (on a subset, see shrink_to_fit), and
+    the seconds of one epoch of it on the whole training split (the run's plan needs them)."""
     spec = first_model_spec(data)
     model = build_network(spec)
     def config(epochs: int, batch_size: int) -> TrainConfig:
@@ -67,7 +56,6 @@ def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int, log: Cal
                                     options=options)
 
     full_epoch_s = epoch_s = timed_epoch(model, data, config(1, data.batch_size))
-    n_full = len(data.train)
     data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
     batch_size = batch_for_steps(len(data.train), epochs_that_fit(time_left(), epoch_s), data.batch_size)
     if batch_size != data.batch_size:   # small batches cost more per image (2x at 16 on 2 CPU cores): time them
@@ -75,11 +63,9 @@ def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int, log: Cal
         data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
     epochs = epochs_that_fit(time_left(), epoch_s)
     log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs of batch {batch_size} planned")
-    candidate, result = train_candidate("first_model", spec, config(epochs, batch_size), data, time_left, log=log,
-                                        description="first model")
-    curve = tuple(float(row["val_macro_f1"]) for row in result.history
-                  if not row["partial"] and row["val_macro_f1"] is not None)
-    return candidate, FirstModelFacts(full_epoch_s, curve, len(data.train) / n_full)
+    candidate, _ = train_candidate("first_model", spec, config(epochs, batch_size), data, time_left, log=log,
+                                   description="first model")
+    return candidate, full_epoch_s
 
 
 def batch_for_steps(n_train: int, epochs: int, batch_size: int) -> int:
@@ -103,13 +89,14 @@ def train_linear_model(data: RunData, time_left: TimeLeft, *, seed: int,
                            config={"loss": "ce", "class_weights": weighted, "optimizer": "lbfgs"})
 
 
-def run(ctx: RunContext) -> FirstModelFacts | None:
+def run(ctx: RunContext) -> float | None:
     """The phase: train and deliver the logistic regression, then the first network (skipped when a
-    resumed run kept a trained model). Returns what the first network measured, None when it did not train."""
+    resumed run kept a trained model). Returns the seconds of one epoch of the default network on the whole
+    training split, None when the first network did not train."""
     if ctx.resumed is not None and ctx.resumed["trained_model_kept"]:
         ctx.budget.skip_phase(NAME, "resumed: the delivered trained model is kept")
         return None
-    facts = None
+    epoch_s = None
     with ctx.budget.start_phase(NAME) as phase:
         try:
             share_end = phase.remaining() * (1 - LINEAR_SHARE)
@@ -118,9 +105,9 @@ def run(ctx: RunContext) -> FirstModelFacts | None:
         except Exception as err:   # noqa: BLE001 - a failed model must not end the phase
             phase_failed(ctx.log, "linear model", err)
         try:
-            candidate, facts = train_first_model(ctx.data, phase.remaining, seed=ctx.seed, log=ctx.log,
+            candidate, epoch_s = train_first_model(ctx.data, phase.remaining, seed=ctx.seed, log=ctx.log,
                                                  options=ctx.options)
             ctx.deliver(candidate)
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)
-    return facts
+    return epoch_s
