@@ -427,7 +427,7 @@ def _keys_the_pipeline_writes(tmp_path, monkeypatch) -> tuple[dict, dict]:
     hyperparameters.run(ctx, None)
     report.finish("complete")
     written = json.loads((tmp_path / "report.json").read_text())
-    written["plan"] = plan_run(RunFacts(seconds_left=600.0, epoch_s=1.0, n_classes=10)).to_json()   # pipeline._replan
+    written["plan"] = plan_run(RunFacts(seconds_left=600.0, epoch_s=1.0)).to_json()   # pipeline._replan
     return written, common.first_model_spec(data).to_json()
 
 

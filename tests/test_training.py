@@ -472,7 +472,7 @@ def test_surrogate_trained_network_is_judged_as_delivered():
     train, val = TensorData(x[:800], y[:800]), TensorData(x[800:], y[800:])
     torch.manual_seed(0)
     model = build_network(NetworkSpec(DEFAULT_GENOTYPE, in_channels=1, n_classes=10, image_side=8, n_cells=2,
-                                      base_channels=16, head_hidden=(), dropout=0.0))
+                                      base_channels=16))
     config = TrainConfig(epochs=2, batch_size=16, lr=0.01, loss="ce", augment=False, surrogate_beta0=1.0)
     result = train_model(model, train, val, config, time_left=forever, n_classes=10)
     delivered = classification_metrics(val.y.numpy(), predict(model, val.x), 10)["macro_f1"]

@@ -128,13 +128,9 @@ def describe_architecture(arch: dict) -> list[str]:
     lines = []
     side, ch = arch.get("image_side"), arch.get("in_channels")
     size = f"{side}×{side}×{ch}" if side is not None and ch is not None else "the working resolution"
-    head = arch.get("head_hidden")
-    head_text = "-".join(str(h) for h in head) if isinstance(head, (list, tuple)) and head else None
     lines.append(f"A stack of **{arch.get('n_cells', '?')} cells** on {size} inputs, "
                  f"{arch.get('base_channels', '?')} base channels growing with depth, global pooling, "
-                 + (f"an MLP head {head_text}" if head_text else "a linear head")
-                 + (f" with dropout {arch['dropout']}" if arch.get("dropout") is not None else "")
-                 + f", {arch.get('n_classes', '?')} outputs.")
+                 f"a linear head, {arch.get('n_classes', '?')} outputs.")
     stages = arch.get("stage_genotypes")
     names = arch.get("stage_cells") or []
     stack = arch.get("cell_stack")
