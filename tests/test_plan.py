@@ -68,3 +68,19 @@ def test_the_budget_executes_the_plan_with_an_injected_clock():
 def test_bad_epoch_cost_is_refused():
     with pytest.raises(ValueError):
         plan_run(RunFacts(seconds_left=100, epoch_s=0.0))
+
+
+def test_the_baseline_runs_the_same_plan_as_ours_with_darts_off():
+    """One initial plan for both methods, and the same plan after the first model: the baseline's
+    DARTS share is not a BOHB share of its own (it was 0.60 against ours' 0.35)."""
+    from types import SimpleNamespace
+
+    from automl_pipeline import pipeline
+    from automl_pipeline.search_options import SearchOptions
+
+    baseline = SimpleNamespace(options=SearchOptions().for_method("baseline"))
+    darts_off = SimpleNamespace(options=SearchOptions(darts="off"))
+    assert pipeline.plan_darts_here(baseline) is pipeline.plan_darts_here(darts_off) is False
+    assert pipeline.plan_darts_here(SimpleNamespace(options=SearchOptions())) is True
+    assert not hasattr(pipeline, "PLAN_BASELINE")
+    assert [name for name, _ in pipeline.phase_plan(1000.0)] == ["first_model", "darts", "bohb", "final_fit"]

@@ -121,7 +121,8 @@ def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
 def network_spec(data: RunData, genotype: Genotype) -> NetworkSpec:
     """A stacked network for this data from a genotype, sized as BOHB's default configuration:
     3 cells from 24 channels, a pooling stem on images of 16 px and more, a linear head (at 24 channels it
-    trains ~1.2x the images/s of the plain 3-block CNN on 28 px, at 32 ~0.75x: benchmarks/throughput.py)."""
+    trains 0.77-0.89x the images/s of the plain 3-block CNN on 28x28x1 and 0.75x on 32x32x3: benchmarks/throughput.py,
+    RESULTS.md "Throughput")."""
     spec = config_to_network_spec({"n_cells": 3, "base_channels": 24}, darts=None, in_channels=data.in_channels,
                                   n_classes=data.n_classes, image_side=data.image_side)
     return dataclasses.replace(spec, genotype=genotype)
