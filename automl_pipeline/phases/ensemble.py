@@ -43,21 +43,22 @@ def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[
     val_f1 = macro_f1(labels, mixed_val.argmax(axis=1), data.n_classes)
     members = [{"name": library[i].name, "source": library[i].source, "weight": round(chosen.weights[i], 4),
                 "val_macro_f1": round(library[i].val_macro_f1, 4)} for i in chosen.members]
-    pays = ensemble_cv > single_cv and val_f1 > single.val_macro_f1 and (len(members) > 1 or chosen.tau > 0)
+    one_model = len(members) == 1 and chosen.tau == 0
+    pays = not one_model and ensemble_cv > single_cv and val_f1 > single.val_macro_f1
     section.update(members=members, tau=chosen.tau, val_macro_f1=round(val_f1, 4),
                    cross_fitted={"ensemble": round(ensemble_cv, 4), "best_single": round(single_cv, 4)},
                    delivered=pays)
-    if len(members) == 1 and chosen.tau == 0:
+    if one_model:
         section["reason"] = f"the selection kept one model ({members[0]['name']}) without logit adjustment"
         return None, single, section
     if not pays:
         section["reason"] = (f"on validation halves it was not fitted on, the ensemble procedure scored "
                              f"{ensemble_cv:.3f} macro-F1 against {single_cv:.3f} for picking the best single model")
-    return _as_candidate(library, chosen, prior, val_f1, members), single, section
+    return _as_candidate(library, chosen, prior, mixed_val, val_f1, members), single, section
 
 
-def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np.ndarray, val_f1: float,
-                  members: list[dict]) -> Candidate:
+def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np.ndarray, val_probs: np.ndarray,
+                  val_f1: float, members: list[dict]) -> Candidate:
     """The ensemble as one candidate: mixed probabilities, and a model.pt holding every member's weights
     (keys "member<i>.<key>"), architecture and config, their weights, tau and the class prior."""
     picked = [library[i] for i in chosen.members]
@@ -75,7 +76,7 @@ def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np
     return Candidate(source="ensemble", description=f"ensemble of {len(picked)} models", val_macro_f1=val_f1,
                      predict_labels=predict_probs.argmax(axis=1).astype(np.int64),
                      test_predictions=test_probs.argmax(axis=1).astype(np.int64),
-                     val_probs=mix("val_probs"), test_probs=test_probs, predict_probs=predict_probs,
+                     val_probs=val_probs.astype(np.float32), test_probs=test_probs, predict_probs=predict_probs,
                      architecture=architecture, config={"tau": chosen.tau}, state_dict=state, members=members,
                      epochs=max(c.epochs for c in picked), train_s=sum(c.train_s for c in picked))
 
@@ -83,7 +84,7 @@ def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np
 def run(ctx: RunContext) -> None:
     """Select, report and (when it pays) deliver the ensemble; the runner-up (the best single model, or the
     ensemble passed over) is kept for the report's side-by-side held-out scores."""
-    pool = [c for c in ctx.delivery.pool if c.val_probs is not None]
+    pool = ctx.delivery.pool       # the candidates offered with probabilities (Delivery.offer)
     if not pool:
         ctx.report[NAME] = {"status": "skipped", "reason": "no candidate with stored probabilities", "delivered": False}
         return

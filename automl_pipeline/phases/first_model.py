@@ -27,8 +27,7 @@ MIN_FIT_EPOCHS = 3
 # and 0.61-0.78 at batch 16 (69 steps) in about the same time on CPU.
 MIN_FIRST_MODEL_STEPS = 60
 MIN_FIRST_MODEL_BATCH = 16
-# The logistic regression gets at most this share of the phase: the default network is the better model
-# on every image set measured but digits.
+# The logistic regression gets at most this share of the phase; the rest is the default network's.
 LINEAR_SHARE = 0.3
 
 
