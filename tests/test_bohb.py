@@ -362,9 +362,12 @@ def test_phase_warm_starts_from_a_previous_run(tmp_path):
     assert 0 < sum(first.report()["model_based_picks_per_budget"].values()) <= first.model_based_picks
     lines = (tmp_path / "a" / "bohb" / "results.json").read_text().splitlines()
     assert len(lines) == len(first.trials) and first.report()["optimizer"] == "bohb"
-    second = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0),
-                      time_left=_phase_clock(2.0)[1], out_dir=tmp_path / "b", previous_result=tmp_path / "a" / "bohb",
+    # 4 s with 2 s of wrap-up: on CI's loaded 2 cores a 2 s phase (0.75 s for shutdown) once shut down
+    # unclean, and an unclean search builds no hpbandster Result
+    second = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=2.0),
+                      time_left=_phase_clock(4.0)[1], out_dir=tmp_path / "b", previous_result=tmp_path / "a" / "bohb",
                       evaluate=_quick, log=lambda s: None)
+    assert second.clean_shutdown and second.hpbandster_result is not None, (second.master_error, len(second.trials))
     runs = second.hpbandster_result.get_all_runs()
     assert len(runs) == len(second.trials) + len(first.trials)         # old runs are part of the result
 
