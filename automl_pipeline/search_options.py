@@ -14,6 +14,8 @@ unknown key, a wrong type or a value outside the choices is refused (exit 2, nam
     early_termination  true | false   stop DARTS when skips dominate (skip-based early termination)
     optimizer          "bohb" (default) | "random" (random search over the same space and budgets)
     loss               "search" (BOHB chooses) | "focal" (+ class weights) | "logit_adjusted" | "ce"
+    bagging            "auto" (default: k-fold bagging of the final fit when budget.plan.bag_folds says it
+                       fits) | "off" (always one final model)
 
 The baseline (`--method baseline`) is the same pipeline with DARTS off, plain cross-entropy and no
 surrogate skip (`BASELINE`, applied by `for_method`): of these options it keeps only `optimizer`.
@@ -29,6 +31,7 @@ from pathlib import Path
 DARTS_MODES = ("search", "off", "random")
 OPTIMIZERS = ("bohb", "random")
 LOSS_CHOICES = ("search", "focal", "logit_adjusted", "ce")
+BAGGING_MODES = ("auto", "off")
 # What `--method baseline` turns off; the one place that says what the baseline is.
 BASELINE = {"darts": "off", "extra_ops": False, "second_order": False, "allow_zero": False, "grouping": False,
             "max_skips": None, "surrogate_skip": False, "early_termination": True, "loss": "ce"}
@@ -52,9 +55,11 @@ class SearchOptions:
     early_termination: bool = True
     optimizer: str = "bohb"
     loss: str = "search"
+    bagging: str = "auto"
 
     def __post_init__(self) -> None:
         _choice("darts", self.darts, DARTS_MODES)
+        _choice("bagging", self.bagging, BAGGING_MODES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("loss", self.loss, LOSS_CHOICES)
         for name in ("extra_ops", "second_order", "allow_zero", "grouping", "surrogate_skip", "early_termination"):

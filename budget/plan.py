@@ -38,6 +38,13 @@ TRIAL_COST_FACTOR = 1.0
 DARTS_MIN_S = 45.0
 # Beyond the needs, time is shared as the fixed plan did: DARTS 0.20, BOHB 0.35, final fit 0.35.
 SPARE_WEIGHTS = {"darts": 0.20, "bohb": 0.35, "final_fit": 0.35}
+# k-fold bagging of the final choice (AutoGluon's bagging): BAG_FOLDS fold models over the training and
+# validation images pooled, each validated on the fold it did not train on, averaged. Only for small data
+# (at most BAG_MAX_IMAGES pooled), where one validation split of ~100 images ranks noise and the
+# out-of-fold predictions score every image, and only when the final fit holds BAG_FOLDS fold models of
+# FINAL_EPOCHS epochs each.
+BAG_FOLDS = 5
+BAG_MAX_IMAGES = 5000
 
 
 @dataclass(frozen=True)
@@ -111,3 +118,39 @@ def plan_run(facts: RunFacts) -> RunPlan:
         reason = f"{head}: {' and '.join(searches)} fit, with {spare:.0f}s beyond what they need"
     return RunPlan(weights=weights, skipped=skipped, reason=reason, final_epochs=final_epochs, ranking_epochs=ranking,
                    epochs_in_budget=held, needs_s=needs)
+
+
+@dataclass(frozen=True)
+class FoldFacts:
+    """What the final fit knows when it decides on bagging: seconds it has, seconds of one epoch of its
+    network on the training split, the training and validation sizes and the rarest class's count in both."""
+
+    seconds: float
+    epoch_s: float
+    n_train: int
+    n_val: int
+    rarest_class: int
+
+
+def fold_epoch_seconds(facts: FoldFacts, folds: int = BAG_FOLDS) -> float:
+    """Seconds of one epoch on k - 1 of k folds of the pooled training and validation images."""
+    return facts.epoch_s * (facts.n_train + facts.n_val) * (folds - 1) / folds / max(1, facts.n_train)
+
+
+def bag_folds(facts: FoldFacts, *, folds: int = BAG_FOLDS) -> tuple[int, str]:
+    """(k, the sentence why): `folds` when bagging fits (see BAG_FOLDS), else 1 (one final model)."""
+    n = facts.n_train + facts.n_val
+    if facts.n_val == 0 or n > BAG_MAX_IMAGES:
+        return 1, (f"{n} training and validation images, more than the {BAG_MAX_IMAGES} k-fold bagging is for: "
+                   f"one final model, validated on {facts.n_val} images")
+    if facts.rarest_class < folds:
+        return 1, (f"the rarest class has {facts.rarest_class} training and validation images, fewer than "
+                   f"{folds} folds: one final model")
+    fold_epoch_s = fold_epoch_seconds(facts, folds)
+    need = folds * FINAL_EPOCHS * fold_epoch_s
+    if facts.seconds < need:
+        return 1, (f"the final fit's {facts.seconds:.0f}s hold {facts.seconds / fold_epoch_s:.0f} fold-model epochs "
+                   f"({fold_epoch_s:.2f}s each); {folds} fold models of {FINAL_EPOCHS} need {need:.0f}s: one final model")
+    return folds, (f"{n} training and validation images (the rarest class {facts.rarest_class}): {folds} fold "
+                   f"models sharing {facts.seconds:.0f}s ({fold_epoch_s:.2f}s per epoch), each validated on the "
+                   f"fold it did not train on, averaged")

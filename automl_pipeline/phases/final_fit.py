@@ -1,9 +1,12 @@
-"""Phase 4, the final fit: BOHB's incumbent, else the DARTS cell, else the default network,
-trained for all the time left (retrained or fine-tuned when a round ends early)."""
+"""Phase 4, the final fit: BOHB's incumbent, else the DARTS cell, else the default network, trained for
+all the time left: as a k-fold bag on small data when the time holds it (budget.plan.bag_folds,
+phases/bagging.py), else as one model (retrained or fine-tuned when a round ends early)."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
+
+import numpy as np
 
 from automl_pipeline.bohb import BohbResult, config_to_network_spec, config_to_train_config
 from automl_pipeline.bohb.space import DEFAULT_CELL
@@ -11,12 +14,13 @@ from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
                                            timed_epoch, train_candidate)
-from automl_pipeline.phases import ensemble
+from automl_pipeline.phases import bagging, ensemble
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, NetworkSpec, build_network
 from automl_pipeline.training import TrainConfig
 from automl_pipeline.training.planning import epochs_that_fit
+from budget.plan import FoldFacts, bag_folds, fold_epoch_seconds
 from budget.reserves import ENSEMBLE_RESERVE_S
 
 NAME = "final_fit"
@@ -54,16 +58,15 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
 
 
 def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
-                          data: RunData, time_left: TimeLeft, *, log: Callable[[str], None]):
+                          data: RunData, time_left: TimeLeft, *, epoch_s: float, log: Callable[[str], None]):
     """Train `spec` with as many epochs as fit; yield each finished candidate.
 
-    The epoch count comes from a timed probe. When a round ends early (the probe overestimated,
+    The epoch count comes from `epoch_s`, a timed probe (timed_epoch). When a round ends early (the probe overestimated,
     e.g. on a machine whose load dropped), the time left is used, for up to MAX_FINAL_ROUNDS rounds:
     if the measured epoch time allows at least twice the epochs, training starts again from scratch
     with the longer schedule; otherwise, with at least MIN_FINE_TUNE_EPOCHS left, the best weights
     are fine-tuned at a tenth of the learning rate on a cosine schedule.
     """
-    epoch_s = timed_epoch(build_network(spec), data, config_for(1))
     last_epochs, best = 0, None
     for round_index in range(MAX_FINAL_ROUNDS):
         epochs = epochs_that_fit(time_left(), epoch_s, low=0)
@@ -94,14 +97,39 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
         try:
             source, description, spec, config_for = final_choice(ctx.data, darts, bohb,
                                                                  seed=ctx.seed, options=ctx.options)
-            for candidate in fit_for_the_time_left(source, description, spec, config_for, ctx.data,
-                                                   lambda: max(0.0, phase.remaining() - ENSEMBLE_RESERVE_S),
-                                                   log=ctx.log):
-                ctx.deliver(candidate)
+
+            def time_left() -> float:
+                return max(0.0, phase.remaining() - ENSEMBLE_RESERVE_S)
+
+            epoch_s = timed_epoch(build_network(spec), ctx.data, config_for(1))
+            facts = fold_facts(ctx, time_left(), epoch_s)
+            folds, why = bag_folds(facts) if ctx.options.bagging == "auto" else (1, "bagging is off (search options)")
+            ctx.report["bagging"] = {"folds": folds, "reason": why}
+            ctx.log.event("bagging", why)
+            if folds > 1:
+                candidate, bag_facts = bagging.fit_bag(source, description, spec, config_for, ctx.data, time_left,
+                                                       folds=folds, fold_epoch_s=fold_epoch_seconds(facts, folds),
+                                                       seed=ctx.seed, log=ctx.log)
+                ctx.report["bagging"].update(bag_facts)
+                if candidate is not None:
+                    ctx.deliver(candidate)
+            else:
+                for candidate in fit_for_the_time_left(source, description, spec, config_for, ctx.data, time_left,
+                                                       epoch_s=epoch_s, log=ctx.log):
+                    ctx.deliver(candidate)
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)
         ensemble.run(ctx)
     _note_cell_use(ctx, bohb)
+
+
+def fold_facts(ctx: RunContext, seconds: float, epoch_s: float) -> FoldFacts:
+    """What budget.plan.bag_folds decides on, for this run's splits."""
+    data = ctx.data
+    counts = data.train_counts + np.bincount(data.val.y.cpu().numpy(), minlength=data.n_classes)
+    present = counts[counts > 0]
+    return FoldFacts(seconds=seconds, epoch_s=epoch_s, n_train=len(data.train), n_val=len(data.val),
+                     rarest_class=int(present.min()) if present.size else 0)
 
 
 def _note_cell_use(ctx: RunContext, bohb: BohbResult | None) -> None:

@@ -184,6 +184,14 @@ def _final(report: dict, links: list[str]) -> list[str]:
     arch = final.get("architecture")
     if isinstance(arch, dict) and arch.get("kind") == "ensemble":
         lines += ["An ensemble: its members and weights are in the Ensemble section.", ""]
+    elif isinstance(arch, dict) and arch.get("kind") == "bag" and arch.get("members"):
+        bag = _dict(report, "bagging") or {}
+        lines += [f"A bag of {arch.get('models')} models of the architecture below ({bag.get('folds')} folds, "
+                  f"{bag.get('repeats')} round(s)), each trained on all but one fold of the training and validation "
+                  f"images, their probabilities averaged; out-of-fold macro-F1 {_f(bag.get('oof_macro_f1'))} "
+                  f"({_line(bag.get('reason', ''))}).", ""]
+        member = arch["members"][0].get("architecture") if isinstance(arch["members"][0], dict) else None
+        lines += (describe_architecture(member) + [""] + links) if isinstance(member, dict) else []
     elif isinstance(arch, dict) and arch.get("kind") == "logistic_regression":
         lines += [f"A logistic regression on the {arch.get('in_features')} pixel values.", ""]
     elif isinstance(arch, dict) and arch:
