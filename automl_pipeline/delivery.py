@@ -60,8 +60,23 @@ class Candidate:
         }
 
     def test_metrics(self, test_labels: np.ndarray, n_classes: int) -> dict:
-        """Metrics on the held-out test; called once, for the delivered model: the one use of those labels."""
+        """Metrics on the held-out test. Called only when the report is written, never for a choice."""
         return classification_metrics(test_labels, self.test_predictions, n_classes)
+
+
+def validation_vs_heldout(pool: list[Candidate], test_labels: np.ndarray, n_classes: int) -> dict:
+    """What the validation split can tell (report.json `candidates`): every pooled candidate's validation
+    and held-out macro-F1 and the Spearman rank correlation between the two (None with fewer than 3
+    candidates or constant scores). For the report only: written after every choice was made."""
+    from scipy.stats import spearmanr
+
+    rows = [{"name": c.name, "source": c.source, "val_macro_f1": round(c.val_macro_f1, 4),
+             "heldout_macro_f1": round(c.test_metrics(test_labels, n_classes)["macro_f1"], 4)} for c in pool]
+    val, heldout = [r["val_macro_f1"] for r in rows], [r["heldout_macro_f1"] for r in rows]
+    rho = None
+    if len(rows) >= 3 and len(set(val)) > 1 and len(set(heldout)) > 1:
+        rho = round(float(spearmanr(val, heldout).statistic), 3)
+    return {"val_heldout_spearman": rho, "models": rows}
 
 
 class Delivery:

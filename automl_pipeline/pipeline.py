@@ -18,7 +18,7 @@ import torch
 from automl_pipeline.bohb import require_hmac_key
 from automl_pipeline.checkpoints import Checkpoints, fingerprint
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
-from automl_pipeline.delivery import Delivery
+from automl_pipeline.delivery import Delivery, validation_vs_heldout
 from automl_pipeline.errors import InputError
 from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
@@ -85,6 +85,8 @@ class RunReport:
             if best is not None:
                 report["final"] = best.summary()
                 report["test_metrics"] = best.test_metrics(self.test_labels, self.n_classes)
+                report["candidates"] = validation_vs_heldout(list(self.delivery.pool), self.test_labels,
+                                                             self.n_classes)
                 runner_up = self.delivery.runner_up
                 if runner_up is not None and "ensemble" in report:
                     report["ensemble"] = {**report["ensemble"], "heldout_macro_f1": {

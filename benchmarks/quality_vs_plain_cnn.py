@@ -61,7 +61,9 @@ RUN_COLUMNS = [("data", "data", 0), ("time_limit_s", "T s", 0), ("method", "meth
                ("darts_arch_steps", "DARTS arch steps", 0), ("darts_cell_used", "DARTS cell used", 0),
                ("bohb_n_trials", "BOHB trials", 0), ("bohb_model_based_picks", "BOHB model picks", 0),
                ("bohb_rank_correlation", "BOHB rung Spearman", 0), ("phases_text", "seconds per phase", 0),
-               ("ensemble_text", "ensemble members (weight)", 0), ("plan_skipped", "plan gave away", 0)]
+               ("ensemble_text", "ensemble members (weight)", 0), ("plan_skipped", "plan gave away", 0),
+               ("bag_folds", "bag folds", 0), ("bag_oof_macro_f1", "bag out-of-fold macro-F1", 4),
+               ("val_heldout_spearman", "val vs held-out Spearman", 2)]
 SUMMARY_METRICS = ("macro_f1", "accuracy", "wall_s", "seconds")
 
 
@@ -90,7 +92,8 @@ def ours_facts(report: dict | None) -> dict:
     """What ours did, from report.json (the schema the pipeline writes; a key it lacks is None): where the
     delivered model came from, DARTS architecture steps and whether its cell was used, BOHB trials,
     model-based picks and the Spearman correlation between adjacent rungs, seconds per phase, the
-    ensemble's members and weights, and the searches the plan gave away."""
+    ensemble's members and weights, the searches the plan gave away, the final fit's bagging (folds,
+    out-of-fold macro-F1) and the rank correlation between the candidates' validation and held-out scores."""
     report = report if isinstance(report, dict) else {}
     final, darts, bohb = _section(report, "final"), _section(report, "darts"), _section(report, "bohb")
     steps, trials = darts.get("arch_steps"), bohb.get("n_trials")
@@ -105,7 +108,10 @@ def ours_facts(report: dict | None) -> dict:
                                                for c in correlations) or None,
             "phases_text": ", ".join(f"{name} {'-' if s is None else f'{s:.0f}'}" for name, s in used.items()) or None,
             "ensemble_text": ", ".join(f"{m.get('name')} ({m.get('weight')})" for m in members) or None,
-            "plan_skipped": ", ".join(_section(report, "plan").get("skipped") or {}) or None}
+            "plan_skipped": ", ".join(_section(report, "plan").get("skipped") or {}) or None,
+            "bag_folds": _section(report, "bagging").get("folds"),
+            "bag_oof_macro_f1": _section(report, "bagging").get("oof_macro_f1"),
+            "val_heldout_spearman": _section(report, "candidates").get("val_heldout_spearman")}
 
 
 def ours_heldout_fingerprint(run_dir: Path) -> str | None:

@@ -101,3 +101,47 @@ def test_time_left_after_a_round_buys_another_partition(digits, one_torch_thread
     assert facts["repeats"] == 2 and len(facts["fold_models"]) == 4
     assert {row["seed"] for row in facts["fold_models"]} == {0, 1}
     assert candidate.architecture["models"] == 4 and candidate.description.startswith("2-fold x 2 bag")
+
+
+@pytest.mark.parametrize("bagging_mode", ["auto", "off"])
+def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits, tmp_path, monkeypatch,
+                                                            one_torch_thread):
+    """final_fit.run on digits with fold models of 2 epochs (budget.plan.FINAL_EPOCHS patched): the bag is
+    trained, offered, written as model.pt (loadable with weights_only) and enters the ensemble's library;
+    with the option off, one final model and the reason."""
+    import budget.plan
+    from automl_pipeline.checkpoints import Checkpoints
+    from automl_pipeline.delivery import Delivery
+    from automl_pipeline.phases import final_fit
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.search_options import SearchOptions
+    from automl_pipeline.settings import Settings
+    from budget import Budget
+
+    monkeypatch.setattr(budget.plan, "FINAL_EPOCHS", 2)
+    clock = Budget(16, margin_s=0)
+    clock.plan([("final_fit", 1.0)])
+    store = Checkpoints(tmp_path)
+    store.dir.mkdir()
+    log = RunLog(None, quiet=True, elapsed=clock.elapsed, remaining=clock.remaining)
+    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
+                        class_names=[str(c) for c in range(10)], log=log)
+    settings = Settings(time_limit_s=16, output_dir=tmp_path, search=SearchOptions(bagging=bagging_mode))
+    ctx = RunContext(settings=settings, budget=clock, data=digits, log=log, store=store, report={}, delivery=delivery)
+    final_fit.run(ctx, None, None)
+    section = ctx.report["bagging"]
+    library = {entry["name"] for entry in ctx.report["ensemble"]["library"]}
+    if bagging_mode == "off":
+        assert section == {"folds": 1, "reason": "bagging is off (search options)"}
+        assert not any("fold" in name for name in library)
+        return
+    assert section["folds"] == budget.plan.BAG_FOLDS and section["repeats"] >= 1, section
+    bag_name = next(name for name in library if name.startswith("5-fold"))
+    assert "bag of the final fit of the default network" in bag_name
+    # the only candidate offered: delivered, and the ensemble has nothing to mix it with
+    assert delivery.best.description == bag_name and not ctx.report["ensemble"]["delivered"]
+    assert delivery.best.val_macro_f1 == pytest.approx(section["val_macro_f1"], abs=1e-4)
+    model = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert model["spec"]["kind"] == bagging.KIND and len(model["spec"]["members"]) == 5 * section["repeats"]
+    assert {key.split(".")[0] for key in model["state_dict"]} == {f"member{i}" for i in range(model["spec"]["models"])}

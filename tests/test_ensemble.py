@@ -118,3 +118,21 @@ def test_the_phase_passes_over_an_ensemble_that_does_not_pay():
     _, single, section = build_ensemble(pool, data, seed=0)
     assert section["delivered"] is False and "reason" in section
     assert single.name == "good"
+
+
+def test_validation_vs_heldout_ranks_the_candidates_on_both_splits():
+    from automl_pipeline.delivery import validation_vs_heldout
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+
+    def candidate(name, val_f1, right):
+        predictions = np.where(np.arange(labels.size) < right, labels, (labels + 1) % 3)
+        return Candidate(source="x", description=name, val_macro_f1=val_f1, predict_labels=predictions,
+                         test_predictions=predictions)
+
+    agree = validation_vs_heldout([candidate("a", 0.9, 6), candidate("b", 0.5, 3), candidate("c", 0.1, 0)], labels, 3)
+    assert agree["val_heldout_spearman"] == pytest.approx(1.0)
+    assert [m["heldout_macro_f1"] for m in agree["models"]] == [1.0, pytest.approx(0.5, abs=0.2), 0.0]
+    reverse = validation_vs_heldout([candidate("a", 0.1, 6), candidate("b", 0.5, 3), candidate("c", 0.9, 0)], labels, 3)
+    assert reverse["val_heldout_spearman"] == pytest.approx(-1.0)
+    assert validation_vs_heldout([candidate("a", 0.1, 6), candidate("b", 0.5, 3)], labels, 3)["val_heldout_spearman"] is None

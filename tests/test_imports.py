@@ -49,7 +49,7 @@ RULES: dict[str, set[str]] = {
                                          "errors")} | {"submission", "budget.reserves"},
     f"{AP}.reporting": {f"{AP}.search_options", "submission"},
     f"{AP}.compare": {f"{AP}.processes", f"{AP}.reporting", "submission", "budget.reserves"},
-    # phases/: common <- context <- the phase modules; the ensemble step closes the final fit
+    # phases/: common <- context <- the phase modules; bagging (the fold models) and the ensemble step serve the final fit
     f"{AP}.phases": set(),                           # the package's __init__ (see EXACT)
     f"{AP}.phases.common": PHASE_DEPS,
     f"{AP}.phases.context": PHASE_DEPS | {f"{AP}.phases.common"},
@@ -57,8 +57,9 @@ RULES: dict[str, set[str]] = {
     f"{AP}.phases.first_model": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.architecture": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.hyperparameters": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
+    f"{AP}.phases.bagging": PHASE_DEPS | {f"{AP}.phases.common"},
     f"{AP}.phases.final_fit": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context",
-                                             f"{AP}.phases.ensemble"},
+                                             f"{AP}.phases.ensemble", f"{AP}.phases.bagging"},
     # the run and the command line
     "run": {f"{AP}.cli"},                             # run.py: parses the command line, calls one function
     f"{AP}.pipeline": {"budget", "submission"} | {f"{AP}.{m}" for m in (

@@ -280,6 +280,12 @@ def _ensemble(report: dict) -> list[str]:
     if isinstance(heldout, dict) and heldout:
         lines += ["Held-out test macro-F1, side by side (the choice was made on validation only):", ""]
         lines += _table(["model", "held-out macro-F1"], [[name, _f(value)] for name, value in heldout.items()])
+    candidates = _dict(report, "candidates")
+    if candidates and candidates.get("models"):
+        rho = candidates.get("val_heldout_spearman")
+        lines += [f"What the validation split can tell: over the {len(candidates['models'])} candidates, the Spearman "
+                  f"rank correlation between validation and held-out macro-F1 is "
+                  f"{'n/a' if rho is None else f'{rho:.2f}'} (report.json `candidates`).", ""]
     return lines
 
 
