@@ -480,7 +480,7 @@ def test_two_worker_processes_share_one_run(tmp_path):
                               env=_env(OMP_NUM_THREADS="1"))
              for _ in range(2)]
     try:
-        phase_s = 40.0                                       # includes the workers' start-up (torch import)
+        phase_s = 30.0                                       # includes the workers' start-up (torch import, ~5 s)
         start, time_left = _phase_clock(phase_s)
         result = run_bohb(None, config_space=tiny_space(1),
                           options=BohbOptions(min_budget=1, max_budget=3, n_local_workers=0, min_n_workers=2,
@@ -539,7 +539,7 @@ def test_off_loopback_workers_need_the_shared_secret(tmp_path, monkeypatch):
     procs = {name: subprocess.Popen(worker_cli, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env=env) for name, env in envs.items()}
     try:
-        phase_s = 40.0                                       # includes the workers' start-up (torch import)
+        phase_s = 30.0                                       # includes the workers' start-up (torch import, ~5 s)
         result = run_bohb(None, config_space=tiny_space(2),
                           options=BohbOptions(min_budget=1, max_budget=3, n_local_workers=0, min_n_workers=1,
                                               nameserver_host=address, nameserver_port=port, run_id="keyed"),

@@ -452,3 +452,23 @@ def test_the_fixture_has_every_key_the_pipeline_writes(tmp_path, monkeypatch):
     missing += lacking("phases[].", written["phases"][0], fixture["phases"][0])
     missing += lacking("events[].", written["events"][0], fixture["events"][0])
     assert not missing, f"{FIXTURE.name} lacks keys the pipeline writes now: {missing}; make it again"
+
+
+def test_report_md_says_early_termination_off_instead_of_a_limit_never_applied(tmp_path):
+    report = pipeline_report()
+    report["settings"]["search"]["early_termination"] = False
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    assert "early termination off)" in text and "termination when above" not in text
+    on = write_report_md(pipeline_report(), tmp_path).read_text(encoding="utf-8")
+    assert f"termination when above {pipeline_report()['darts']['skip_limit']})" in on
+
+
+def test_report_md_describes_a_bagged_final_model(tmp_path):
+    report = pipeline_report()
+    member = {"weight": 0.2, "architecture": report["final"]["architecture"], "config": report["final"]["config"]}
+    report["final"] = {**report["final"], "description": "5-fold bag of the final fit",
+                       "architecture": {"kind": "bag", "models": 5, "members": [member] * 5}}
+    report["bagging"] = {"folds": 5, "repeats": 1, "reason": "1200 training and validation images", "oof_macro_f1": 0.61}
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    assert "A bag of 5 models of the architecture below (5 folds, 1 round(s))" in text
+    assert "out-of-fold macro-F1 0.610" in text and f"{member['architecture']['n_cells']} cells" in text

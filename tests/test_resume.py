@@ -180,6 +180,33 @@ def test_bohb_trials_are_kept_across_attempts(tmp_path):
     assert alone.incumbent_config == {"lr": 0.02, "cell": "darts"}
 
 
+def test_a_resumed_run_whose_plan_skips_bohb_says_skipped_and_keeps_the_earlier_trials(tmp_path):
+    """The plan gave BOHB away in this attempt: its section says skipped, with the plan's reason and the
+    kept trials (it said "completed")."""
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.settings import Settings
+    from budget import Budget, FakeClock
+    from tests.data_builders import random_run_data
+
+    ck = Checkpoints(tmp_path)
+    ck.start(_fp(), resume=False)
+    _bohb_log(tmp_path / "bohb", [([0, 0, 0], 0.01, 0.7), ([0, 0, 1], 0.02, 0.9)])
+    assert hyperparameters.archive_trials(ck) == 2
+    budget = Budget(100, clock=FakeClock(), margin_s=0)
+    budget.plan([("bohb", 0.5), ("final_fit", 0.5)])
+    ctx = RunContext(settings=Settings(time_limit_s=100, output_dir=tmp_path, resume=True), budget=budget,
+                     data=random_run_data(), log=RunLog(None, quiet=True, elapsed=budget.elapsed,
+                                                        remaining=budget.remaining),
+                     store=ck, report={}, delivery=None)
+    ctx.search_skipped("bohb", "the plan's sentence")
+    result = hyperparameters.run(ctx, None)
+    section = ctx.report["bohb"]
+    assert result is not None and result.incumbent_val_macro_f1 == 0.9
+    assert section["status"] == "skipped" and section["n_trials"] == 2 and len(section["kept_trials"]) == 2
+    assert section["reason"] == "the plan's sentence; the 2 trials kept from the earlier attempt stand"
+
+
 # --------------------------------------------------------------------------- the command line
 
 def _cli(*args, timeout=120):

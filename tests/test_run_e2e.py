@@ -114,9 +114,9 @@ def test_each_format_runs_end_to_end(tmp_path, fmt):
                "imagefolder": data_builders.make_imagefolder}[fmt]
     builder(data_dir)
     out = tmp_path / "out"
-    proc, wall = run_cli("--time-limit", "25", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
+    proc, wall = run_cli("--time-limit", "15", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert wall < 25
+    assert wall < 15
     report = check_outputs(out, n_expected=report_predict_count(out))
     assert report["data"]["format"] == fmt
 
@@ -192,7 +192,7 @@ def test_a_class_with_one_image_runs_kept_in_training_only(tmp_path):
     for path in sorted((data_dir / "class2").iterdir())[1:]:
         path.unlink()
     out = tmp_path / "out"
-    proc, wall = run_cli("--time-limit", "25", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
+    proc, wall = run_cli("--time-limit", "15", "--data-dir", str(data_dir), "--output-dir", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     report = check_outputs(out, n_expected=report_predict_count(out))
     assert report["data"]["train_only_classes"] == ["class2"]

@@ -179,10 +179,14 @@ def run(ctx: RunContext, darts: DartsResult | None, *, min_epochs: float | None 
                 bohb, why_not = None, phase_failed(ctx.log, NAME, err)
         if bohb is None:
             ctx.search_skipped(NAME, why_not)
+    searched = bohb is not None
+    skipped_why = (ctx.report.get(NAME) or {}).get("reason", "")
     bohb = merge_kept_trials(bohb, kept)
     if bohb is not None:
         section = ctx.report["bohb"] = bohb.report()
-        section["status"] = "completed"
+        section["status"] = "completed" if searched else "skipped"
+        if not searched:   # only an earlier attempt's trials: say that this attempt did not search
+            section["reason"] = f"{skipped_why}; the {len(kept)} trials kept from the earlier attempt stand"
         if kept:
             section["kept_trials"] = [t.to_json() for t in kept]
         for error in section["errors"]:

@@ -324,10 +324,12 @@ def _darts(report: dict, links: list[str]) -> list[str]:
                   + " a cell from this search.", ""]
     skips = darts.get("skip_count_per_epoch") or []
     if skips:
-        limit = darts.get("skip_limit")
+        search = _dict(_dict(report, "settings") or {}, "search") or {}
+        stop = (f"termination when above {darts.get('skip_limit')}" if search.get("early_termination", True)
+                else "early termination off")
         lines += ["Skip count per epoch (edges whose skip weight exceeds the threshold"
                   + (f" {darts['skip_threshold']}" if darts.get("skip_threshold") is not None else "")
-                  + f"; termination when above {limit}): {', '.join(str(s) for s in skips)}", ""]
+                  + f"; {stop}): {', '.join(str(s) for s in skips)}", ""]
     genotype = darts.get("genotype")
     if isinstance(genotype, dict):
         lines += ["Derived genotype:", ""]
