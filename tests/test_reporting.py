@@ -13,9 +13,8 @@ import pytest
 from automl_pipeline.reporting import markdown, write_report_md, write_run_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# report.json of a real run on the digits demo, as the pipeline wrote it (both searches completed), made by
-#   python tests/fixtures/make_report_fixture.py   (the committed one: --time-limit 2400 at a085764, on a busy
-#   2-core machine: the run's plan gave both searches time only there)
+# report.json of a real run on 240 shifted digits, as the pipeline wrote it (both searches completed), made by
+#   python tests/fixtures/make_report_fixture.py --time-limit 360   (the committed one: at 07aec1f, idle 2 cores)
 # test_the_fixture_has_every_key_the_pipeline_writes says when it must be made again.
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_digits.json"
 
