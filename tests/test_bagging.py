@@ -128,7 +128,7 @@ def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits
     log = RunLog(None, quiet=True, elapsed=clock.elapsed, remaining=clock.remaining)
     delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
                         class_names=[str(c) for c in range(10)], log=log)
-    settings = Settings(time_limit_s=seconds, output_dir=tmp_path, search=SearchOptions(bagging=bagging_mode))
+    settings = Settings(time_limit_s=60, output_dir=tmp_path, search=SearchOptions(bagging=bagging_mode))
     ctx = RunContext(settings=settings, budget=clock, data=digits, log=log, store=store, report={}, delivery=delivery)
     final_fit.run(ctx, None, None)
     section = ctx.report["bagging"]
