@@ -224,7 +224,8 @@ def test_plain_cnn_benchmark_reads_what_the_pipeline_reports():
         "source": "ensemble", "epochs": 9, "train_images_per_s": 812.5, "darts_arch_steps": 300,
         "darts_cell_used": False, "bohb_n_trials": 11, "bohb_model_based_picks": 4,
         "bohb_rank_correlation": "0.41, n/a", "phases_text": "first_model 30, darts -, final_fit 246",
-        "ensemble_text": "first model (0.6), BOHB trial 0-0-1 (0.4)", "plan_skipped": "darts"}
+        "ensemble_text": "first model (0.6), BOHB trial 0-0-1 (0.4)", "plan_skipped": "darts", "bag_folds": None, "bag_oof_macro_f1": None,
+        "val_heldout_spearman": None}
     # searches skipped: report.json always has both sections, with status and reason
     skipped = {"final": {"source": "default_network", "description": "final fit of the default network"},
                "darts": {"status": "skipped", "reason": "19s is too short", "arch_steps": 0, "cell_used": False},
