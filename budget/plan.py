@@ -137,6 +137,11 @@ def fold_epoch_seconds(facts: FoldFacts, folds: int = BAG_FOLDS) -> float:
     return facts.epoch_s * (facts.n_train + facts.n_val) * (folds - 1) / folds / max(1, facts.n_train)
 
 
+def bag_seconds_needed(fold_epoch_s: float, folds: int = BAG_FOLDS) -> float:
+    """Seconds one round of `folds` fold models of FINAL_EPOCHS epochs needs (a bag, or a repeat of one)."""
+    return folds * FINAL_EPOCHS * fold_epoch_s
+
+
 def bag_folds(facts: FoldFacts, *, folds: int = BAG_FOLDS) -> tuple[int, str]:
     """(k, the sentence why): `folds` when bagging fits (see BAG_FOLDS), else 1 (one final model)."""
     n = facts.n_train + facts.n_val
@@ -147,7 +152,7 @@ def bag_folds(facts: FoldFacts, *, folds: int = BAG_FOLDS) -> tuple[int, str]:
         return 1, (f"the rarest class has {facts.rarest_class} training and validation images, fewer than "
                    f"{folds} folds: one final model")
     fold_epoch_s = fold_epoch_seconds(facts, folds)
-    need = folds * FINAL_EPOCHS * fold_epoch_s
+    need = bag_seconds_needed(fold_epoch_s, folds)
     if facts.seconds < need:
         return 1, (f"the final fit's {facts.seconds:.0f}s hold {facts.seconds / fold_epoch_s:.0f} fold-model epochs "
                    f"({fold_epoch_s:.2f}s each); {folds} fold models of {FINAL_EPOCHS} need {need:.0f}s: one final model")

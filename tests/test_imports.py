@@ -57,7 +57,7 @@ RULES: dict[str, set[str]] = {
     f"{AP}.phases.first_model": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.architecture": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.hyperparameters": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
-    f"{AP}.phases.bagging": PHASE_DEPS | {f"{AP}.phases.common"},
+    f"{AP}.phases.bagging": PHASE_DEPS | {f"{AP}.ensemble", f"{AP}.phases.common", f"{AP}.phases.ensemble"},
     f"{AP}.phases.final_fit": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context",
                                              f"{AP}.phases.ensemble", f"{AP}.phases.bagging"},
     # the run and the command line

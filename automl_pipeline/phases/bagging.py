@@ -20,13 +20,14 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from automl_pipeline.delivery import Candidate
+from automl_pipeline.ensemble import Ensemble
+from automl_pipeline.phases import ensemble
 from automl_pipeline.phases.common import RunData, TimeLeft, train_candidate
 from automl_pipeline.search_space import NetworkSpec
 from automl_pipeline.training import TensorData, TrainConfig
 from automl_pipeline.training.metrics import macro_f1
 from automl_pipeline.training.planning import epochs_that_fit
-from budget.plan import FINAL_EPOCHS
-from budget.reserves import PLAN_SHARE
+from budget.plan import bag_seconds_needed
 
 KIND = "bag"     # model.pt / report.json final.architecture.kind of a bag
 # Rounds of repeated bagging at most (each a new stratified partition; AutoGluon repeats up to 20).
@@ -48,7 +49,7 @@ def fit_bag(source: str, description: str, spec: NetworkSpec, config_for: Callab
             data: RunData, time_left: TimeLeft, *, folds: int, fold_epoch_s: float, seed: int,
             log: Callable[[str], None], max_repeats: int = MAX_REPEATS) -> tuple[Candidate | None, dict]:
     """Train `folds` fold models of `spec`, each in an equal share of what is left when it starts; while the
-    time left holds another round of fold models of FINAL_EPOCHS epochs (at the measured epoch time), repeat
+    time left holds another round (budget.plan.bag_seconds_needed at the measured epoch time), repeat
     on a new stratified partition (repeated bagging: fold models are capped at 200 epochs, so long runs would
     otherwise leave the final fit's time unused), up to `max_repeats` rounds.
 
@@ -63,7 +64,7 @@ def fit_bag(source: str, description: str, spec: NetworkSpec, config_for: Callab
     members: list[Candidate] = []
     facts: dict = {"folds": folds, "repeats": 0, "fold_models": []}
     for repeat in range(max_repeats):
-        if repeat > 0 and time_left() * PLAN_SHARE < folds * FINAL_EPOCHS * fold_epoch_s:
+        if repeat > 0 and time_left() < bag_seconds_needed(fold_epoch_s, folds):
             break
         round_members, oof, seconds_per_epoch = _one_round(
             source, description, spec, config_for, data, pooled, labels, time_left, folds=folds,
@@ -121,22 +122,9 @@ def _one_round(source, description, spec, config_for, data: RunData, pooled: Ten
 
 def _bag_candidate(members: list[Candidate], source: str, description: str, val_probs: np.ndarray,
                    val_f1: float) -> Candidate:
-    """The bag as one candidate: the members' mean probabilities on held-out test and predicted images, the
-    out-of-fold probabilities on validation, and a model.pt holding every member's weights (keys
-    "member<i>.<key>") with one architecture and config per member."""
-    def mean(field: str) -> np.ndarray:
-        return np.mean([getattr(c, field) for c in members], axis=0).astype(np.float32)
-
-    test_probs, predict_probs = mean("test_probs"), mean("predict_probs")
-    weight = 1.0 / len(members)
-    state = {f"member{i}.{key}": value for i, c in enumerate(members) for key, value in (c.state_dict or {}).items()}
-    architecture = {"kind": KIND, "models": len(members),
-                    "members": [{"weight": weight, "architecture": c.architecture, "config": c.config}
-                                for c in members]}
-    return Candidate(source=source, description=description, val_macro_f1=val_f1,
-                     predict_labels=predict_probs.argmax(axis=1).astype(np.int64),
-                     test_predictions=test_probs.argmax(axis=1).astype(np.int64),
-                     val_probs=val_probs, test_probs=test_probs, predict_probs=predict_probs,
-                     architecture=architecture, config=members[0].config, state_dict=state,
-                     epochs=max(c.epochs for c in members), train_s=sum(c.train_s for c in members),
-                     train_images_per_s=float(np.mean([c.train_images_per_s for c in members])))
+    """The bag as one candidate: an equal-weight mixture of its fold models, out-of-fold probabilities on
+    validation, one architecture and config per member in model.pt (kind KIND)."""
+    weights = tuple(1.0 / len(members) for _ in members)
+    return ensemble.mixture_candidate(members, Ensemble(weights, 0.0), None, kind=KIND, source=source,
+                                      description=description, val_probs=val_probs, val_f1=val_f1,
+                                      config=members[0].config, architecture={"models": len(members)})

@@ -59,26 +59,37 @@ def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[
 
 def _as_candidate(library: list[Candidate], chosen: ensemble.Ensemble, prior: np.ndarray, val_probs: np.ndarray,
                   val_f1: float, members: list[dict]) -> Candidate:
-    """The ensemble as one candidate: mixed probabilities, and a model.pt holding every member's weights
-    (keys "member<i>.<key>"), architecture and config, their weights, tau and the class prior."""
+    """The ensemble as one candidate (mixture_candidate of its picked members, with tau and the class prior)."""
     picked = [library[i] for i in chosen.members]
     weights = [chosen.weights[i] for i in chosen.members]
-    sub = ensemble.Ensemble(tuple(weights), chosen.tau)
+    return mixture_candidate(picked, ensemble.Ensemble(tuple(weights), chosen.tau), prior, kind="ensemble",
+                             source="ensemble", description=f"ensemble of {len(picked)} models",
+                             val_probs=val_probs, val_f1=val_f1, config={"tau": chosen.tau}, members=members,
+                             architecture={"tau": chosen.tau, "prior": [float(p) for p in prior]})
 
+
+def mixture_candidate(picked: list[Candidate], mixture: ensemble.Ensemble, prior: np.ndarray | None, *, kind: str,
+                      source: str, description: str, val_probs: np.ndarray, val_f1: float, config: dict | None,
+                      members: list[dict] | None = None, architecture: dict | None = None) -> Candidate:
+    """Models mixed by `mixture` (weights, tau) as one candidate: their mixed probabilities on the held-out test
+    and predicted images (`val_probs` is the caller's: mixed, or out-of-fold for a bag), and a model.pt
+    holding every member's weights (keys "member<i>.<key>") with {"kind": kind, **architecture, "members":
+    [{weight, architecture, config}]}. The final ensemble and the k-fold bag (equal weights) are both this."""
     def mix(field: str) -> np.ndarray:
-        return ensemble.combine([getattr(c, field) for c in picked], sub, prior).astype(np.float32)
+        return ensemble.combine([getattr(c, field) for c in picked], mixture, prior).astype(np.float32)
 
     test_probs, predict_probs = mix("test_probs"), mix("predict_probs")
     state = {f"member{i}.{key}": value for i, c in enumerate(picked) for key, value in (c.state_dict or {}).items()}
-    architecture = {"kind": "ensemble", "tau": chosen.tau, "prior": [float(p) for p in prior],
-                    "members": [{"weight": w, "architecture": c.architecture, "config": c.config}
-                                for w, c in zip(weights, picked)]}
-    return Candidate(source="ensemble", description=f"ensemble of {len(picked)} models", val_macro_f1=val_f1,
+    described = {"kind": kind, **(architecture or {}),
+                 "members": [{"weight": w, "architecture": c.architecture, "config": c.config}
+                             for w, c in zip(mixture.weights, picked)]}
+    return Candidate(source=source, description=description, val_macro_f1=val_f1,
                      predict_labels=predict_probs.argmax(axis=1).astype(np.int64),
                      test_predictions=test_probs.argmax(axis=1).astype(np.int64),
-                     val_probs=val_probs.astype(np.float32), test_probs=test_probs, predict_probs=predict_probs,
-                     architecture=architecture, config={"tau": chosen.tau}, state_dict=state, members=members,
-                     epochs=max(c.epochs for c in picked), train_s=sum(c.train_s for c in picked))
+                     val_probs=np.asarray(val_probs, dtype=np.float32), test_probs=test_probs,
+                     predict_probs=predict_probs, architecture=described, config=config, state_dict=state,
+                     members=members, epochs=max(c.epochs for c in picked), train_s=sum(c.train_s for c in picked),
+                     train_images_per_s=float(np.mean([c.train_images_per_s for c in picked])))
 
 
 def run(ctx: RunContext) -> None:
