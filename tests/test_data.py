@@ -366,6 +366,14 @@ def bad_npz_class_missing_from_train(d):
     return d, ["gap.npz", "class '1' (label 1) has no training images"]
 
 
+def bad_npz_label_far_beyond_the_others(d):
+    """Labels 0, 1 and 10**6: a short message (at most checks.MAX_NAMED classes named), not megabytes."""
+    d.mkdir()
+    np.savez(d / "far.npz", train_images=np.zeros((6, 6, 6), np.uint8), train_labels=np.array([0, 1, 0, 1, 10**6, 1]))
+    return d, ["far.npz", "class '2' (label 2), '3' (label 3)", "'11' (label 11) and 999988 more of the 1000001",
+               "has no training images"]
+
+
 def bad_two_npz_files(d):
     make_npz(d)
     make_npz(d, name="other.npz")
@@ -389,6 +397,7 @@ def test_bad_input_raises_input_error_naming_the_problem(tmp_path, make_bad):
     message = str(caught.value)
     for part in expected_parts:
         assert part in message, f"{part!r} not in {message!r}"
+    assert len(message) < 2000, message[:300]
 
 
 def test_npz_object_arrays_are_refused_without_unpickling(tmp_path, monkeypatch):

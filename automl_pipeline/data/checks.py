@@ -9,6 +9,8 @@ import numpy as np
 from automl_pipeline.errors import InputError
 
 MIN_CLASSES = 2
+# An error names at most this many classes (labels up to 10**6 would otherwise make a message of megabytes).
+MAX_NAMED = 10
 
 
 def default_class_names(n_classes: int) -> tuple[str, ...]:
@@ -23,5 +25,7 @@ def check_classes(source: str | PathLike, class_names: Sequence[str], train_labe
     counts = np.bincount(train_labels, minlength=len(class_names))
     missing = [i for i in range(len(class_names)) if counts[i] == 0]
     if missing:
-        names = ", ".join(f"{class_names[i]!r} (label {i})" for i in missing)
+        names = ", ".join(f"{class_names[i]!r} (label {i})" for i in missing[:MAX_NAMED])
+        if len(missing) > MAX_NAMED:
+            names += f" and {len(missing) - MAX_NAMED} more of the {len(class_names)} classes"
         raise InputError(source, f"class {names} has no training images; every class needs some")
