@@ -64,6 +64,20 @@ class Candidate:
         return classification_metrics(test_labels, self.test_predictions, n_classes)
 
 
+def majority_fallback(train_counts: np.ndarray, val_labels: np.ndarray, *, n_predict: int, n_test: int) -> Candidate:
+    """The fallback written before any tensor is made: every image gets the most frequent training class."""
+    majority = int(np.argmax(train_counts))
+    val_f1 = classification_metrics(val_labels, np.full_like(val_labels, majority), len(train_counts))["macro_f1"]
+    return Candidate(
+        source="majority_fallback",
+        description="majority-class fallback",
+        val_macro_f1=float(val_f1),
+        predict_labels=np.full(n_predict, majority, dtype=np.int64),
+        test_predictions=np.full(n_test, majority, dtype=np.int64),
+        config={"majority_class": majority},
+    )
+
+
 def validation_vs_heldout(pool: list[Candidate], test_labels: np.ndarray, n_classes: int) -> dict:
     """What the validation split can tell (report.json `candidates`): every pooled candidate's validation
     and held-out macro-F1 and the Spearman rank correlation between the two (None with fewer than 3

@@ -18,7 +18,7 @@ import torch
 from automl_pipeline.bohb import require_hmac_key
 from automl_pipeline.checkpoints import Checkpoints, fingerprint
 from automl_pipeline.data import Dataset, Splits, load_dataset, make_splits
-from automl_pipeline.delivery import Delivery, validation_vs_heldout
+from automl_pipeline.delivery import Delivery, majority_fallback, validation_vs_heldout
 from automl_pipeline.errors import InputError
 from automl_pipeline.phases import architecture, common, final_fit, first_model, hyperparameters
 from automl_pipeline.phases.context import RunContext, phase_failed, search_section
@@ -225,25 +225,29 @@ def _load(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, report
     for note in (*dataset.notes, *splits.notes):
         log.event("input", note)
 
-    data = _to_run_data(dataset, splits, device)
-    warming.join(timeout=max(0.0, budget.remaining()))
+    # Predictions on disk before the tensors are made: on 50,000 images their conversion and torch's
+    # warm-up took longer than a 12 s limit's work time on a shared core, and the run ended with none.
     delivery = Delivery(out_dir, predict_ids=splits.predict.ids, class_names=dataset.class_names, log=log)
     report.delivery, report.test_labels, report.n_classes = delivery, splits.test.labels, dataset.n_classes
-    resumed = _resume(settings, checkpoints, delivery, data, log, report) if settings.resume else None
-    ctx = RunContext(settings=settings, budget=budget, data=data, log=log, store=checkpoints, report=report.sections,
-                     delivery=delivery, resumed=resumed)
-    ctx.deliver(common.majority_candidate(data, splits.val.labels))
-    return ctx
+    resumed = _resume(settings, checkpoints, delivery, splits, log, report) if settings.resume else None
+    fallback = majority_fallback(np.bincount(splits.train.labels, minlength=dataset.n_classes), splits.val.labels,
+                                 n_predict=len(splits.predict.ids), n_test=len(splits.test.ids))
+    if delivery.offer(fallback):
+        checkpoints.save_delivered(fallback)
+
+    data = _to_run_data(dataset, splits, device)
+    warming.join(timeout=max(0.0, budget.remaining()))
+    return RunContext(settings=settings, budget=budget, data=data, log=log, store=checkpoints, report=report.sections,
+                      delivery=delivery, resumed=resumed)
 
 
-def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, data: common.RunData, log: RunLog,
+def _resume(settings: Settings, checkpoints: Checkpoints, delivery: Delivery, splits: Splits, log: RunLog,
             report: RunReport) -> dict:
     """Take over what the killed attempt left: its delivered model, DARTS epochs and BOHB trials.
 
     Records one `resume` event and the report's `resume` section; returns that section.
     """
-    n_predict = len(data.test) if data.predict is None else len(data.predict)
-    candidate, rewrite, note = checkpoints.load_delivered(n_predict, len(data.test))
+    candidate, rewrite, note = checkpoints.load_delivered(len(splits.predict.ids), len(splits.test.ids))
     if candidate is not None:
         if rewrite:
             delivery.offer(candidate)

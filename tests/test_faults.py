@@ -177,6 +177,25 @@ def test_hung_phase_is_ended_by_the_watchdog_with_valid_predictions(tmp_path):
     assert running == ["final_fit"]
 
 
+def test_a_stuck_tensor_conversion_still_leaves_the_fallback_predictions(tmp_path):
+    """The majority fallback is on disk as soon as the splits exist: a 50,000-image set whose tensors took
+    longer than a 12 s limit's work time once ended a run with exit 3 and no predictions."""
+    out = tmp_path / "out"
+    hang = ("import sys, time\n"
+            "from automl_pipeline import pipeline\n"
+            "from automl_pipeline.cli import exit_at_once, main\n"
+            "def stuck(*args, **kwargs):\n"
+            "    while True:\n"
+            "        time.sleep(0.5)\n"
+            "pipeline._to_run_data = stuck\n"
+            "exit_at_once(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", hang, "--time-limit", "15", "--output-dir", str(out),
+                           "--quiet", "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = _check_predictions(out)
+    assert report["status"] == "stopped_by_watchdog" and report["final"]["source"] == "majority_fallback"
+
+
 def test_sigint_exits_130_with_valid_predictions(tmp_path):
     out = tmp_path / "out"
     returncode, stderr = signal_after_first_predictions(out, signal.SIGINT, settle_s=1,

@@ -386,7 +386,7 @@ def _keys_the_pipeline_writes(tmp_path, monkeypatch) -> tuple[dict, dict]:
     from automl_pipeline.checkpoints import Checkpoints
     from automl_pipeline.darts import random_cell_result
     from automl_pipeline.data import load_dataset, make_splits
-    from automl_pipeline.delivery import Delivery
+    from automl_pipeline.delivery import Delivery, majority_fallback
     from automl_pipeline.phases import architecture, common, hyperparameters
     from automl_pipeline.phases.context import RunContext
     from automl_pipeline.runlog import RunLog
@@ -411,7 +411,8 @@ def _keys_the_pipeline_writes(tmp_path, monkeypatch) -> tuple[dict, dict]:
     store.dir.mkdir()
     ctx = RunContext(settings=settings, budget=budget, data=data, log=log, store=store, report=report.sections,
                      delivery=delivery)
-    ctx.deliver(common.majority_candidate(data, splits.val.labels))
+    ctx.deliver(majority_fallback(data.train_counts, splits.val.labels, n_predict=len(splits.predict.ids),
+                                  n_test=len(splits.test.ids)))
     log.event("input", "an event")
 
     darts = random_cell_result(TEMPLATE_OPS, seed=0)

@@ -182,7 +182,12 @@ def test_main_path_runs_darts_then_bohb_then_the_final_fit(tmp_path):
     assert "logistic regression on the pixels" in library and "first model" in library
     assert report["test_metrics"]["macro_f1"] > 0.7
     model = torch.load(out / "model.pt", weights_only=True)
-    assert model["spec"].get("kind", "network") in ("ensemble", "network") or "genotype" in model["spec"]
+    assert model["spec"] == final["architecture"]      # model.pt holds the model the report describes
+    if model["spec"].get("kind") in ("ensemble", "bag"):
+        n_members = len(model["spec"]["members"])
+        assert {key.split(".")[0] for key in model["state_dict"]} == {f"member{i}" for i in range(n_members)}
+    else:
+        assert "genotype" in model["spec"] and not any(key.startswith("member") for key in model["state_dict"])
 
 
 def test_a_class_with_one_image_runs_kept_in_training_only(tmp_path):

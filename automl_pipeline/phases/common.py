@@ -101,23 +101,6 @@ def model_candidate(source: str, model: torch.nn.Module, data: RunData, *, flip_
     )
 
 
-def majority_candidate(data: RunData, val_labels: np.ndarray) -> Candidate:
-    """The fallback written before any training: every image gets the most frequent training class."""
-    from automl_pipeline.training import classification_metrics
-
-    majority = int(np.argmax(data.train_counts))
-    val_f1 = classification_metrics(val_labels, np.full_like(val_labels, majority), data.n_classes)["macro_f1"]
-    n_predict = len(data.test) if data.predict is None else len(data.predict)
-    return Candidate(
-        source="majority_fallback",
-        description="majority-class fallback",
-        val_macro_f1=float(val_f1),
-        predict_labels=np.full(n_predict, majority, dtype=np.int64),
-        test_predictions=np.full(len(data.test), majority, dtype=np.int64),
-        config={"majority_class": majority},
-    )
-
-
 def network_spec(data: RunData, genotype: Genotype) -> NetworkSpec:
     """A stacked network for this data from a genotype, sized as BOHB's default configuration:
     3 cells from 24 channels, a pooling stem on images of 16 px and more, a linear head (at 24 channels it
