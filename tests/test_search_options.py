@@ -158,7 +158,10 @@ def test_a_run_with_a_random_cell_records_the_options(tmp_path):
     darts_phase = [p for p in report["phases"] if p["name"] == "darts"]
     assert darts_phase and darts_phase[0]["status"] == "skipped", report["phases"]
     assert report["final"]["source"] != "majority_fallback"
-    assert report["final"]["config"]["loss"] == "ce"
+    # every model delivered trained with that loss: the model itself, or each member of an ensemble or bag
+    members = report["final"]["architecture"].get("members")
+    configs = [m["config"] for m in members] if members else [report["final"]["config"]]
+    assert configs and all(c["loss"] == "ce" for c in configs), configs
     assert "darts_random_cell" in (out / "run.log").read_text()
     assert "Search options" in (out / "report.md").read_text()
     # a remote worker rebuilds the same random cell from the run's DARTS outcome file
