@@ -120,12 +120,23 @@ class Delivery:
                 self._log(f"kept {self.best.name} (val macro-F1 {self.best.val_macro_f1:.4f}) over "
                           f"{candidate.name} ({candidate.val_macro_f1:.4f})")
                 return False
-            write_predictions(self._out_dir, candidate.predict_labels, self._predict_ids, self._class_names)
-            self.best = candidate
-            if candidate.state_dict is not None:
-                write_model(self._out_dir, candidate.state_dict, candidate.architecture or {}, candidate.config or {})
+            self._write(candidate)
         self._log(f"predictions written from {candidate.name} (val macro-F1 {candidate.val_macro_f1:.4f})")
         return True
+
+    def overrule(self, candidate: Candidate) -> None:
+        """Deliver `candidate` whatever its validation score: for a choice made on more evidence than the
+        validation split (phases/evidence.py). It must be a candidate already offered."""
+        with self._lock:
+            self._write(candidate)
+        self._log(f"predictions written from {candidate.name} (on more evidence than the validation split)")
+
+    def _write(self, candidate: Candidate) -> None:
+        """predictions.npy first (then `best` moves to it), model.pt after; the caller holds the lock."""
+        write_predictions(self._out_dir, candidate.predict_labels, self._predict_ids, self._class_names)
+        self.best = candidate
+        if candidate.state_dict is not None:
+            write_model(self._out_dir, candidate.state_dict, candidate.architecture or {}, candidate.config or {})
 
     def settled_best(self, timeout_s: float) -> Candidate | None:
         """The delivered candidate, after waiting up to `timeout_s` for a delivery in progress to

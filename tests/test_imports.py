@@ -58,8 +58,9 @@ RULES: dict[str, set[str]] = {
     f"{AP}.phases.architecture": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.hyperparameters": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context"},
     f"{AP}.phases.bagging": PHASE_DEPS | {f"{AP}.ensemble", f"{AP}.phases.common", f"{AP}.phases.ensemble"},
+    f"{AP}.phases.evidence": PHASE_DEPS | {f"{AP}.phases.context", f"{AP}.phases.bagging"},
     f"{AP}.phases.final_fit": PHASE_DEPS | {f"{AP}.phases.common", f"{AP}.phases.context",
-                                             f"{AP}.phases.ensemble", f"{AP}.phases.bagging"},
+                                             f"{AP}.phases.ensemble", f"{AP}.phases.bagging", f"{AP}.phases.evidence"},
     # the run and the command line
     "run": {f"{AP}.cli"},                             # run.py: parses the command line, calls one function
     f"{AP}.pipeline": {"budget", "submission"} | {f"{AP}.{m}" for m in (

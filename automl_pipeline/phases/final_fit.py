@@ -14,7 +14,7 @@ from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
                                            timed_epoch, train_candidate)
-from automl_pipeline.phases import bagging, ensemble
+from automl_pipeline.phases import bagging, ensemble, evidence
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import TEMPLATE_OPS, NetworkSpec, build_network
@@ -91,7 +91,8 @@ def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, conf
 
 def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> None:
     """The phase: train the final choice for the time left, delivering each finished round; then the
-    ensemble of every candidate (phases/ensemble.py); then record in the report's `darts` section whether
+    ensemble of every candidate (phases/ensemble.py); then the bag's evidence against the validation split's
+    choice (phases/evidence.py); then record in the report's `darts` section whether
     the delivered model's cell came from DARTS."""
     with ctx.budget.start_phase(NAME) as phase:
         try:
@@ -120,6 +121,7 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)
         ensemble.run(ctx)
+        evidence.run(ctx)
     _note_cell_use(ctx, bohb)
 
 

@@ -276,6 +276,9 @@ def _ensemble(report: dict) -> list[str]:
                   + ("Delivered." if section.get("delivered") else f"Not delivered: {_line(section.get('reason'))}."), ""]
     elif section.get("reason"):
         lines += [f"Not delivered: {_line(section['reason'])}.", ""]
+    evidence = _dict(report, "evidence")
+    if evidence and evidence.get("status") == "completed" and evidence.get("reason"):
+        lines += [f"Against the k-fold bag: {_line(evidence['reason'])}.", ""]
     heldout = section.get("heldout_macro_f1")
     if isinstance(heldout, dict) and heldout:
         lines += ["Held-out test macro-F1, side by side (the choice was made on validation only):", ""]
