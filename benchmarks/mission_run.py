@@ -62,7 +62,8 @@ RUN_COLUMNS = [("contestant", "contestant", 0), ("seed", "seed", 0), ("core", "c
                ("seconds", "outside s", 1), ("source", "delivered from", 0), ("darts_arch_steps", "DARTS steps", 0),
                ("bohb_trials_text", "BOHB trials per budget", 0), ("phases_text", "seconds per phase", 0),
                ("epochs", "epochs", 0), ("bag_folds", "bag folds", 0),
-               ("val_heldout_spearman", "val vs held-out Spearman", 2)]
+               ("val_heldout_spearman", "val vs held-out Spearman", 2),
+               ("bag_heldout_macro_f1", "bag held-out", 4), ("evidence_text", "bag's evidence", 0)]
 
 
 # --------------------------------------------------------------------------- reading the runs

@@ -111,7 +111,30 @@ def ours_facts(report: dict | None) -> dict:
             "plan_skipped": ", ".join(_section(report, "plan").get("skipped") or {}) or None,
             "bag_folds": _section(report, "bagging").get("folds"),
             "bag_oof_macro_f1": _section(report, "bagging").get("oof_macro_f1"),
-            "val_heldout_spearman": _section(report, "candidates").get("val_heldout_spearman")}
+            "val_heldout_spearman": _section(report, "candidates").get("val_heldout_spearman"),
+            **evidence_facts(report)}
+
+
+def evidence_facts(report: dict) -> dict:
+    """The bag against the validation split's choice (report.json `evidence`): the win rate, whether the bag
+    was delivered by it, and the held-out macro-F1 of the bag and of the model passed over (`ensemble`'s
+    side-by-side `heldout_macro_f1`), as one text column."""
+    evidence = _section(report, "evidence")
+    heldout = _section(report, "ensemble").get("heldout_macro_f1") or {}
+    bag = next((m for m in _section(report, "candidates").get("models") or []
+                if "-fold" in str(m.get("name")) and "bag of" in str(m.get("name"))), {})
+    rate, challenger = evidence.get("win_rate"), evidence.get("challenger")
+    bag_delivered = evidence.get("status") == "completed" and evidence.get("delivered") == evidence.get("bag")
+    passed_over = heldout.get(challenger) if bag_delivered and challenger else None
+    text = None
+    if evidence.get("status") == "completed":
+        text = "bag delivered" if bag_delivered else "validation choice kept"
+        if rate is not None:
+            passed = f"; passed over: {passed_over:.4f} held-out" if passed_over is not None else ""
+            text += f" (win rate {rate:.2f}{passed})"
+    return {"evidence_win_rate": rate, "evidence_bag_delivered": bag_delivered if evidence else None,
+            "bag_heldout_macro_f1": bag.get("heldout_macro_f1"), "passed_over_heldout_macro_f1": passed_over,
+            "evidence_text": text}
 
 
 def ours_heldout_fingerprint(run_dir: Path) -> str | None:

@@ -225,7 +225,20 @@ def test_plain_cnn_benchmark_reads_what_the_pipeline_reports():
         "darts_cell_used": False, "bohb_n_trials": 11, "bohb_model_based_picks": 4,
         "bohb_rank_correlation": "0.41, n/a", "phases_text": "first_model 30, darts -, final_fit 246",
         "ensemble_text": "first model (0.6), BOHB trial 0-0-1 (0.4)", "plan_skipped": "darts", "bag_folds": None, "bag_oof_macro_f1": None,
-        "val_heldout_spearman": None}
+        "val_heldout_spearman": None, "evidence_win_rate": None, "evidence_bag_delivered": None,
+        "bag_heldout_macro_f1": None, "passed_over_heldout_macro_f1": None, "evidence_text": None}
+    bag_name = "5-fold bag of the final fit of the BOHB incumbent"
+    overruled = {**report, "evidence": {"status": "completed", "bag": bag_name, "challenger": "ensemble of 2 models",
+                                        "delivered": bag_name, "win_rate": 0.71},
+                 "ensemble": {"heldout_macro_f1": {bag_name: 0.42, "ensemble of 2 models": 0.3855}},
+                 "candidates": {"models": [{"name": "first model", "heldout_macro_f1": 0.33},
+                                           {"name": bag_name, "heldout_macro_f1": 0.42}]}}
+    facts = qpc.ours_facts(overruled)
+    assert (facts["evidence_bag_delivered"], facts["bag_heldout_macro_f1"], facts["passed_over_heldout_macro_f1"]) == (
+        True, 0.42, 0.3855)
+    assert facts["evidence_text"] == "bag delivered (win rate 0.71; passed over: 0.3855 held-out)"
+    kept = {**overruled, "evidence": {**overruled["evidence"], "delivered": "ensemble of 2 models", "win_rate": 0.97}}
+    assert qpc.ours_facts(kept)["evidence_text"] == "validation choice kept (win rate 0.97)"
     # searches skipped: report.json always has both sections, with status and reason
     skipped = {"final": {"source": "default_network", "description": "final fit of the default network"},
                "darts": {"status": "skipped", "reason": "19s is too short", "arch_steps": 0, "cell_used": False},
