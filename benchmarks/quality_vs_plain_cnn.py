@@ -132,6 +132,8 @@ def evidence_facts(report: dict) -> dict:
         if rate is not None:
             passed = f"; passed over: {passed_over:.4f} held-out" if passed_over is not None else ""
             text += f" (win rate {rate:.2f}{passed})"
+        elif bag_delivered:
+            text += " (also the validation choice)"
     return {"evidence_win_rate": rate, "evidence_bag_delivered": bag_delivered if evidence else None,
             "bag_heldout_macro_f1": bag.get("heldout_macro_f1"), "passed_over_heldout_macro_f1": passed_over,
             "evidence_text": text}

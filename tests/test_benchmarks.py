@@ -239,6 +239,8 @@ def test_plain_cnn_benchmark_reads_what_the_pipeline_reports():
     assert facts["evidence_text"] == "bag delivered (win rate 0.71; passed over: 0.3855 held-out)"
     kept = {**overruled, "evidence": {**overruled["evidence"], "delivered": "ensemble of 2 models", "win_rate": 0.97}}
     assert qpc.ours_facts(kept)["evidence_text"] == "validation choice kept (win rate 0.97)"
+    agreed = {**overruled, "evidence": {"status": "completed", "bag": bag_name, "delivered": bag_name}}
+    assert qpc.ours_facts(agreed)["evidence_text"] == "bag delivered (also the validation choice)"
     # searches skipped: report.json always has both sections, with status and reason
     skipped = {"final": {"source": "default_network", "description": "final fit of the default network"},
                "darts": {"status": "skipped", "reason": "19s is too short", "arch_steps": 0, "cell_used": False},
