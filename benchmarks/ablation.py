@@ -223,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["data"], r["variant"], r["seed"]) for r in rows}
     jobs = []
     for data in args.data:
-        spec = DATASETS[data]
-        data_dir = None if spec is None else common.fashion_npz(**spec, cache_dir=args.data_cache)
-        if spec is not None and data_dir is None:
+        if data in quality.DATASETS:      # digits, the Fashion sets and the RetinaMNIST-shaped set
+            available, data_dir = quality.prepare_data(data, args.data_cache)
+        else:
+            data_dir = common.fashion_npz(**DATASETS[data], cache_dir=args.data_cache)
+            available = data_dir is not None
+        if not available:
             print(f"skipped {data}: its data is not available (see above)", flush=True)
             continue
         payload["data"][data] = str(data_dir) if data_dir else "sklearn digits (built-in demo)"
