@@ -71,6 +71,15 @@ RUN_COLUMNS = [("data", "data", 0), ("variant", "variant", 0), ("seed", "seed", 
 # --------------------------------------------------------------------------- tables
 
 
+def prepare_data(name: str, cache_dir: Path) -> tuple[bool, Path | None]:
+    """(available?, data path or None for digits): quality_vs_plain_cnn's sets as it builds them (the
+    RetinaMNIST-shaped set included), this benchmark's own Fashion subsets with common.fashion_npz."""
+    if name in quality.DATASETS:
+        return quality.prepare_data(name, cache_dir)
+    path = common.fashion_npz(**DATASETS[name], cache_dir=cache_dir)
+    return path is not None, path
+
+
 def variant_arguments(variant: str, config_dir: Path) -> tuple[list[str], float]:
     """(extra run.py arguments, time-limit scale) of a variant; writes its search-config file."""
     spec = VARIANTS[variant]
@@ -223,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {(r["data"], r["variant"], r["seed"]) for r in rows}
     jobs = []
     for data in args.data:
-        if data in quality.DATASETS:      # digits, the Fashion sets and the RetinaMNIST-shaped set
-            available, data_dir = quality.prepare_data(data, args.data_cache)
-        else:
-            data_dir = common.fashion_npz(**DATASETS[data], cache_dir=args.data_cache)
-            available = data_dir is not None
+        available, data_dir = prepare_data(data, args.data_cache)
         if not available:
             print(f"skipped {data}: its data is not available (see above)", flush=True)
             continue

@@ -420,3 +420,14 @@ def test_mission_run_end_to_end_on_tiny_data_gives_a_row_per_contestant_and_seed
     assert ensemble["n_members"] == 2 and [m["init_seed"] for m in ensemble["members"]] == [0, 1000]
     assert ensemble["heldout_same_as_ours"] is not False
     assert "| ours |" in (tmp_path / "out" / "mission_25s.md").read_text()
+
+
+def test_ablation_finds_every_data_set_it_offers(tmp_path):
+    """digits needs no file; the RetinaMNIST-shaped set is taken from the cache when built (the ablation once
+    passed its name to fashion_npz as keyword arguments and raised)."""
+    import make_retina_like
+
+    assert ablation.prepare_data("digits", tmp_path) == (True, None)
+    built = tmp_path / make_retina_like.DEFAULT_OUT.name
+    built.write_bytes(b"stand-in: only its presence is checked here")
+    assert ablation.prepare_data("retina", tmp_path) == (True, built)
