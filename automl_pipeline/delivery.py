@@ -23,6 +23,7 @@ class Candidate:
     (N, n_classes); None for the fallback and for a candidate restored by --resume): what the
     final ensemble (automl_pipeline.ensemble) selects on and mixes.
     members: for an ensemble, one {"name", "source", "weight", "val_macro_f1"} per member.
+    oof_macro_f1: for a k-fold bag, its out-of-fold macro-F1 over every pooled training and validation image.
     """
 
     source: str                     # report.json final.source: first_model, bohb_incumbent, ...
@@ -40,6 +41,7 @@ class Candidate:
     test_probs: np.ndarray | None = None
     predict_probs: np.ndarray | None = None
     members: list[dict] | None = None
+    oof_macro_f1: float | None = None
 
     @property
     def name(self) -> str:

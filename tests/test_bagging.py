@@ -60,14 +60,23 @@ def digits() -> common.RunData:
     return dataclasses.replace(data, train=random_subset(data.train, 300, 0))
 
 
+def plan_for(digits, description="final fit of the default network", *, source="default_network", epochs_cap=None,
+             fold_epoch_s=5.0, asked=None) -> bagging.BagPlan:
+    """A BagPlan of the default network on digits; fold models train at most `epochs_cap` epochs; the
+    epochs each fold model was planned for are appended to `asked`."""
+    def config_for(epochs):
+        if asked is not None:
+            asked.append(epochs)
+        return common.default_train_config(epochs=min(epochs, epochs_cap or epochs), batch_size=32, seed=0)
+    return bagging.BagPlan(source, description, common.first_model_spec(digits), config_for, fold_epoch_s)
+
+
 def test_a_bag_on_digits_predicts_every_validation_image_out_of_fold(digits, one_torch_thread):
-    spec = common.first_model_spec(digits)
-    config_for = lambda epochs: common.default_train_config(epochs=epochs, batch_size=32, seed=0)   # noqa: E731
     lines: list[str] = []
-    candidate, facts = bagging.fit_bag("default_network", "final fit of the default network", spec, config_for,
-                                       digits, lambda: 60.0, folds=3, fold_epoch_s=5.0, seed=0, log=lines.append,
-                                       max_repeats=1)
-    assert candidate is not None and facts["folds"] == 3 and facts["repeats"] == 1 and len(facts["fold_models"]) == 3
+    candidates, facts = bagging.fit_bags(plan_for(digits), digits, lambda: 60.0, folds=3, seed=0, log=lines.append,
+                                         max_rounds=1)
+    [candidate] = candidates
+    assert facts["folds"] == 3 and facts["repeats"] == 1 and len(facts["fold_models"]) == 3
     pooled = len(digits.train) + len(digits.val)
     assert sum(m["n_held"] for m in facts["fold_models"]) == pooled
     assert all(m["n_train"] + m["n_held"] == pooled and m["epochs"] >= 1 for m in facts["fold_models"])
@@ -75,32 +84,69 @@ def test_a_bag_on_digits_predicts_every_validation_image_out_of_fold(digits, one
     assert candidate.val_probs.shape == (len(digits.val), digits.n_classes)
     assert candidate.val_macro_f1 == pytest.approx(macro_f1(val_labels, candidate.val_probs.argmax(axis=1), 10))
     assert facts["oof_macro_f1"] > 0.5 and candidate.val_macro_f1 > 0.5       # the fold models learned
+    assert candidate.oof_macro_f1 == pytest.approx(facts["oof_macro_f1"], abs=1e-4)
     assert np.allclose(candidate.test_probs.sum(axis=1), 1.0, atol=1e-4)
-    models = 3 * facts["repeats"]
-    assert candidate.architecture["kind"] == bagging.KIND and candidate.architecture["models"] == models
-    assert {key.split(".")[0] for key in candidate.state_dict} == {f"member{i}" for i in range(models)}
+    assert candidate.architecture["kind"] == bagging.KIND and candidate.architecture["models"] == 3
+    assert {key.split(".")[0] for key in candidate.state_dict} == {f"member{i}" for i in range(3)}
     assert candidate.source == "default_network" and candidate.description.startswith("3-fold bag of")
+    assert facts["best"] == candidate.name and facts["rounds_note"] == "one round"
     assert any("fold 3/3" in line for line in lines)
 
 
 def test_a_fold_model_without_time_for_an_epoch_means_no_bag(digits, one_torch_thread):
-    spec = common.first_model_spec(digits)
-    config_for = lambda epochs: common.default_train_config(epochs=epochs, batch_size=32, seed=0)   # noqa: E731
-    candidate, facts = bagging.fit_bag("default_network", "final fit", spec, config_for, digits, lambda: 0.0,
-                                       folds=3, fold_epoch_s=1.0, seed=0, log=lambda s: None)
-    assert candidate is None and "trained no epoch" in facts["reason"]
+    candidates, facts = bagging.fit_bags(plan_for(digits, fold_epoch_s=1.0), digits, lambda: 0.0, folds=3, seed=0,
+                                         log=lambda s: None)
+    assert candidates == [] and "trained no epoch" in facts["reason"]
 
 
 def test_time_left_after_a_round_buys_another_partition(digits, one_torch_thread):
-    """Fold models of 2 epochs in a time that does
-    not run out: a second round on a new partition follows, and its models join the bag."""
-    spec = common.first_model_spec(digits)
-    config_for = lambda epochs: common.default_train_config(epochs=min(epochs, 2), batch_size=32, seed=0)   # noqa: E731
-    candidate, facts = bagging.fit_bag("default_network", "final fit", spec, config_for, digits, lambda: 1e4,
-                                       folds=2, fold_epoch_s=1.0, seed=0, log=lambda s: None, max_repeats=2)
+    """Fold models of 2 epochs in a time that does not run out and no contender: a second round on a new
+    partition follows, and its models join the bag."""
+    candidates, facts = bagging.fit_bags(plan_for(digits, epochs_cap=2, fold_epoch_s=1.0), digits, lambda: 1e4,
+                                         folds=2, seed=0, log=lambda s: None, max_rounds=2)
+    [candidate] = candidates
     assert facts["repeats"] == 2 and len(facts["fold_models"]) == 4
     assert {row["seed"] for row in facts["fold_models"]} == {0, 1}
     assert candidate.architecture["models"] == 4 and candidate.description.startswith("2-fold x 2 bag")
+    assert "a repeat of" in facts["rounds_note"]
+
+
+def test_a_contender_gets_its_own_bag_on_the_same_folds_at_the_first_bags_epochs(digits, one_torch_thread):
+    """BOHB's runner-up (here: the same network under another name) is bagged on the first bag's partition,
+    its fold models planned for the epochs the first bag's trained (2), not for what the time would hold;
+    both bags come back, ranked by out-of-fold macro-F1 over every pooled image."""
+    asked: list[int] = []
+    built: list[str] = []
+
+    def contender() -> bagging.BagPlan:
+        built.append("runner-up")
+        return plan_for(digits, "runner-up", source="bohb_runner_up", fold_epoch_s=1.0, asked=asked)
+
+    candidates, facts = bagging.fit_bags(plan_for(digits, epochs_cap=2, fold_epoch_s=1.0), digits, lambda: 1e4,
+                                         folds=2, seed=0, log=lambda s: None, contenders=[contender], max_rounds=2)
+    assert built == ["runner-up"] and asked == [2, 2]
+    assert [c.source for c in candidates] == ["default_network", "bohb_runner_up"]
+    rows = facts["fold_models"]
+    assert [(r["bag"], r["seed"], r["fold"]) for r in rows] == [(1, 0, 1), (1, 0, 2), (2, 0, 1), (2, 0, 2)]
+    assert [r["n_held"] for r in rows[:2]] == [r["n_held"] for r in rows[2:]]      # the same partition
+    assert [b["source"] for b in facts["bags"]] == ["default_network", "bohb_runner_up"]
+    assert all(c.oof_macro_f1 is not None for c in candidates)
+    best = max(candidates, key=lambda c: c.oof_macro_f1)
+    assert facts["best"] == best.name and facts["oof_macro_f1"] == pytest.approx(best.oof_macro_f1, abs=1e-4)
+    assert "runner-up: its own bag at 2 epochs per fold model" in facts["rounds_note"]
+
+
+def test_a_contender_the_time_cannot_hold_gives_its_round_to_a_repeat(digits, one_torch_thread):
+    """The runner-up's fold models would need more than the time left: the round repeats the first bag,
+    and the report says why with the numbers."""
+    def contender() -> bagging.BagPlan:
+        return plan_for(digits, "runner-up", source="bohb_runner_up", fold_epoch_s=1e5)
+
+    candidates, facts = bagging.fit_bags(plan_for(digits, epochs_cap=2, fold_epoch_s=1.0), digits, lambda: 1e4,
+                                         folds=2, seed=0, log=lambda s: None, contenders=[contender], max_rounds=2)
+    assert [c.source for c in candidates] == ["default_network"] and facts["repeats"] == 2
+    assert "no time for runner-up" in facts["rounds_note"] and "10000s left" in facts["rounds_note"]
+    assert "a repeat of final fit of the default network" in facts["rounds_note"]
 
 
 @pytest.mark.parametrize("bagging_mode", ["auto", "off"])
@@ -146,3 +192,30 @@ def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     assert model["spec"]["kind"] == bagging.KIND and len(model["spec"]["members"]) == 5 * section["repeats"]
     assert {key.split(".")[0] for key in model["state_dict"]} == {f"member{i}" for i in range(model["spec"]["models"])}
+
+
+def test_bohbs_runners_up_at_its_top_budget_are_the_contenders(digits):
+    """final_fit.top_rung_contenders: the next best trials at the incumbent's budget that beat 1.5x chance,
+    best first, as BOHB configurations ready to train; none when the final choice is not BOHB's incumbent."""
+    from automl_pipeline.bohb.results import BohbResult, TrialRecord
+    from automl_pipeline.bohb.space import build_config_space
+    from automl_pipeline.phases import final_fit
+    from submission import to_jsonable
+
+    configs = [to_jsonable(dict(c)) for c in build_config_space(seed=0).sample_configuration(5)]
+
+    def trial(i, budget, f1):
+        return TrialRecord(config_id=(0, 0, i), config=configs[i], budget=budget, loss=1 - f1, val_macro_f1=f1,
+                           evaluated=True, error=None, epochs_done=int(budget), stopped_by_deadline=False,
+                           seconds=1.0, worker="w", t_s=float(i), model_based_pick=False)
+
+    trials = [trial(0, 9, 0.6), trial(1, 3, 0.99), trial(2, 9, 0.1), trial(3, 9, 0.5), trial(4, 9, 0.55)]
+    bohb = BohbResult(incumbent_config=configs[0], incumbent_val_macro_f1=0.6, incumbent_budget=9, min_budget=1,
+                      max_budget=9, eta=3, trials=trials, configs_sampled=5, model_based_picks=0, model_min_trials=3,
+                      trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True)
+    contenders = final_fit.top_rung_contenders(digits, None, bohb, "bohb_incumbent", seed=0, n=3)
+    assert [config for config, _ in contenders] == [configs[4], configs[3]]   # 0.1 is under 1.5 x chance (0.15)
+    source, description, spec, config_for = contenders[0][1]
+    assert source == "bohb_runner_up" and description == "BOHB's top-rung runner-up 1"
+    assert spec.n_cells == configs[4]["n_cells"] and config_for(3).epochs == 3
+    assert final_fit.top_rung_contenders(digits, None, bohb, "darts_cell", seed=0) == []

@@ -23,7 +23,7 @@ from ConfigSpace import Categorical, Configuration, ConfigurationSpace, Float, I
 from automl_pipeline.bohb import worker as worker_module
 from automl_pipeline.bohb.budgets import FIRST_BRACKET_SHARE, bracket_sizes, choose_budgets, hpbandster_budgets
 from automl_pipeline.bohb.search import BohbOptions, run_bohb
-from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent
+from automl_pipeline.bohb.results import BohbResult, TrialRecord, select_incumbent, top_rung
 from automl_pipeline.bohb.serialization import register_numpy_serializers
 from submission import to_jsonable
 from automl_pipeline.bohb.space import STAGE_CELL_KEYS, build_config_space, fixed_hyperparameters
@@ -266,6 +266,14 @@ def test_select_incumbent_prefers_largest_completed_budget():
     assert select_incumbent(trials + [_record(9, 0.6, 6)]).t_s == 6
     assert select_incumbent([_record(3, 0.5, 1, cut=True), _record(1, 0.4, 2, cut=True)]).t_s == 1
     assert select_incumbent([_record(3, 0.8, 7), _record(3, 0.8, 2)]).t_s == 2    # ties: earlier
+
+
+def test_the_top_rung_is_the_incumbent_then_the_next_best_at_its_budget():
+    trials = [_record(1, 0.99, 1), _record(3, 0.7, 2), _record(3, 0.8, 3), _record(3, 0.6, 4),
+              _record(3, 0.9, 5, cut=True), _record(3, 0.0, 6, error="RuntimeError: x", evaluated=False)]
+    assert [t.t_s for t in top_rung(trials, 2)] == [3, 2]    # no lower budget, cut or failed trial
+    assert [t.t_s for t in top_rung(trials, 9)] == [3, 2, 4]
+    assert top_rung(trials, 1)[0] is select_incumbent(trials) and top_rung([], 3) == []
 
 
 # --------------------------------------------------------------------------- serialisation fix

@@ -46,13 +46,14 @@ def one_hot(predictions):
     return probs.astype(np.float32)
 
 
-def candidate(name, val_pred, val_labels, *, kind):
+def candidate(name, val_pred, val_labels, *, kind, oof_macro_f1=0.8):
     probs = one_hot(val_pred)
     test_pred = np.full(8, {"bag": 0, "single": 1}.get(kind, 2))     # tells the delivered model by its predictions
     return Candidate(source=name, description=name, val_macro_f1=macro_f1(val_labels, val_pred, N_CLASSES),
                      predict_labels=test_pred, test_predictions=test_pred, val_probs=probs,
                      test_probs=one_hot(test_pred), predict_probs=one_hot(test_pred),
-                     architecture={"kind": kind}, config={}, state_dict={"w": torch.zeros(2)})
+                     architecture={"kind": kind}, config={}, state_dict={"w": torch.zeros(2)},
+                     oof_macro_f1=oof_macro_f1 if kind == "bag" else None)
 
 
 def run_evidence(tmp_path, pool_and_order):
@@ -74,7 +75,7 @@ def run_evidence(tmp_path, pool_and_order):
     data = random_run_data(n=30, n_classes=N_CLASSES)
     data.val.y = torch.as_tensor(VAL_LABELS)
     ctx = RunContext(settings=Settings(time_limit_s=60, output_dir=tmp_path), budget=clock, data=data, log=log,
-                     store=store, report={"bagging": {"oof_macro_f1": 0.8}}, delivery=delivery)
+                     store=store, report={}, delivery=delivery)
     for c in pool_and_order:
         ctx.deliver(c)
     evidence.run(ctx)
@@ -135,3 +136,18 @@ def test_without_a_bag_or_when_the_bag_leads_nothing_changes(tmp_path):
     ctx, delivery = run_evidence(tmp_path / "lead", [single, bag])
     assert delivery.best is bag and ctx.report["evidence"]["delivered"] == "bag"
     assert "also the validation split's choice" in ctx.report["evidence"]["reason"]
+
+
+def test_of_several_bags_the_best_out_of_fold_one_is_weighed_and_delivered(tmp_path):
+    """Two bags on the same folds: the one whose out-of-fold macro-F1 over every pooled image is higher is
+    the bag, though it was offered later and leads nobody on the validation split; the single model's
+    lead over it is inside the noise, so it is delivered."""
+    both = np.arange(0, 120, 6)
+    first = candidate("bag 1", wrong_on(np.r_[both, [1, 41, 81]]), VAL_LABELS, kind="bag", oof_macro_f1=0.70)
+    single = candidate("single", wrong_on(np.r_[both, [3, 43, 83, 4]]), VAL_LABELS, kind="single")
+    second = candidate("bag 2", wrong_on(np.r_[both, [5, 45, 85, 7, 47, 87]]), VAL_LABELS, kind="bag",
+                       oof_macro_f1=0.75)
+    ctx, delivery = run_evidence(tmp_path, [first, single, second])
+    section = ctx.report["evidence"]
+    assert section["bag"] == "bag 2" and section["bag_oof_macro_f1"] == 0.75, section
+    assert delivery.best is second and section["delivered"] == "bag 2"

@@ -476,3 +476,18 @@ def test_report_md_describes_a_bagged_final_model(tmp_path):
     text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
     assert "A bag of 5 models of the architecture below (5 folds, 1 round(s))" in text
     assert "out-of-fold macro-F1 0.610" in text and f"{member['architecture']['n_cells']} cells" in text
+
+
+def test_report_md_names_the_delivered_bag_among_several_ranked_out_of_fold(tmp_path):
+    report = pipeline_report()
+    member = {"weight": 0.2, "architecture": report["final"]["architecture"], "config": report["final"]["config"]}
+    report["final"] = {**report["final"], "description": "5-fold bag of the runner-up 1",
+                       "architecture": {"kind": "bag", "models": 5, "members": [member] * 5}}
+    report["bagging"] = {"folds": 5, "repeats": 2, "reason": "1200 images", "oof_macro_f1": 0.64,
+                         "rounds_note": "runner-up 1: its own bag at 40 epochs per fold model, on the same folds",
+                         "bags": [{"name": "5-fold x 2 bag of the incumbent", "rounds": 2, "oof_macro_f1": 0.64},
+                                  {"name": "5-fold bag of the runner-up 1", "rounds": 1, "oof_macro_f1": 0.66}]}
+    text = write_report_md(report, tmp_path).read_text(encoding="utf-8")
+    assert "(5 folds, 1 round(s))" in text and "out-of-fold macro-F1 0.660" in text     # its own bag's facts
+    assert ("by out-of-fold macro-F1 over every pooled image: 5-fold bag of the runner-up 1 0.660; "
+            "5-fold x 2 bag of the incumbent 0.640 (runner-up 1: its own bag") in text

@@ -84,16 +84,22 @@ class TrialRecord:
                          "model_based_pick": self.model_based_pick})
 
 
-def select_incumbent(trials: list[TrialRecord]) -> TrialRecord | None:
-    """The incumbent under INCUMBENT_RULE (see module docstring); None when no trial qualifies."""
+def top_rung(trials: list[TrialRecord], n: int) -> list[TrialRecord]:
+    """The incumbent under INCUMBENT_RULE (see module docstring) and, after it, the next best trials of its
+    pool at its budget: at most `n`, best first (ties: the earlier trial); empty when no trial qualifies."""
     ok = [t for t in trials if t.evaluated and t.error is None]
     complete = [t for t in ok if not t.stopped_by_deadline]
     pool = complete or ok
     if not pool:
-        return None
+        return []
     top = max(t.budget for t in pool)
-    at_top = [t for t in pool if t.budget == top]
-    return max(at_top, key=lambda t: (t.val_macro_f1, -t.t_s))
+    return sorted((t for t in pool if t.budget == top), key=lambda t: (-t.val_macro_f1, t.t_s))[:n]
+
+
+def select_incumbent(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The incumbent under INCUMBENT_RULE; None when no trial qualifies."""
+    best = top_rung(trials, 1)
+    return best[0] if best else None
 
 
 # Below this Spearman correlation between adjacent rungs the lower rung ranks noise (hpbandster's notes).

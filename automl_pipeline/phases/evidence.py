@@ -1,7 +1,7 @@
 """The step that closes the final fit, after the ensemble: a model chosen on the validation split stays
 delivered over the k-fold bag only when it beats the bag by more than the validation images' noise.
 
-The bag (phases/bagging.py) is the one candidate with evidence beyond the validation split: its
+The bag (phases/bagging.py; of several, the best out-of-fold) is the one candidate with evidence beyond the validation split: its
 out-of-fold predictions score every pooled image. Every other choice (the best single model, the
 ensemble's weights) rests on the validation split alone, and on RetinaMNIST-sized data (120 validation
 images, 9 in the rarest class) that split does not rank candidates lying within a few hundredths of
@@ -28,8 +28,13 @@ RESAMPLES = 2000
 
 
 def the_bag(pool: list[Candidate]) -> Candidate | None:
-    """The run's k-fold bag (the last one offered), or None."""
-    return next((c for c in reversed(pool) if (c.architecture or {}).get("kind") == bagging.KIND), None)
+    """The run's k-fold bag with the best out-of-fold macro-F1 over every pooled image (ties: the earliest
+    offered; phases/bagging.py may bag several top-rung configurations on the same folds), or None."""
+    bags = [c for c in pool if (c.architecture or {}).get("kind") == bagging.KIND]
+    if not bags:
+        return None
+    return max(enumerate(bags), key=lambda ib: (ib[1].oof_macro_f1 if ib[1].oof_macro_f1 is not None else -1.0,
+                                              -ib[0]))[1]
 
 
 def run(ctx: RunContext) -> None:
@@ -50,7 +55,7 @@ def _weigh(ctx: RunContext, section: dict) -> None:
         section.update(status="skipped", reason="no k-fold bag in this run: the validation split's choice stands")
         return
     section.update(bag=bag.name, bag_val_macro_f1=round(bag.val_macro_f1, 4),
-                   bag_oof_macro_f1=(ctx.report.get("bagging") or {}).get("oof_macro_f1"))
+                   bag_oof_macro_f1=None if bag.oof_macro_f1 is None else round(bag.oof_macro_f1, 4))
     if best is bag:
         section.update(status="completed", delivered=bag.name, reason="the bag is also the validation split's choice")
         return

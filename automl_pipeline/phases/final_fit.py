@@ -1,6 +1,7 @@
 """Phase 4, the final fit: BOHB's incumbent, else the DARTS cell, else the default network, trained for
 all the time left: as a k-fold bag on small data when the time holds it (budget.plan.bag_folds,
-phases/bagging.py), else as one model (retrained or fine-tuned when a round ends early)."""
+phases/bagging.py; BOHB's next-best top-rung configurations are its contenders for the later rounds),
+else as one model (retrained or fine-tuned when a round ends early)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from automl_pipeline.bohb import BohbResult, config_to_network_spec, config_to_train_config
+from automl_pipeline.bohb.results import top_rung
 from automl_pipeline.bohb.space import DEFAULT_CELL
 from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
@@ -29,6 +31,8 @@ INCUMBENT_OVER_CHANCE = 1.5
 # The final fit retrains with the measured epoch time while that at least doubles the epochs.
 MAX_FINAL_ROUNDS = 3
 MIN_FINE_TUNE_EPOCHS = 1
+# BOHB's next-best top-rung configurations that may each get a bag of their own (phases/bagging.py).
+TOP_RUNG_CONTENDERS = bagging.MAX_ROUNDS - 1
 
 
 def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, *, seed: int, options: SearchOptions = SearchOptions()
@@ -44,17 +48,34 @@ def final_choice(data: RunData, darts: DartsResult | None, bohb: BohbResult | No
     """
     if (bohb is not None and bohb.incumbent_config is not None
             and bohb.incumbent_val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes):
-        config = bohb.incumbent_config     # with the values fixed for its trial (TrialRecord.config)
-        spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
-                                      image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
-        return ("bohb_incumbent", "final fit of the BOHB incumbent", spec,
-                lambda epochs: config_to_train_config(config, epochs, seed, batch_size=data.batch_size))
+        return _bohb_choice(bohb.incumbent_config, data, darts, seed, "bohb_incumbent", "final fit of the BOHB incumbent")
     if darts is not None:
         source, description, spec = "darts_cell", "final fit of the DARTS genotype", network_spec(data, darts.genotype)
     else:
         source, description, spec = "default_network", "final fit of the default network", first_model_spec(data)
     return source, description, spec, lambda epochs: default_train_config(
         epochs=epochs, batch_size=data.batch_size, seed=seed, options=options)
+
+
+def top_rung_contenders(data: RunData, darts: DartsResult | None, bohb: BohbResult | None, source: str, *,
+                        seed: int, n: int = TOP_RUNG_CONTENDERS) -> list[tuple[dict, tuple]]:
+    """The final choice's contenders for a bag of their own: when it is BOHB's incumbent, the next `n` best
+    trials of its budget (bohb.results.top_rung) that reached INCUMBENT_OVER_CHANCE x chance, as (their
+    configuration, final_choice's tuple with source "bohb_runner_up"); otherwise none."""
+    if source != "bohb_incumbent" or bohb is None:
+        return []
+    runners_up = [t for t in top_rung(bohb.trials, n + 1)[1:]
+                  if t.val_macro_f1 >= INCUMBENT_OVER_CHANCE / data.n_classes]
+    return [(t.config, _bohb_choice(t.config, data, darts, seed, "bohb_runner_up", f"BOHB's top-rung runner-up {k}"))
+            for k, t in enumerate(runners_up, start=1)]
+
+
+def _bohb_choice(config: dict, data: RunData, darts: DartsResult | None, seed: int, source: str, description: str):
+    """final_choice's tuple for a BOHB configuration (with the values fixed for its trial, TrialRecord.config)."""
+    spec = config_to_network_spec(config, darts=darts, in_channels=data.in_channels, n_classes=data.n_classes,
+                                  image_side=data.image_side, ops=darts.ops if darts is not None else TEMPLATE_OPS)
+    return (source, description, spec,
+            lambda epochs: config_to_train_config(config, epochs, seed, batch_size=data.batch_size))
 
 
 def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
@@ -94,6 +115,7 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
     ensemble of every candidate (phases/ensemble.py); then the bag's evidence against the validation split's
     choice (phases/evidence.py); then record in the report's `darts` section whether
     the delivered model's cell came from DARTS."""
+    runner_up_cells: dict[str, tuple[str, ...]] = {}    # a runner-up's bag name -> its configuration's cells
     with ctx.budget.start_phase(NAME) as phase:
         try:
             source, description, spec, config_for = final_choice(ctx.data, darts, bohb,
@@ -108,11 +130,16 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
             ctx.report["bagging"] = {"folds": folds, "reason": why}
             ctx.log.event("bagging", why)
             if folds > 1:
-                candidate, bag_facts = bagging.fit_bag(source, description, spec, config_for, ctx.data, time_left,
-                                                       folds=folds, fold_epoch_s=fold_epoch_seconds(facts, folds),
-                                                       seed=ctx.seed, log=ctx.log)
+                contenders = top_rung_contenders(ctx.data, darts, bohb, source, seed=ctx.seed)
+                candidates, bag_facts = bagging.fit_bags(
+                    bagging.BagPlan(source, description, spec, config_for, fold_epoch_seconds(facts, folds)),
+                    ctx.data, time_left, folds=folds, seed=ctx.seed, log=ctx.log,
+                    contenders=[_timed_plan(ctx, choice, facts, folds) for _, choice in contenders])
                 ctx.report["bagging"].update(bag_facts)
-                if candidate is not None:
+                # candidates[k] is contenders[k - 1]'s bag: the contenders that ran did so in order
+                runner_up_cells.update({bag.name: config_cells(config)
+                                        for bag, (config, _) in zip(candidates[1:], contenders)})
+                for candidate in candidates:
                     ctx.deliver(candidate)
             else:
                 for candidate in fit_for_the_time_left(source, description, spec, config_for, ctx.data, time_left,
@@ -122,7 +149,18 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
             phase_failed(ctx.log, NAME, err)
         ensemble.run(ctx)
         evidence.run(ctx)
-    _note_cell_use(ctx, bohb)
+    _note_cell_use(ctx, bohb, runner_up_cells)
+
+
+def _timed_plan(ctx: RunContext, choice: tuple, facts: FoldFacts, folds: int) -> Callable[[], bagging.BagPlan]:
+    """A contender's BagPlan, built when its round may come: one timed epoch of its network sets its cost."""
+    source, description, spec, config_for = choice
+
+    def plan() -> bagging.BagPlan:
+        epoch_s = timed_epoch(build_network(spec), ctx.data, config_for(1))
+        return bagging.BagPlan(source, description, spec, config_for,
+                               fold_epoch_seconds(dataclasses.replace(facts, epoch_s=epoch_s), folds))
+    return plan
 
 
 def fold_facts(ctx: RunContext, seconds: float, epoch_s: float) -> FoldFacts:
@@ -134,14 +172,16 @@ def fold_facts(ctx: RunContext, seconds: float, epoch_s: float) -> FoldFacts:
                      rarest_class=int(present.min()) if present.size else 0)
 
 
-def _note_cell_use(ctx: RunContext, bohb: BohbResult | None) -> None:
+def _note_cell_use(ctx: RunContext, bohb: BohbResult | None, runner_up_cells: dict[str, tuple[str, ...]]) -> None:
     """darts.cell_used: a cell of the delivered model came from the DARTS search (its genotype or
-    one sampled from or derived from its weights, in any stage; for an ensemble, of any member)."""
+    one sampled from or derived from its weights, in any stage; for an ensemble, of any member).
+    runner_up_cells: the cells of each BOHB runner-up's bag, by candidate name."""
     section, best = ctx.report.get("darts"), ctx.delivery.best
     if section is None or best is None:
         return
-    sources = {member["source"] for member in best.members} if best.members else {best.source}
-    cells: tuple[str, ...] = ()
+    chosen = best.members if best.members else [{"name": best.name, "source": best.source}]
+    sources = {member["source"] for member in chosen}
+    cells = [cell for member in chosen for cell in runner_up_cells.get(member["name"], ())]
     if "bohb_incumbent" in sources and bohb is not None and bohb.incumbent_config is not None:
-        cells = config_cells(bohb.incumbent_config)
+        cells += config_cells(bohb.incumbent_config)
     section["cell_used"] = "darts_cell" in sources or any(cell != DEFAULT_CELL for cell in cells)

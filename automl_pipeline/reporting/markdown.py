@@ -185,11 +185,19 @@ def _final(report: dict, links: list[str]) -> list[str]:
     if isinstance(arch, dict) and arch.get("kind") == "ensemble":
         lines += ["An ensemble: its members and weights are in the Ensemble section.", ""]
     elif isinstance(arch, dict) and arch.get("kind") == "bag" and arch.get("members"):
-        bag = _dict(report, "bagging") or {}
-        lines += [f"A bag of {arch.get('models')} models of the architecture below ({bag.get('folds')} folds, "
-                  f"{bag.get('repeats')} round(s)), each trained on all but one fold of the training and validation "
-                  f"images, their probabilities averaged; out-of-fold macro-F1 {_f(bag.get('oof_macro_f1'))} "
-                  f"({_line(bag.get('reason', ''))}).", ""]
+        bagging = _dict(report, "bagging") or {}
+        bags = [b for b in bagging.get("bags") or [] if isinstance(b, dict)]
+        this = next((b for b in bags if b.get("name") == description), {})
+        lines += [f"A bag of {arch.get('models')} models of the architecture below ({bagging.get('folds')} folds, "
+                  f"{this.get('rounds', bagging.get('repeats'))} round(s)), each trained on all but one fold of the "
+                  f"training and validation images, their probabilities averaged; out-of-fold macro-F1 "
+                  f"{_f(this.get('oof_macro_f1', bagging.get('oof_macro_f1')))} ({_line(bagging.get('reason', ''))}).",
+                  ""]
+        if len(bags) > 1:
+            ranked = sorted(bags, key=lambda b: -(b.get("oof_macro_f1") or 0.0))
+            lines += ["Bags on the same folds, by out-of-fold macro-F1 over every pooled image: "
+                      + "; ".join(f"{_line(b.get('name'))} {_f(b.get('oof_macro_f1'))}" for b in ranked)
+                      + f" ({_line(bagging.get('rounds_note', ''))}).", ""]
         member = arch["members"][0].get("architecture") if isinstance(arch["members"][0], dict) else None
         lines += (describe_architecture(member) + [""] + links) if isinstance(member, dict) else []
     elif isinstance(arch, dict) and arch.get("kind") == "logistic_regression":

@@ -54,7 +54,11 @@ def batch_size_for(n_train: int) -> int:
     return 64 if n_train < 20_000 else 128
 
 
-def epochs_that_fit(seconds: float, epoch_seconds: float, *, low: int = 1, high: int = 200) -> int:
+# The most epochs any one training is planned for.
+MAX_EPOCHS = 200
+
+
+def epochs_that_fit(seconds: float, epoch_seconds: float, *, low: int = 1, high: int = MAX_EPOCHS) -> int:
     """How many epochs fit into PLAN_SHARE of `seconds`, clamped to [low, high]."""
     if epoch_seconds <= 0:
         return high
