@@ -219,3 +219,60 @@ def test_bohbs_runners_up_at_its_top_budget_are_the_contenders(digits):
     assert source == "bohb_runner_up" and description == "BOHB's top-rung runner-up 1"
     assert spec.n_cells == configs[4]["n_cells"] and config_for(3).epochs == 3
     assert final_fit.top_rung_contenders(digits, None, bohb, "darts_cell", seed=0) == []
+
+
+def test_a_contender_that_fails_leaves_the_bags_already_trained(digits, one_torch_thread):
+    def contender() -> bagging.BagPlan:
+        raise RuntimeError("no network for this configuration")
+
+    candidates, facts = bagging.fit_bags(plan_for(digits, epochs_cap=1, fold_epoch_s=1.0), digits, lambda: 1e4,
+                                         folds=2, seed=0, log=lambda s: None, contenders=[contender], max_rounds=2)
+    assert [c.source for c in candidates] == ["default_network"] and facts["repeats"] == 1
+    assert "round 2 not started: RuntimeError: no network for this configuration" in facts["rounds_note"]
+
+
+def test_the_final_fit_phase_bags_bohbs_runner_up_beside_its_incumbent(digits, tmp_path, monkeypatch,
+                                                                      one_torch_thread):
+    """final_fit.run after a BOHB phase whose top budget holds two trials above chance, with fold models capped
+    at 2 epochs (bagging.MAX_EPOCHS patched, as a long budget caps them at 200): the incumbent is bagged,
+    then the runner-up on the same folds; both bags enter the library, and the report ranks them."""
+    import budget.plan
+    from automl_pipeline.bohb.results import BohbResult, TrialRecord
+    from automl_pipeline.bohb.space import build_config_space
+    from automl_pipeline.checkpoints import Checkpoints
+    from automl_pipeline.delivery import Delivery
+    from automl_pipeline.phases import final_fit
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.settings import Settings
+    from budget import Budget
+    from submission import to_jsonable
+
+    monkeypatch.setattr(budget.plan, "FINAL_EPOCHS", 2)
+    monkeypatch.setattr(bagging, "MAX_EPOCHS", 2)
+    configs = [dict(to_jsonable(dict(c)), n_cells=2, base_channels=8)
+               for c in build_config_space(seed=1).sample_configuration(2)]
+    trials = [TrialRecord(config_id=(0, 0, i), config=configs[i], budget=2, loss=0.3 + i / 10, val_macro_f1=0.7 - i / 10,
+                          evaluated=True, error=None, epochs_done=2, stopped_by_deadline=False, seconds=1.0,
+                          worker="w", t_s=float(i), model_based_pick=False) for i in range(2)]
+    bohb = BohbResult(incumbent_config=configs[0], incumbent_val_macro_f1=0.7, incumbent_budget=2, min_budget=1,
+                      max_budget=2, eta=2, trials=trials, configs_sampled=2, model_based_picks=0, model_min_trials=3,
+                      trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True)
+    clock = Budget(60, margin_s=0)
+    clock.plan([("final_fit", 1.0)])
+    store = Checkpoints(tmp_path)
+    store.dir.mkdir()
+    log = RunLog(None, quiet=True, elapsed=clock.elapsed, remaining=clock.remaining)
+    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
+                        class_names=[str(c) for c in range(10)], log=log)
+    ctx = RunContext(settings=Settings(time_limit_s=60, output_dir=tmp_path), budget=clock, data=digits, log=log,
+                     store=store, report={"darts": {}}, delivery=delivery)
+    final_fit.run(ctx, None, bohb)
+    section = ctx.report["bagging"]
+    assert [b["source"] for b in section["bags"]] == ["bohb_incumbent", "bohb_runner_up"], section
+    assert all(b["fold_epochs"] == 2 for b in section["bags"])
+    assert "BOHB's top-rung runner-up 1: its own bag" in section["rounds_note"]
+    library = {entry["name"] for entry in ctx.report["ensemble"]["library"]}
+    assert {b["name"] for b in section["bags"]} <= library
+    assert ctx.report["evidence"]["bag"] == section["best"]
+    assert ctx.report["darts"]["cell_used"] is False           # template cells only, no DARTS phase

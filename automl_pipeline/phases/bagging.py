@@ -108,17 +108,29 @@ def fit_bags(first: BagPlan, data: RunData, time_left: TimeLeft, *, folds: int, 
     bag = bags[0]
     for round_index in range(max_rounds):
         if round_index > 0:
-            bag = _next_round(bags, waiting, labels, time_left, folds=folds, notes=notes)
+            try:
+                bag = _next_round(bags, waiting, labels, time_left, folds=folds, notes=notes)
+            except Exception as err:   # noqa: BLE001 - a contender that cannot be built leaves the bags trained
+                notes.append(f"round {round_index + 1} not started: {type(err).__name__}: {err}")
+                break
             if bag is None:
                 break
             if bag not in bags:
                 bags.append(bag)
         index = bags.index(bag) + 1
         label = "".join([f"bag {index}, " if len(bags) > 1 else "", f"round {bag.rounds + 1}, " if bag.rounds else ""])
-        members, oof, epochs, seconds_per_epoch = _one_round(
-            bag.plan, data, pooled, labels, time_left, folds=folds, seed=seed + bag.rounds,
-            cap=MAX_EPOCHS if bag is bags[0] else bags[0].fold_epochs, label=label, bag_index=index,
-            rows=facts["fold_models"], log=log)
+        try:
+            members, oof, epochs, seconds_per_epoch = _one_round(
+                bag.plan, data, pooled, labels, time_left, folds=folds, seed=seed + bag.rounds,
+                cap=MAX_EPOCHS if bag is bags[0] else bags[0].fold_epochs, label=label, bag_index=index,
+                rows=facts["fold_models"], log=log)
+        except Exception as err:   # noqa: BLE001 - a later round's failure keeps the bags already trained
+            if round_index == 0:
+                raise
+            notes.append(f"{label}failed: {type(err).__name__}: {err}")
+            if bag.rounds == 0:
+                bags.remove(bag)
+            break
         if oof is None:
             facts["reason"] = f"a fold model of {label or 'the first round, '}trained no epoch in its share of the time"
             if round_index == 0:
