@@ -26,7 +26,7 @@ from automl_pipeline.runlog import RunLog
 from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
 from budget import Budget, Watchdog, default_margin_s, install_signal_handlers, process_elapsed_s
-from budget.plan import RunFacts, RunPlan, plan_run
+from budget.plan import DARTS_MIN_S, RunFacts, RunPlan, plan_run
 from budget.reserves import DELIVERY_WAIT_S, PLOTS_MIN_LIMIT_S, PLOTS_RESERVE_S, WATCHDOG_GRACE_S
 from submission import OutputDirError, check_output_dir, write_json
 
@@ -174,13 +174,16 @@ def _execute(settings: Settings, budget: Budget, out_dir: Path, log: RunLog, rep
 def _replan(ctx: RunContext, epoch_s: float) -> RunPlan:
     """The plan from the first model's epoch cost (budget.plan.plan_run): searches that cannot rank in the
     time left are skipped with the plan's sentence, the others get their needs and a share of the rest."""
-    plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=epoch_s, darts_enabled=plan_darts_here(ctx)))
+    darts_here = plan_darts_here(ctx)
+    darts_s = architecture.seconds_needed(ctx.data, seed=ctx.seed, options=ctx.options) if darts_here else DARTS_MIN_S
+    plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=epoch_s, darts_enabled=darts_here,
+                             darts_s=darts_s))
     ctx.report["plan"] = plan.to_json()
     ctx.log.event("plan", plan.reason)
     for name, why in plan.skipped.items():
         ctx.search_skipped(name, why)
     weights = [(name, max(weight, 1e-9)) for name, weight in plan.weights]
-    if not plan_darts_here(ctx):   # DARTS off or random: its phase records why itself, in its place
+    if not darts_here:   # DARTS off or random: its phase records why itself, in its place
         weights.insert(0, ("darts", 1e-9))
     ctx.budget.plan(weights)
     return plan

@@ -33,8 +33,8 @@ BRACKET_SHARE = 0.6
 # BOHB's trials cost about the default network per epoch on average (its default configuration is that
 # network, 3 cells of 24 channels; n_cells 2-5 and widths 16/24/32 spread around it): no margin.
 TRIAL_COST_FACTOR = 1.0
-# DARTS needs about this long to learn (120 architecture steps at the measured 0.27 s, planned at 90 %: 36 s,
-# and its timing probes).
+# DARTS needs about this long to learn when its step was not measured (120 architecture steps at 0.27 s,
+# planned at 90 %: 36 s, and its timing probes); a run measures it (RunFacts.darts_s).
 DARTS_MIN_S = 45.0
 # Beyond the needs, time is shared as the fixed plan did: DARTS 0.20, BOHB 0.35, final fit 0.35.
 SPARE_WEIGHTS = {"darts": 0.20, "bohb": 0.35, "final_fit": 0.35}
@@ -49,13 +49,15 @@ BAG_MAX_IMAGES = 5000
 
 @dataclass(frozen=True)
 class RunFacts:
-    """What the first model measured: seconds_left, the work time left for the rest of the run; epoch_s,
+    """What the run measured: seconds_left, the work time left for the rest of the run; epoch_s,
     seconds of one epoch of the default network on the whole training split (with its validation pass);
-    darts_enabled: the search options (and the method) allow a DARTS search."""
+    darts_enabled: the search options (and the method) allow a DARTS search; darts_s: seconds the DARTS
+    phase needs to run at its minimum (measured from its cheapest supernet's step), DARTS_MIN_S if unmeasured."""
 
     seconds_left: float
     epoch_s: float
     darts_enabled: bool = True
+    darts_s: float = DARTS_MIN_S
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,14 @@ def bohb_seconds_needed(ranking_epochs: float, epoch_s: float) -> float:
 
 def plan_run(facts: RunFacts) -> RunPlan:
     """The plan for DARTS, BOHB and the final fit (see the module docstring)."""
-    if not (facts.epoch_s > 0 and math.isfinite(facts.epoch_s)):
-        raise ValueError(f"epoch_s must be a positive number, got {facts.epoch_s}")
+    for name in ("epoch_s", "darts_s"):
+        value = getattr(facts, name)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number, got {value}")
     left = max(0.0, facts.seconds_left)
     final_epochs, ranking = FINAL_EPOCHS, MIN_RANKING_EPOCHS
     needs = {"final_fit": final_epochs * facts.epoch_s, "bohb": bohb_seconds_needed(ranking, facts.epoch_s),
-             "darts": DARTS_MIN_S}
+             "darts": facts.darts_s}
     held = left / facts.epoch_s
     options = [("darts", "bohb"), ("bohb",), ("darts",), ()] if facts.darts_enabled else [("bohb",), ()]
     searches = next((s for s in options if needs["final_fit"] + sum(needs[name] for name in s) <= left), ())
@@ -111,7 +115,7 @@ def plan_run(facts: RunFacts) -> RunPlan:
         before = needs["final_fit"] + (needs["bohb"] if "bohb" in searches else 0.0)
         skipped["darts"] = skipped.get("bohb") or (
             f"{head}{' and BOHB' if 'bohb' in searches else ''} about {before / facts.epoch_s:.0f} in all, leaving "
-            f"{max(0.0, left - before):.0f}s where DARTS needs about {DARTS_MIN_S:.0f}s: no time for DARTS")
+            f"{max(0.0, left - before):.0f}s where DARTS needs about {facts.darts_s:.0f}s: no time for DARTS")
     if skipped:
         reason = skipped.get("bohb") or skipped["darts"]
     else:

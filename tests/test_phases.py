@@ -81,6 +81,34 @@ def test_plan_darts_skips_when_too_few_steps_fit_and_keeps_small_images():
     assert n_train == 1000 and config.epochs == architecture.MAX_DARTS_EPOCHS
 
 
+def test_the_time_the_plan_reserves_for_darts_holds_its_minimum_search(monkeypatch):
+    """seconds_needed (the run's plan reserves it) from a measured step of 0.5 s and a 2 s probe: the phase,
+    given that time and re-timing its step up to 15 % slower, still searches; 20 % less time and it does not."""
+    from budget import FakeClock
+
+    clock = FakeClock()
+
+    def measured(data, config, loss):
+        clock.advance(2.0)
+        return 0.5
+    monkeypatch.setattr(architecture, "measure_step_seconds", measured)
+    data = random_run_data(n=256, side=8)
+    need = architecture.seconds_needed(data, seed=0, clock=clock)
+    probes = architecture.PROBES_PER_PHASE * 2.0
+    assert need == pytest.approx(architecture.NEED_MARGIN * architecture.MIN_ARCH_STEPS * 0.5 / 0.9 + probes)
+    retimed = lambda config: 0.5 * 1.15      # noqa: E731
+    config, _, why = architecture.plan_darts(retimed, need - probes, n_train=256, n_classes=4, image_side=8, seed=0)
+    assert config is not None, why
+    config, _, why = architecture.plan_darts(retimed, 0.8 * (need - probes), n_train=256, n_classes=4, image_side=8,
+                                             seed=0)
+    assert config is None and f"at least {architecture.MIN_ARCH_STEPS}" in why
+
+
+def test_darts_seconds_needed_measures_a_real_supernet_step():
+    need = architecture.seconds_needed(random_run_data(n=128, side=8), seed=0)
+    assert 0 < need < 600
+
+
 def test_darts_result_counts_as_learned_only_when_supernet_and_alphas_moved():
     from automl_pipeline.darts import DartsResult
     from automl_pipeline.search_space import DEFAULT_GENOTYPE

@@ -41,6 +41,21 @@ def test_long_budget_runs_both_searches_and_the_final_fit_keeps_its_need():
     assert "fit, with" in plan.reason
 
 
+def test_darts_gets_the_time_it_measured_or_none():
+    """A measured DARTS need (RunFacts.darts_s) replaces DARTS_MIN_S: reserved in full when it fits beside
+    the final fit and BOHB, given away with its number when it does not."""
+    epoch_s = 1.0
+    before = FINAL_EPOCHS * epoch_s + bohb_seconds_needed(MIN_RANKING_EPOCHS, epoch_s)
+    plan = plan_run(RunFacts(seconds_left=before + 70, epoch_s=epoch_s, darts_s=60.0))
+    assert names(plan) == ["darts", "bohb", "final_fit"] and dict(plan.weights)["darts"] >= 60.0
+    assert plan.needs_s["darts"] == 60.0
+    plan = plan_run(RunFacts(seconds_left=before + 50, epoch_s=epoch_s, darts_s=60.0))
+    assert names(plan) == ["bohb", "final_fit"] and list(plan.skipped) == ["darts"]
+    assert "leaving 50s where DARTS needs about 60s: no time for DARTS" in plan.skipped["darts"]
+    with pytest.raises(ValueError):
+        plan_run(RunFacts(seconds_left=100, epoch_s=1.0, darts_s=float("nan")))
+
+
 def test_without_darts_the_plan_never_mentions_it():
     plan = plan_run(RunFacts(seconds_left=7000, epoch_s=2.0, darts_enabled=False))
     assert names(plan) == ["bohb", "final_fit"] and not plan.skipped

@@ -3,6 +3,7 @@ options), run it, and say whether its cell is worth using."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,6 +59,10 @@ DARTS_W_LR = 0.05
 # (each probe costs a few steps).
 MIN_ARCH_STEPS = 120
 RICHER_PROXY_STEPS = 600
+# What the run's plan reserves for DARTS (seconds_needed): MIN_ARCH_STEPS of the cheapest proxy with this
+# much headroom for the phase's own re-timing (two batches, noisy), and its probes at this multiple of one.
+NEED_MARGIN = 1.2
+PROBES_PER_PHASE = 2
 # With early termination off, the skip limit is more edges than any proxy cell has.
 NO_SKIP_LIMIT = 10 ** 6
 
@@ -108,6 +113,28 @@ def plan_darts(step_seconds: Callable[[DartsConfig], float], seconds: float, *, 
     return dataclasses.replace(chosen, epochs=MIN_DARTS_EPOCHS), n_subset, ""
 
 
+def darts_loss(data: RunData):
+    """The loss DARTS searches with: focal with smoothed inverse-frequency class weights."""
+    return make_loss("focal", data.train_counts, gamma=FOCAL_GAMMA, smoothing=CLASS_WEIGHT_SMOOTHING, device=data.device)
+
+
+def measure_step_seconds(data: RunData, config: DartsConfig, loss) -> float:
+    """Seconds of one architecture + weight step of `config`'s supernet on the training split (two batches)."""
+    return (estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss, n_batches=2)
+            / steps_per_epoch(len(data.train), config))
+
+
+def seconds_needed(data: RunData, *, seed: int, options: SearchOptions = SearchOptions(),
+                   clock: Callable[[], float] = time.monotonic) -> float:
+    """Seconds the phase needs to search at all (for the run's plan): MIN_ARCH_STEPS steps of the cheapest
+    proxy at the measured step cost, planned at PLAN_SHARE, with NEED_MARGIN, and its timing probes."""
+    config = darts_config(DARTS_PROXIES[0], data.image_side, epochs=MAX_DARTS_EPOCHS, seed=seed, options=options)
+    started = clock()
+    step_s = measure_step_seconds(data, config, darts_loss(data))
+    probe_s = clock() - started
+    return NEED_MARGIN * MIN_ARCH_STEPS * step_s / PLAN_SHARE + PROBES_PER_PHASE * probe_s
+
+
 def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
                         options: SearchOptions = SearchOptions(), progress: dict | None = None,
                         on_checkpoint: Callable[[dict, dict], None] | None = None) -> tuple[DartsResult | None, str]:
@@ -118,7 +145,7 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
     it ends at once with the checkpoint's alphas).
     on_checkpoint(state, meta): after every finished epoch; meta says how to rebuild the search.
     """
-    loss = make_loss("focal", data.train_counts, gamma=FOCAL_GAMMA, smoothing=CLASS_WEIGHT_SMOOTHING, device=data.device)
+    loss = darts_loss(data)
     if progress is not None:
         meta = progress["meta"]
         config = DartsConfig.from_json(meta["config"])
@@ -129,8 +156,7 @@ def search_architecture(data: RunData, time_left: TimeLeft, *, seed: int, log: C
         measured: dict[DartsConfig, float] = {}
 
         def step_seconds(config: DartsConfig) -> float:
-            measured[config] = (estimate_epoch_seconds(data.train, data.val, data.n_classes, config, loss,
-                                                       n_batches=2) / steps_per_epoch(len(data.train), config))
+            measured[config] = measure_step_seconds(data, config, loss)
             return measured[config]
 
         config, n_train, why_not = plan_darts(step_seconds, time_left(), n_train=len(data.train),
