@@ -27,7 +27,8 @@ from automl_pipeline.settings import Settings
 from automl_pipeline.training import channel_stats, configure_threads, resolve_device, to_tensor_data, warm_up
 from budget import Budget, Watchdog, default_margin_s, install_signal_handlers, process_elapsed_s
 from budget.plan import DARTS_MIN_S, RunFacts, RunPlan, plan_run
-from budget.reserves import DELIVERY_WAIT_S, PLOTS_MIN_LIMIT_S, PLOTS_RESERVE_S, WATCHDOG_GRACE_S
+from budget.reserves import (DELIVERY_WAIT_S, MIN_SEARCH_PHASE_S, PLOTS_MIN_LIMIT_S, PLOTS_RESERVE_S,
+                             WATCHDOG_GRACE_S)
 from submission import OutputDirError, check_output_dir, write_json
 
 # Relative weights of the phases until the first model has measured what budget.plan.plan_run needs (and
@@ -175,7 +176,8 @@ def _replan(ctx: RunContext, epoch_s: float) -> RunPlan:
     """The plan from the first model's epoch cost (budget.plan.plan_run): searches that cannot rank in the
     time left are skipped with the plan's sentence, the others get their needs and a share of the rest."""
     darts_here = plan_darts_here(ctx)
-    darts_s = architecture.seconds_needed(ctx.data, seed=ctx.seed, options=ctx.options) if darts_here else DARTS_MIN_S
+    timed = darts_here and ctx.budget.remaining() >= MIN_SEARCH_PHASE_S    # else no search runs: not worth a probe
+    darts_s = architecture.seconds_needed(ctx.data, seed=ctx.seed, options=ctx.options) if timed else DARTS_MIN_S
     plan = plan_run(RunFacts(seconds_left=ctx.budget.remaining(), epoch_s=epoch_s, darts_enabled=darts_here,
                              darts_s=darts_s))
     ctx.report["plan"] = plan.to_json()

@@ -567,3 +567,18 @@ def test_step_guard_starts_a_step_only_when_the_slowest_recent_one_fits():
     left[0] = 0.0
     assert not guard.allows()
     assert StepGuard(lambda: 1.0, hint=4.0).allows() is False  # a measured hint counts before any step
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_tensors_have_the_standard_strides(channels):
+    """Grey images permuted from NHWC kept strides (HW, 1, W, 1) through `.contiguous()`; with them a DARTS
+    step on 12 px images crashed the process (SIGFPE/SIGSEGV in torch's backward)."""
+    from automl_pipeline.training import channel_stats, to_tensor_data
+
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 12, 12, channels), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    x = to_tensor_data(images, np.zeros(5, dtype=np.int64), CPU, mean, std).x
+    assert x.shape == (5, channels, 12, 12)
+    assert x.stride() == torch.empty(x.shape).stride()
+    expected = (images.transpose(0, 3, 1, 2) / 255.0 - mean.reshape(1, -1, 1, 1)) / std.reshape(1, -1, 1, 1)
+    assert np.allclose(x.numpy(), expected, atol=1e-5)

@@ -33,12 +33,16 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def to_tensor_data(images: np.ndarray, labels: np.ndarray | None, device: torch.device,
                    mean: np.ndarray, std: np.ndarray) -> TensorData:
-    """uint8 NHWC images (+ labels) -> normalised NCHW float tensors on `device`."""
+    """uint8 NHWC images (+ labels) -> normalised NCHW float tensors on `device`, with the standard strides.
+
+    The permute of grey NHWC images leaves strides (HW, 1, W, 1), which `.contiguous()` keeps (a size-1
+    dimension's stride does not count); with those strides torch 2.14's CPU backward of the DARTS
+    supernet on 12 px images corrupted memory (SIGSEGV/SIGFPE), so the result is copied to standard ones."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.as_tensor(mean, device=device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, device=device).view(1, -1, 1, 1)
-    x = ((x - mean_t) / std_t).contiguous()
+    x = ((x - mean_t) / std_t).clone(memory_format=torch.contiguous_format)
     y = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64, device=device)
     return TensorData(x=x, y=y)
 
