@@ -604,3 +604,40 @@ def test_a_result_for_a_master_that_is_gone_is_dropped_without_a_thread_tracebac
                                           working_directory=".")
     assert result["exception"] is None and result["result"]["info"]["val_macro_f1"] == 1.0
     assert worker.busy is False and "the master is gone" in caplog.text
+
+
+def test_brackets_stop_starting_on_a_rung_that_ranks_noise(tmp_path):
+    """The 1-epoch rung ranks configurations in the reverse order of the 3- and 9-epoch rungs: once enough
+    configurations were trained on both, no bracket starts at 1 epoch, and the report says when and why."""
+    started_at_one: list[float] = []
+
+    def reversed_low_rung(config, budget, ctx, time_left):
+        f1 = 1.0 - abs(math.log10(config["lr"]) + 2.0) / 3.0
+        if budget == 1:
+            f1 = 1.0 - f1
+            started_at_one.append(time.monotonic())
+        return {"loss": 1.0 - f1, "info": {"val_macro_f1": f1, "evaluated": True, "error": None,
+                                           "epochs_done": int(budget), "stopped_by_deadline": False}}
+
+    logs: list[str] = []
+    result = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0),
+                      time_left=_phase_clock(5.0)[1], out_dir=tmp_path, evaluate=reversed_low_rung, log=logs.append)
+    report = result.report()
+    assert report["raised_min_budget"], report["rung_rank_correlation"]
+    raised = report["raised_min_budget"][0]
+    assert raised["from_budget"] == 1 and raised["to_budget"] == 3
+    assert raised["evidence"][0]["spearman"] < 0 and raised["evidence"][0]["n_configs"] >= 8
+    # trials on 1 epoch belong to iterations before the raise only
+    iterations_at_one = {t.config_id[0] for t in result.trials if t.budget == 1}
+    assert max(iterations_at_one) < raised["iteration"]
+    assert any(t.config_id[0] >= raised["iteration"] and t.budget == 3 for t in result.trials)
+    assert "ranked noise" in report["raised_min_budget_reason"]
+    assert any("brackets started at 3 epochs" in line for line in logs)
+
+
+def test_brackets_keep_the_lowest_rung_while_it_ranks(tmp_path):
+    result = run_bohb(None, config_space=tiny_space(), options=BohbOptions(min_budget=1, max_budget=9, wrapup_s=1.0),
+                      time_left=_phase_clock(3.0)[1], out_dir=tmp_path, evaluate=_quick, log=lambda s: None)
+    report = result.report()
+    assert report["raised_min_budget"] == [] and report["raised_min_budget_reason"] is None
+    assert report["trials_per_budget"].get("1", 0) > 16          # brackets went on starting at 1 epoch

@@ -4,7 +4,8 @@ the rung rank correlation that says whether a rung ranks noise."""
 import numpy as np
 import torch
 
-from automl_pipeline.bohb.results import BohbResult, TrialRecord, rung_rank_correlations
+from automl_pipeline.bohb.results import (RUNG_EVIDENCE_CONFIGS, BohbResult, TrialRecord, first_ranking_rung,
+                                          rung_rank_correlations)
 from automl_pipeline.bohb.worker import TrialContext, build_trial_network, evaluate_config, trial_weights_name
 from automl_pipeline.phases.hyperparameters import kept_trial_candidates
 from automl_pipeline.training import predict_proba
@@ -92,3 +93,13 @@ def test_rung_rank_correlation_tells_a_ranking_rung_from_noise():
                         model_min_trials=10, trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True)
     assert "ranks noise" in result.rank_warning()
     assert result.report()["rung_rank_correlation"][0]["spearman"] == -1.0
+
+
+def test_a_rung_is_passed_over_only_on_enough_evidence_of_noise():
+    row = lambda rho, n: {"budgets": [1.0, 3.0], "n_configs": n, "spearman": rho}   # noqa: E731
+    assert first_ranking_rung([row(-0.5, RUNG_EVIDENCE_CONFIGS), row(0.8, 5)]) == 1
+    assert first_ranking_rung([row(-0.5, RUNG_EVIDENCE_CONFIGS - 1), row(0.8, 5)]) == 0   # too few configurations
+    assert first_ranking_rung([row(0.5, 20), row(-1.0, 20)]) == 0          # the lowest rung ranks: start there
+    assert first_ranking_rung([row(None, 20), row(-1.0, 20)]) == 0
+    assert first_ranking_rung([row(0.1, 9), row(0.0, 9)]) == 2             # both lower rungs rank noise
+    assert first_ranking_rung([]) == 0

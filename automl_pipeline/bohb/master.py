@@ -6,6 +6,10 @@ flag (the stock loop blocks on a condition that is only signalled when a job
 finishes, so it cannot be stopped from outside). Every job carries
 `phase_seconds_left` (from `trial_seconds_left()`), so a trial, local or
 remote, stops training in time to report what it reached.
+
+The brackets follow the rungs' measured agreement (hpbandster's best-practice check): once the lowest
+rung's ranking disagrees with the next rung's (`results.first_ranking_rung`), later brackets start one
+rung higher, so the search stops promoting on a budget that ranks noise; `raised_min_budget` says when.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from hpbandster.optimizers.config_generators.bohb import BOHB as BOHBConfigGener
 from hpbandster.optimizers.iterations import SuccessiveHalving
 
 from automl_pipeline.bohb.budgets import bracket_sizes, hpbandster_budgets, min_points_in_model, n_rungs
+from automl_pipeline.bohb.results import first_ranking_rung, rank_correlations
 from submission import to_jsonable
 
 
@@ -76,17 +81,44 @@ class DeadlineBOHB(BOHB):
                             "budgets": self.budgets, "max_SH_iter": self.max_SH_iter})
         self.trial_seconds_left = trial_seconds_left
         self.stop_event = threading.Event()
+        self.start_rung = 0                # brackets start at self.budgets[start_rung] or higher
+        self.raised_min_budget: list[dict] = []   # one entry per raise: when, from which budget, on what evidence
 
     def get_next_iteration(self, iteration, iteration_kwargs={}):   # noqa: B006 - hpbandster's signature
         """hpbandster's HyperBand brackets, except that the first one starts `first_configs` wide, so
-        that the KDE can be built from its min-budget results (see model_min_trials)."""
-        s = self.max_SH_iter - 1 - (iteration % self.max_SH_iter)
-        n0 = int(np.floor(self.max_SH_iter / (s + 1)) * self.eta ** s)
+        that the KDE can be built from its min-budget results (see model_min_trials), and that no bracket
+        starts below the lowest rung that ranks (`update_start_rung`)."""
+        self.update_start_rung(iteration)
+        brackets = self.max_SH_iter - self.start_rung
+        s = brackets - 1 - (iteration % brackets)
+        n0 = int(np.floor(brackets / (s + 1)) * self.eta ** s)
         if iteration == 0 and self.first_configs:
             n0 = max(n0, self.first_configs)
         return SuccessiveHalving(HPB_iter=iteration, num_configs=bracket_sizes(n0, s + 1, self.eta),
                                  budgets=self.budgets[(-s - 1):], config_sampler=self.config_generator.get_config,
                                  **iteration_kwargs)
+
+    def rung_scores(self) -> dict[float, dict]:
+        """budget -> {config id: -loss} over the finished trials of this search and its warm start."""
+        scores: dict[float, dict] = {}
+        for it in list(self.warmstart_iteration) + list(self.iterations):
+            for config_id, datum in list(it.data.items()):
+                for budget, result in list(datum.results.items()):
+                    loss = None if result is None else result.get("loss")
+                    if loss is not None and np.isfinite(loss) and (result.get("info") or {}).get("evaluated", True):
+                        scores.setdefault(float(budget), {})[tuple(config_id)] = -float(loss)
+        return scores
+
+    def update_start_rung(self, iteration: int) -> None:
+        """Raise `start_rung` to the lowest rung not shown to rank noise (never lower it)."""
+        budgets = [float(b) for b in self.budgets]
+        rows = rank_correlations(self.rung_scores(), budgets)
+        rung = first_ranking_rung(rows)
+        if rung > self.start_rung:
+            self.raised_min_budget.append({
+                "iteration": int(iteration), "from_budget": budgets[self.start_rung], "to_budget": budgets[rung],
+                "evidence": [row for row in rows[self.start_rung:rung]]})
+            self.start_rung = rung
 
     def _submit_job(self, config_id, config, budget):
         with self.thread_cond:

@@ -104,17 +104,18 @@ def select_incumbent(trials: list[TrialRecord]) -> TrialRecord | None:
 
 # Below this Spearman correlation between adjacent rungs the lower rung ranks noise (hpbandster's notes).
 RANK_CORRELATION_FLOOR = 0.3
+# A rung is passed over (BOHB's brackets stop starting there) only once its correlation with the next rung
+# is measured over at least this many configurations. Spearman over n configurations of unrelated scores has a
+# standard deviation of about 1 / sqrt(n - 1): 0.38 at 8, so a single low reading is still weak evidence; a
+# mistaken raise costs longer trials for the rest of the search, not a wrong model.
+RUNG_EVIDENCE_CONFIGS = 8
 
 
-def rung_rank_correlations(trials: list[TrialRecord], budgets: list[float]) -> list[dict]:
-    """Per pair of adjacent budgets: the Spearman rank correlation of validation macro-F1 over the
-    configurations evaluated on both (None with fewer than 3 such, or when one rung's scores are all equal)."""
+def rank_correlations(scores: dict[float, dict], budgets: list[float]) -> list[dict]:
+    """Per pair of adjacent budgets: the Spearman rank correlation of the scores (budget -> {config id: score})
+    over the configurations scored on both (None with fewer than 3 such, or when one rung's scores are all equal)."""
     from scipy.stats import spearmanr
 
-    scores: dict[float, dict[tuple, float]] = {}
-    for t in trials:
-        if t.evaluated:
-            scores.setdefault(t.budget, {})[t.config_id] = t.val_macro_f1
     rows = []
     for low, high in zip(budgets, budgets[1:]):
         lower, upper = scores.get(low, {}), scores.get(high, {})
@@ -124,6 +125,28 @@ def rung_rank_correlations(trials: list[TrialRecord], budgets: list[float]) -> l
             rho = float(spearmanr([lower[c] for c in shared], [upper[c] for c in shared]).statistic)
         rows.append({"budgets": [low, high], "n_configs": len(shared), "spearman": None if rho is None else round(rho, 3)})
     return rows
+
+
+def rung_rank_correlations(trials: list[TrialRecord], budgets: list[float]) -> list[dict]:
+    """`rank_correlations` of the evaluated trials' validation macro-F1."""
+    scores: dict[float, dict[tuple, float]] = {}
+    for t in trials:
+        if t.evaluated:
+            scores.setdefault(t.budget, {})[t.config_id] = t.val_macro_f1
+    return rank_correlations(scores, budgets)
+
+
+def first_ranking_rung(rows: list[dict]) -> int:
+    """The index of the lowest budget whose rung is not shown to rank noise: from the bottom, a rung is passed
+    over while its correlation with the next (`rank_correlations` rows) is below RANK_CORRELATION_FLOOR over at
+    least RUNG_EVIDENCE_CONFIGS configurations. Never past the top budget."""
+    rung = 0
+    for row in rows:
+        if row["spearman"] is None or row["n_configs"] < RUNG_EVIDENCE_CONFIGS or \
+                row["spearman"] >= RANK_CORRELATION_FLOOR:
+            break
+        rung += 1
+    return rung
 
 
 @dataclass
@@ -148,6 +171,9 @@ class BohbResult:
     master_error: str | None = None
     optimizer: str = "bohb"          # "bohb", or "random" (same brackets, configurations sampled at random)
     cell_choice: str | None = None   # how the space chose cells (phases/hyperparameters.py CELL_LEVELS)
+    # each raise of the budget brackets start from (master.DeadlineBOHB.raised_min_budget): iteration,
+    # from_budget, to_budget, evidence (the rank_correlations rows of the rungs passed over)
+    raised_min_budget: list[dict] = field(default_factory=list)
     hpbandster_result: Result | None = field(default=None, repr=False)
 
     @property
@@ -170,6 +196,16 @@ class BohbResult:
                     f"{row['budgets'][1]:g}-epoch rung over {row['n_configs']} configurations "
                     f"(below {RANK_CORRELATION_FLOOR}: raise min_budget or lower eta)")
         return None
+
+    def raise_sentence(self) -> str | None:
+        """One sentence on the last raise of the budget brackets start from, or None."""
+        if not self.raised_min_budget:
+            return None
+        last = self.raised_min_budget[-1]
+        row = last["evidence"][-1]
+        return (f"from iteration {last['iteration']} on, brackets started at {last['to_budget']:g} epochs, not "
+                f"{self.min_budget:g}: the {row['budgets'][0]:g}-epoch rung ranked noise (Spearman "
+                f"{row['spearman']:.2f} with the {row['budgets'][1]:g}-epoch rung over {row['n_configs']} configurations)")
 
     def report(self) -> dict:
         """The report.json "bohb" section."""
@@ -207,6 +243,8 @@ class BohbResult:
             "model_min_trials": self.model_min_trials,
             "rung_rank_correlation": rung_rank_correlations(self.trials, self.budgets),
             "rank_warning": self.rank_warning(),
+            "raised_min_budget": self.raised_min_budget,
+            "raised_min_budget_reason": self.raise_sentence(),
             "n_hyperparameters": self.model_min_trials // 2 - 1,
             "warning": self.warning(),
             "incumbent": incumbent,

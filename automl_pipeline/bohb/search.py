@@ -275,8 +275,10 @@ def run_bohb(ctx: TrialContext | None, *, config_space, options: BohbOptions, ti
         n_workers=max(len(workers_seen), options.n_local_workers), clean_shutdown=clean,
         epoch_seconds=options.epoch_seconds,
         master_error=master_errors[0].strip().splitlines()[-1] if master_errors else None, optimizer=optimizer,
-        hpbandster_result=hb_result)
+        raised_min_budget=list(master.raised_min_budget) if master is not None else [], hpbandster_result=hb_result)
     warning = result.warning()
+    if result.raise_sentence():
+        log(f"bohb: {result.raise_sentence()}")
     log(f"bohb: {len(trials)} trials in {result.seconds:.1f}s, {picks}/{sampled} model-based picks"
         + (f"; incumbent val macro-F1 {result.incumbent_val_macro_f1:.4f} at budget {result.incumbent_budget:g}"
            if incumbent else "; no trial was evaluated")

@@ -393,6 +393,8 @@ def _bohb(report: dict, links: list[str]) -> list[str]:
     if rows:
         lines += ["Do adjacent rungs rank alike? Spearman correlation of validation macro-F1 over the configurations "
                   "trained on both:", ""] + _table(["budgets (epochs)", "configurations", "Spearman"], rows)
+    if bohb.get("raised_min_budget_reason"):
+        lines += [f"The search raised its smallest budget: {_line(bohb['raised_min_budget_reason'])}.", ""]
     if bohb.get("rank_warning"):
         lines += [f"> **Warning:** {_line(bohb['rank_warning'])}.", ""]
     return lines + links
