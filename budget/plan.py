@@ -36,6 +36,10 @@ TRIAL_COST_FACTOR = 1.0
 # DARTS needs about this long to learn when its step was not measured (120 architecture steps at 0.27 s,
 # planned at 90 %: 36 s, and its timing probes); a run measures it (RunFacts.darts_s).
 DARTS_MIN_S = 45.0
+# The cold one-epoch timing probe measured up to this many times the cost of the epochs a network then
+# trained (shifted digits: 0.79 s probed, 0.42 s trained); a decision made before any epoch trained
+# assumes the probe overstated this much.
+PROBE_OVERSTATEMENT = 2.0
 # Beyond the needs, time is shared as the fixed plan did: DARTS 0.20, BOHB 0.35, final fit 0.35.
 SPARE_WEIGHTS = {"darts": 0.20, "bohb": 0.35, "final_fit": 0.35}
 # k-fold bagging of the final choice (AutoGluon's bagging): BAG_FOLDS fold models over the training and
@@ -122,6 +126,23 @@ def plan_run(facts: RunFacts) -> RunPlan:
         reason = f"{head}: {' and '.join(searches)} fit, with {spare:.0f}s beyond what they need"
     return RunPlan(weights=weights, skipped=skipped, reason=reason, final_epochs=final_epochs, ranking_epochs=ranking,
                    epochs_in_budget=held, needs_s=needs)
+
+
+def first_network_pays(seconds_left: float, probe_epoch_s: float) -> tuple[bool, str]:
+    """(whether the first network is worth training, the sentence why not).
+
+    The first network is early insurance and a measurement for the plan; when the time left cannot hold the
+    final fit's FINAL_EPOCHS epochs even if the cold one-epoch probe overstated the cost PROBE_OVERSTATEMENT
+    times, no search can run (every plan needs the final fit), the logistic regression already gave early
+    predictions, and the first network's seconds buy more as final-fit epochs."""
+    if not (probe_epoch_s > 0 and math.isfinite(probe_epoch_s)):
+        raise ValueError(f"probe_epoch_s must be a positive number, got {probe_epoch_s}")
+    optimistic = probe_epoch_s / PROBE_OVERSTATEMENT
+    if max(0.0, seconds_left) >= FINAL_EPOCHS * optimistic:
+        return True, ""
+    return False, (f"{seconds_left:.0f}s hold {seconds_left / optimistic:.0f} epochs of the default network even at "
+                   f"{optimistic:.2f}s each (half the {probe_epoch_s:.2f}s probe), fewer than the final fit's "
+                   f"{FINAL_EPOCHS}: no search can run, so the first network's time goes to the final fit")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ the time left, sized when they can; and the budget acting on it with an injected
 import pytest
 
 from budget import Budget, FakeClock
+from budget import plan
 from budget.plan import DARTS_MIN_S, FINAL_EPOCHS, MIN_RANKING_EPOCHS, RunFacts, bohb_seconds_needed, plan_run
 
 def names(plan):
@@ -99,3 +100,14 @@ def test_the_baseline_runs_the_same_plan_as_ours_with_darts_off():
     assert pipeline.plan_darts_here(SimpleNamespace(options=SearchOptions())) is True
     assert not hasattr(pipeline, "PLAN_BASELINE")
     assert [name for name, _ in pipeline.phase_plan(1000.0)] == ["first_model", "darts", "bohb", "final_fit"]
+
+
+def test_the_first_network_is_skipped_only_when_no_search_could_run_at_half_the_probe():
+    # 50 s left at a 5 s probe: 20 epochs even at 2.5 s, fewer than the final fit's 30
+    pays, why = plan.first_network_pays(50.0, 5.0)
+    assert not pays and "20 epochs" in why and f"final fit's {plan.FINAL_EPOCHS}" in why
+    # 80 s at 5 s: 32 epochs at half the probe, so a search may still fit once real epochs are timed
+    assert plan.first_network_pays(80.0, 5.0) == (True, "")
+    assert plan.first_network_pays(plan.FINAL_EPOCHS * 2.5, 5.0)[0]            # the edge: exactly 30 fit
+    with pytest.raises(ValueError):
+        plan.first_network_pays(50.0, 0.0)

@@ -18,6 +18,7 @@ from automl_pipeline.training import TrainConfig
 from automl_pipeline.training.linear import fit_logistic
 from automl_pipeline.training.planning import epochs_that_fit
 from automl_pipeline.training.tensors import random_subset
+from budget.plan import first_network_pays
 
 NAME = "first_model"
 # The first model trains at least MIN_FIT_EPOCHS epochs (on a subset when the whole split does not fit).
@@ -46,19 +47,26 @@ def shrink_to_fit(data: RunData, epoch_s: float, seconds: float, *, seed: int, w
     return dataclasses.replace(data, train=random_subset(data.train, n_train, seed)), scaled
 
 
+def probe_epoch_seconds(data: RunData, *, seed: int, options: SearchOptions = SearchOptions()) -> float:
+    """Seconds of one epoch of the default network on the whole training split (with its validation pass),
+    from a cold timing probe (training.planning.measure_epoch_seconds)."""
+    config = default_train_config(epochs=1, batch_size=data.batch_size, seed=seed, options=options)
+    return timed_epoch(build_network(first_model_spec(data)), data, config)
+
+
 def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int, log: Callable[[str], None],
-                      options: SearchOptions = SearchOptions()) -> tuple[Candidate, float]:
+                      probe_epoch_s: float, options: SearchOptions = SearchOptions()) -> tuple[Candidate, float]:
     """The first model: the default network for the phase's time (on a subset, see shrink_to_fit), and
     the seconds of one epoch of it on the whole training split (the run's plan needs them): the median of
-    the epochs it trained, scaled to the whole split, when it trained at the split's batch size; else the
-    timing probe."""
+    the epochs it trained, scaled to the whole split, when it trained at the split's batch size; else
+    `probe_epoch_s` (probe_epoch_seconds)."""
     spec = first_model_spec(data)
     model = build_network(spec)
     def config(epochs: int, batch_size: int) -> TrainConfig:
         return default_train_config(epochs=epochs, batch_size=batch_size, seed=seed,
                                     options=options)
 
-    full_epoch_s = epoch_s = timed_epoch(model, data, config(1, data.batch_size))
+    full_epoch_s = epoch_s = probe_epoch_s
     n_full, full_batch = len(data.train), data.batch_size
     data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
     batch_size = batch_for_steps(len(data.train), epochs_that_fit(time_left(), epoch_s), data.batch_size)
@@ -97,9 +105,10 @@ def train_linear_model(data: RunData, time_left: TimeLeft, *, seed: int,
 
 
 def run(ctx: RunContext) -> float | None:
-    """The phase: train and deliver the logistic regression, then the first network (skipped when a
-    resumed run kept a trained model). Returns the seconds of one epoch of the default network on the whole
-    training split, None when the first network did not train."""
+    """The phase: train and deliver the logistic regression, then the first network (the phase is skipped
+    when a resumed run kept a trained model; the network when budget.plan.first_network_pays says no search
+    can run, report.json `first_network` says why). Returns the seconds of one epoch of the default network
+    on the whole training split (from the trained epochs, else the probe), None when no probe ran."""
     if ctx.resumed is not None and ctx.resumed["trained_model_kept"]:
         ctx.budget.skip_phase(NAME, "resumed: the delivered trained model is kept")
         return None
@@ -112,8 +121,14 @@ def run(ctx: RunContext) -> float | None:
         except Exception as err:   # noqa: BLE001 - a failed model must not end the phase
             phase_failed(ctx.log, "linear model", err)
         try:
+            epoch_s = probe_epoch_seconds(ctx.data, seed=ctx.seed, options=ctx.options)
+            pays, why_not = first_network_pays(ctx.budget.remaining(), epoch_s)
+            if not pays:
+                ctx.log.event("first_network_skipped", why_not)
+                ctx.report["first_network"] = {"trained": False, "reason": why_not}
+                return epoch_s
             candidate, epoch_s = train_first_model(ctx.data, phase.remaining, seed=ctx.seed, log=ctx.log,
-                                                 options=ctx.options)
+                                                   probe_epoch_s=epoch_s, options=ctx.options)
             ctx.deliver(candidate)
         except Exception as err:   # noqa: BLE001 - a failed phase must not end the run
             phase_failed(ctx.log, NAME, err)

@@ -267,6 +267,9 @@ def _phases(report: dict, links: list[str]) -> list[str]:
         rows.append([p.get("name", "?"), _s(p.get("planned_s")), _s(start), _s(end), used, note])
     plan = _dict(report, "plan")
     said = [f"Plan: {_line(plan['reason'])}.", ""] if plan and plan.get("reason") else []
+    first = _dict(report, "first_network")
+    if first and first.get("reason"):
+        said = [f"First network not trained: {_line(first['reason'])}.", ""] + said
     return ["## Phases", ""] + said + _table(["phase", "planned", "start", "end", "used", "note"], rows) + links
 
 
