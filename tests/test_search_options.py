@@ -130,7 +130,7 @@ def test_a_fixed_loss_or_surrogate_leaves_the_space_and_every_trial_uses_it(monk
 
     first = common.default_train_config(epochs=3, batch_size=16, seed=0, options=options)
     assert first.loss == "ce"
-    assert common.default_train_config(epochs=3, batch_size=16, seed=0).loss == "focal"
+    assert common.default_train_config(epochs=3, batch_size=16, seed=0).loss == "logit_adjusted"
     assert common.default_train_config(epochs=3, batch_size=16, seed=0, options=baseline).loss == "ce"
 
 
