@@ -153,3 +153,21 @@ def make_shifted_digits_npz(directory: Path, *, n_train: int = 360, n_val: int =
     np.savez(path, **{f"{name}_{kind}": array[cut] for name, cut in cuts.items()
                       for kind, array in (("images", images), ("labels", labels))})
     return path
+
+
+def phase_context(tmp_path: Path, budget, data, *, settings=None, report: dict | None = None):
+    """A phases.context.RunContext over `data` (a RunData) for a test that runs one phase: a real checkpoint
+    store, a quiet run log on `budget`'s clock and a delivery writing into tmp_path."""
+    from automl_pipeline.checkpoints import Checkpoints
+    from automl_pipeline.delivery import Delivery
+    from automl_pipeline.phases.context import RunContext
+    from automl_pipeline.runlog import RunLog
+    from automl_pipeline.settings import Settings
+
+    store = Checkpoints(tmp_path)
+    store.dir.mkdir()
+    log = RunLog(None, quiet=True, elapsed=budget.elapsed, remaining=budget.remaining)
+    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(data.test))],
+                        class_names=[str(c) for c in range(data.n_classes)], log=log)
+    return RunContext(settings=settings or Settings(time_limit_s=60, output_dir=tmp_path), budget=budget, data=data,
+                      log=log, store=store, report={} if report is None else report, delivery=delivery)

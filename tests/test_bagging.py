@@ -14,6 +14,7 @@ from automl_pipeline.pipeline import _to_run_data
 from automl_pipeline.training.metrics import macro_f1
 from automl_pipeline.training.tensors import random_subset
 from budget.plan import BAG_FOLDS, BAG_MAX_IMAGES, FINAL_EPOCHS, FoldFacts, bag_folds, fold_epoch_seconds
+from tests.data_builders import phase_context
 
 
 def retina_sized(seconds: float, epoch_s: float = 1.0, rarest: int = 73) -> FoldFacts:
@@ -156,11 +157,7 @@ def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits
     trained, offered, written as model.pt (loadable with weights_only) and enters the ensemble's library;
     with the option off, one final model and the reason."""
     import budget.plan
-    from automl_pipeline.checkpoints import Checkpoints
-    from automl_pipeline.delivery import Delivery
     from automl_pipeline.phases import final_fit
-    from automl_pipeline.phases.context import RunContext
-    from automl_pipeline.runlog import RunLog
     from automl_pipeline.search_options import SearchOptions
     from automl_pipeline.settings import Settings
     from budget import Budget
@@ -169,13 +166,8 @@ def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits
     seconds = 16 if bagging_mode == "auto" else 5     # off: one model, whatever it trains in the time
     clock = Budget(seconds, margin_s=0)
     clock.plan([("final_fit", 1.0)])
-    store = Checkpoints(tmp_path)
-    store.dir.mkdir()
-    log = RunLog(None, quiet=True, elapsed=clock.elapsed, remaining=clock.remaining)
-    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
-                        class_names=[str(c) for c in range(10)], log=log)
     settings = Settings(time_limit_s=60, output_dir=tmp_path, search=SearchOptions(bagging=bagging_mode))
-    ctx = RunContext(settings=settings, budget=clock, data=digits, log=log, store=store, report={}, delivery=delivery)
+    ctx = phase_context(tmp_path, clock, digits, settings=settings)
     final_fit.run(ctx, None, None)
     section = ctx.report["bagging"]
     library = {entry["name"] for entry in ctx.report["ensemble"]["library"]}
@@ -187,8 +179,8 @@ def test_the_final_fit_phase_delivers_a_bag_or_says_why_not(bagging_mode, digits
     bag_name = next(name for name in library if name.startswith("5-fold"))
     assert "bag of the final fit of the default network" in bag_name
     # the only candidate offered: delivered, and the ensemble has nothing to mix it with
-    assert delivery.best.description == bag_name and not ctx.report["ensemble"]["delivered"]
-    assert delivery.best.val_macro_f1 == pytest.approx(section["val_macro_f1"], abs=1e-4)
+    assert ctx.delivery.best.description == bag_name and not ctx.report["ensemble"]["delivered"]
+    assert ctx.delivery.best.val_macro_f1 == pytest.approx(section["val_macro_f1"], abs=1e-4)
     model = torch.load(tmp_path / "model.pt", weights_only=True)
     assert model["spec"]["kind"] == bagging.KIND and len(model["spec"]["members"]) == 5 * section["repeats"]
     assert {key.split(".")[0] for key in model["state_dict"]} == {f"member{i}" for i in range(model["spec"]["models"])}
@@ -239,12 +231,7 @@ def test_the_final_fit_phase_bags_bohbs_runner_up_beside_its_incumbent(digits, t
     import budget.plan
     from automl_pipeline.bohb.results import BohbResult, TrialRecord
     from automl_pipeline.bohb.space import build_config_space
-    from automl_pipeline.checkpoints import Checkpoints
-    from automl_pipeline.delivery import Delivery
     from automl_pipeline.phases import final_fit
-    from automl_pipeline.phases.context import RunContext
-    from automl_pipeline.runlog import RunLog
-    from automl_pipeline.settings import Settings
     from budget import Budget
     from submission import to_jsonable
 
@@ -260,13 +247,7 @@ def test_the_final_fit_phase_bags_bohbs_runner_up_beside_its_incumbent(digits, t
                       trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True)
     clock = Budget(60, margin_s=0)
     clock.plan([("final_fit", 1.0)])
-    store = Checkpoints(tmp_path)
-    store.dir.mkdir()
-    log = RunLog(None, quiet=True, elapsed=clock.elapsed, remaining=clock.remaining)
-    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
-                        class_names=[str(c) for c in range(10)], log=log)
-    ctx = RunContext(settings=Settings(time_limit_s=60, output_dir=tmp_path), budget=clock, data=digits, log=log,
-                     store=store, report={"darts": {}}, delivery=delivery)
+    ctx = phase_context(tmp_path, clock, digits, report={"darts": {}})
     final_fit.run(ctx, None, bohb)
     section = ctx.report["bagging"]
     assert [b["source"] for b in section["bags"]] == ["bohb_incumbent", "bohb_runner_up"], section

@@ -11,7 +11,7 @@ from automl_pipeline.phases import architecture, common, first_model
 from automl_pipeline.training.tensors import random_subset
 from automl_pipeline.data import load_dataset, make_splits
 from automl_pipeline.pipeline import _to_run_data
-from tests.data_builders import random_run_data
+from tests.data_builders import phase_context, random_run_data
 
 
 @pytest.fixture(scope="module")
@@ -221,22 +221,13 @@ def test_a_search_that_starts_and_then_skips_says_skipped_in_the_phases(phase, t
 def test_the_first_network_trains_only_when_a_search_could_follow(probe_s, trained, digits, tmp_path, monkeypatch):
     """With 20 s of work left, a 5 s epoch (30 epochs would need 75 s even at half of it) leaves the final fit
     short of its epochs: the first network is not trained and the report says why; at 0.01 s it trains."""
-    from automl_pipeline.checkpoints import Checkpoints
-    from automl_pipeline.delivery import Delivery
     from automl_pipeline.phases.context import RunContext
-    from automl_pipeline.runlog import RunLog
-    from automl_pipeline.settings import Settings
     from budget import Budget, FakeClock
 
     budget = Budget(60, clock=FakeClock(), margin_s=40)            # 20 s of work
     budget.plan([("first_model", 0.5), ("final_fit", 0.5)])
-    store = Checkpoints(tmp_path)
-    store.dir.mkdir()
-    log = RunLog(None, quiet=True, elapsed=budget.elapsed, remaining=budget.remaining)
-    delivery = Delivery(tmp_path, predict_ids=[str(i) for i in range(len(digits.test))],
-                        class_names=[str(c) for c in range(10)], log=log)
-    ctx = RunContext(settings=Settings(time_limit_s=60, output_dir=tmp_path), budget=budget, data=digits, log=log,
-                     store=store, report={}, delivery=delivery)
+    ctx = phase_context(tmp_path, budget, digits)
+    log = ctx.log
     monkeypatch.setattr(first_model, "probe_epoch_seconds", lambda data, **kw: probe_s)
     trainings = []
     monkeypatch.setattr(first_model, "train_first_model", lambda *a, **kw: trainings.append(kw) or (None, 0.02))
