@@ -141,7 +141,7 @@ def first_network_pays(seconds_left: float, probe_epoch_s: float) -> tuple[bool,
     if max(0.0, seconds_left) >= FINAL_EPOCHS * optimistic:
         return True, ""
     return False, (f"{seconds_left:.0f}s hold {seconds_left / optimistic:.0f} epochs of the default network even at "
-                   f"{optimistic:.2f}s each (half the {probe_epoch_s:.2f}s probe), fewer than the final fit's "
+                   f"{optimistic:.2f}s each (the {probe_epoch_s:.2f}s probe / {PROBE_OVERSTATEMENT:g}), fewer than the final fit's "
                    f"{FINAL_EPOCHS}: no search can run, so the first network's time goes to the final fit")
 
 

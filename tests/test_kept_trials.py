@@ -1,6 +1,8 @@
 """Nothing trained is thrown away: a trial at the largest budget keeps its weights by config id, and the
 BOHB phase turns the best of them into deliverable candidates (hpbandster itself keeps no weights);
 the rung rank correlation that says whether a rung ranks noise."""
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -91,8 +93,12 @@ def test_rung_rank_correlation_tells_a_ranking_rung_from_noise():
     result = BohbResult(incumbent_config=CONFIG, incumbent_val_macro_f1=0.6, incumbent_budget=3.0, min_budget=1.0,
                         max_budget=3.0, eta=3.0, trials=low + reversed_, configs_sampled=6, model_based_picks=1,
                         model_min_trials=10, trajectory=[], seconds=1.0, n_workers=1, clean_shutdown=True)
-    assert "ranks noise" in result.rank_warning()
+    assert "ranks noise" in result.rank_warning() and "raise min_budget" in result.rank_warning()
     assert result.report()["rung_rank_correlation"][0]["spearman"] == -1.0
+    raised = dataclasses.replace(result, raised_min_budget=[
+        {"iteration": 2, "from_budget": 1.0, "to_budget": 3.0, "evidence": [row]}])
+    assert "raise min_budget" not in raised.rank_warning()   # the search already did
+    assert "later brackets started at 3 epochs" in raised.rank_warning()
 
 
 def test_a_rung_is_passed_over_only_on_enough_evidence_of_noise():

@@ -190,12 +190,15 @@ class BohbResult:
         """A rung whose ranking disagrees with the next one (Spearman below RANK_CORRELATION_FLOOR), or None."""
         low = [row for row in rung_rank_correlations(self.trials, self.budgets)
                if row["spearman"] is not None and row["spearman"] < RANK_CORRELATION_FLOOR]
-        if low:
-            row = low[0]
-            return (f"the rung of {row['budgets'][0]:g} epochs ranks noise: Spearman {row['spearman']:.2f} with the "
-                    f"{row['budgets'][1]:g}-epoch rung over {row['n_configs']} configurations "
-                    f"(below {RANK_CORRELATION_FLOOR}: raise min_budget or lower eta)")
-        return None
+        if not low:
+            return None
+        row = low[0]
+        raised_to = self.raised_min_budget[-1]["to_budget"] if self.raised_min_budget else None
+        advice = (f"later brackets started at {raised_to:g} epochs" if raised_to is not None
+                  and row["budgets"][0] < raised_to else "raise min_budget or lower eta")
+        return (f"the rung of {row['budgets'][0]:g} epochs ranks noise: Spearman {row['spearman']:.2f} with the "
+                f"{row['budgets'][1]:g}-epoch rung over {row['n_configs']} configurations "
+                f"(below {RANK_CORRELATION_FLOOR}: {advice})")
 
     def raise_sentence(self) -> str | None:
         """One sentence on the last raise of the budget brackets start from, or None."""
