@@ -5,10 +5,7 @@ Pure functions of probabilities and labels: nothing here trains or reads a file.
 probabilities on the validation split; an ensemble is a weight per candidate plus a logit-adjustment
 strength tau (probabilities divided by the class prior ** tau).
 
-On ~100 validation images the in-sample score of a selected ensemble flatters it: the weights were
-chosen on the very images that score them. `cross_fitted_scores` therefore compares the two
-procedures (select an ensemble, select the best single model) on halves of the validation split they
-were not fitted on; only an ensemble whose procedure wins there is worth delivering.
+Whether the ensemble is delivered is the caller's rule (phases/ensemble.py).
 """
 from __future__ import annotations
 
@@ -25,8 +22,6 @@ SELECTION_ROUNDS = 25
 TAU_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 # Logit adjustment is tried only on training data at least this imbalanced (largest / smallest class).
 IMBALANCE_FOR_ADJUSTMENT = 2.0
-# Cross-fitting: the validation split is halved this many times (stratified, seeded).
-CROSS_FIT_REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -98,36 +93,3 @@ def should_adjust(train_counts: np.ndarray) -> bool:
     counts = np.asarray(train_counts, dtype=np.float64)
     counts = counts[counts > 0]
     return counts.size > 1 and counts.max() / counts.min() >= IMBALANCE_FOR_ADJUSTMENT
-
-
-def cross_fitted_scores(probs: Sequence[np.ndarray], labels: np.ndarray, n_classes: int, prior: np.ndarray, *,
-                        adjust: bool, seed: int, repeats: int = CROSS_FIT_REPEATS) -> tuple[float, float]:
-    """(ensemble procedure, best-single procedure): mean macro-F1 on one half of the validation split of
-    what each procedure selects on the other half, over `repeats` stratified halvings, both directions."""
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    ensemble_scores, single_scores = [], []
-    for _ in range(repeats):
-        first = _stratified_half(labels, rng)
-        for fit, held in ((first, ~first), (~first, first)):
-            if not fit.any() or not held.any():
-                continue
-            fit_probs = [np.asarray(p)[fit] for p in probs]
-            chosen = select(fit_probs, labels[fit], n_classes, prior, adjust=adjust)
-            held_probs = [np.asarray(p)[held] for p in probs]
-            ensemble_scores.append(macro_f1(labels[held], combine(held_probs, chosen, prior).argmax(axis=1), n_classes))
-            single = best_single(fit_probs, labels[fit], n_classes)
-            single_scores.append(macro_f1(labels[held], held_probs[single].argmax(axis=1), n_classes))
-    if not ensemble_scores:
-        return 0.0, 0.0
-    return float(np.mean(ensemble_scores)), float(np.mean(single_scores))
-
-
-def _stratified_half(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask holding half of each class (the odd one out at random)."""
-    mask = np.zeros(labels.size, dtype=bool)
-    for label in np.unique(labels):
-        where = rng.permutation(np.flatnonzero(labels == label))
-        take = where.size // 2 + (rng.random() < 0.5 if where.size % 2 else 0)
-        mask[where[:take]] = True
-    return mask

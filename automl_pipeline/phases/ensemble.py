@@ -1,7 +1,13 @@
 """The last step of the final fit: a greedy ensemble of every candidate the run trained (the logistic
 regression, the first network, BOHB's kept top-rung trials, the final fit's rounds), with post-hoc logit
-adjustment on imbalanced data, delivered only when the ensemble procedure beats picking the best single
-model on validation images it was not fitted on (automl_pipeline.ensemble.cross_fitted_scores).
+adjustment on imbalanced data, delivered when its validation macro-F1 beats the best single model's.
+
+The rule is the issue's, chosen over a stricter one by benchmark: a gate that asked the ensemble procedure to
+win on validation halves it was not fitted on passed over 15 ensembles in 60-300 s runs (RESULTS.md "The
+ensemble's delivery rule"); 11 of them beat the delivered single model on the held-out test (mean +0.024
+macro-F1), as did 25 of the 29 it let through: on a few hundred validation images the halves rank noise.
+Greedy selection only adds a model or a tau that raises validation macro-F1, so in practice an ensemble
+that mixes anything is delivered.
 
 Writes the report's `ensemble` section; `RunReport` adds the held-out scores of the delivered model and
 of the runner-up (best single model or the ensemble passed over) side by side.
@@ -21,7 +27,7 @@ NAME = "ensemble"
 MAX_LIBRARY = 12
 
 
-def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[Candidate | None, Candidate, dict]:
+def build_ensemble(pool: list[Candidate], data: RunData) -> tuple[Candidate | None, Candidate, dict]:
     """(the ensemble as a candidate, None when it would be one of the candidates itself; the best single
     model; the report section, whose `delivered` says whether the ensemble pays)."""
     library = sorted(pool, key=lambda c: -c.val_macro_f1)[:MAX_LIBRARY]
@@ -36,24 +42,21 @@ def build_ensemble(pool: list[Candidate], data: RunData, *, seed: int) -> tuple[
         section.update(status="skipped", reason=f"{len(library)} candidate(s) with probabilities: nothing to mix",
                        delivered=False)
         return None, single, section
-    ensemble_cv, single_cv = ensemble.cross_fitted_scores(val_probs, labels, data.n_classes, prior,
-                                                          adjust=adjust, seed=seed)
     chosen = ensemble.select(val_probs, labels, data.n_classes, prior, adjust=adjust)
     mixed_val = ensemble.combine(val_probs, chosen, prior)
     val_f1 = macro_f1(labels, mixed_val.argmax(axis=1), data.n_classes)
     members = [{"name": library[i].name, "source": library[i].source, "weight": round(chosen.weights[i], 4),
                 "val_macro_f1": round(library[i].val_macro_f1, 4)} for i in chosen.members]
     one_model = len(members) == 1 and chosen.tau == 0
-    pays = not one_model and ensemble_cv > single_cv and val_f1 > single.val_macro_f1
+    pays = not one_model and val_f1 > single.val_macro_f1
     section.update(members=members, tau=chosen.tau, val_macro_f1=round(val_f1, 4),
-                   cross_fitted={"ensemble": round(ensemble_cv, 4), "best_single": round(single_cv, 4)},
-                   delivered=pays)
+                   best_single_val_macro_f1=round(single.val_macro_f1, 4), delivered=pays)
     if one_model:
         section["reason"] = f"the selection kept one model ({members[0]['name']}) without logit adjustment"
         return None, single, section
     if not pays:
-        section["reason"] = (f"on validation halves it was not fitted on, the ensemble procedure scored "
-                             f"{ensemble_cv:.3f} macro-F1 against {single_cv:.3f} for picking the best single model")
+        section["reason"] = (f"its validation macro-F1 {val_f1:.3f} does not beat the best single model's "
+                             f"({single.name}, {single.val_macro_f1:.3f})")
     return _as_candidate(library, chosen, prior, mixed_val, val_f1, members), single, section
 
 
@@ -100,7 +103,7 @@ def run(ctx: RunContext) -> None:
         ctx.report[NAME] = {"status": "skipped", "reason": "no candidate with stored probabilities", "delivered": False}
         return
     try:
-        candidate, single, section = build_ensemble(pool, ctx.data, seed=ctx.seed)
+        candidate, single, section = build_ensemble(pool, ctx.data)
     except Exception as err:   # noqa: BLE001 - a failed ensemble must not end the run
         ctx.report[NAME] = {"status": "failed", "reason": phase_failed(ctx.log, NAME, err), "delivered": False}
         return
@@ -109,7 +112,7 @@ def run(ctx: RunContext) -> None:
         ctx.log(f"ensemble not delivered: {section['reason']}")
         ctx.delivery.runner_up = candidate
         return
-    ctx.log(f"ensemble of {len(section['members'])} (tau {section['tau']}): val macro-F1 {section['val_macro_f1']:.4f}, "
-            f"cross-fitted {section['cross_fitted']['ensemble']:.4f} vs best single {section['cross_fitted']['best_single']:.4f}")
+    ctx.log(f"ensemble of {len(section['members'])} (tau {section['tau']}): val macro-F1 {section['val_macro_f1']:.4f} "
+            f"vs best single {section['best_single_val_macro_f1']:.4f}")
     ctx.deliver(candidate)
     ctx.delivery.runner_up = single

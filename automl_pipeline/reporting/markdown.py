@@ -281,9 +281,8 @@ def _ensemble(report: dict) -> list[str]:
     if section.get("members"):
         lines += _table(["member", "weight", "validation macro-F1"],
                         [[m.get("name"), _f(m.get("weight")), _f(m.get("val_macro_f1"))] for m in section["members"]])
-        cross = section.get("cross_fitted") or {}
-        lines += [f"Logit adjustment tau {section.get('tau')}; on validation halves each procedure was not fitted "
-                  f"on: ensemble {_f(cross.get('ensemble'))}, best single model {_f(cross.get('best_single'))}. "
+        lines += [f"Logit adjustment tau {section.get('tau')}; validation macro-F1: ensemble "
+                  f"{_f(section.get('val_macro_f1'))}, best single model {_f(section.get('best_single_val_macro_f1'))}. "
                   + ("Delivered." if section.get("delivered") else f"Not delivered: {_line(section.get('reason'))}."), ""]
     elif section.get("reason"):
         lines += [f"Not delivered: {_line(section['reason'])}.", ""]
