@@ -17,6 +17,7 @@ if str(BENCH) not in sys.path:
 
 import ablation  # noqa: E402
 import common  # noqa: E402
+import ensemble_audit  # noqa: E402
 import plain_cnn  # noqa: E402
 import quality_vs_plain_cnn as qpc  # noqa: E402
 import quality_vs_resnet as qvr  # noqa: E402
@@ -431,3 +432,28 @@ def test_ablation_finds_every_data_set_it_offers(tmp_path):
     built = tmp_path / make_retina_like.DEFAULT_OUT.name
     built.write_bytes(b"stand-in: only its presence is checked here")
     assert ablation.prepare_data("retina", tmp_path) == (True, built)
+
+
+def test_ensemble_audit_groups_by_decision_and_counts_a_rerun_once(tmp_path, capsys):
+    def report(folder, seed, delivered, ensemble, single):
+        path = tmp_path / folder / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"time_limit_s": 60, "settings": {"seed": seed},
+                                    "data": {"source": "/d/lt.npz"},
+                                    "ensemble": {"delivered": delivered, "heldout_macro_f1": {
+                                        "ensemble of 2 models": ensemble, "final fit": single}}}))
+
+    report("a", 0, False, 0.80, 0.75)
+    report("b", 0, False, 0.80, 0.75)          # the same run again: counted once
+    report("c", 1, False, 0.70, 0.72)
+    report("d", 2, True, 0.90, 0.85)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "report.json").write_text(json.dumps({"ensemble": {"heldout_macro_f1": {"final fit": 0.5}}}))
+    assert ensemble_audit.main([str(tmp_path), "--out", str(tmp_path / "audit.json")]) == 0
+    summary = json.loads((tmp_path / "audit.json").read_text())["summary"]
+    passed_over, = [row for row in summary if not row["delivered"]]
+    assert passed_over["runs"] == 2 and passed_over["ensemble_ahead"] == 1
+    assert passed_over["mean_gain"] == pytest.approx((0.05 - 0.02) / 2)
+    delivered, = [row for row in summary if row["delivered"]]
+    assert delivered["runs"] == 1 and delivered["data"] == "lt"
+    assert "| lt | 60 |" in capsys.readouterr().out
