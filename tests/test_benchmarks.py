@@ -18,6 +18,7 @@ if str(BENCH) not in sys.path:
 import ablation  # noqa: E402
 import common  # noqa: E402
 import ensemble_audit  # noqa: E402
+import epoch_choice  # noqa: E402
 import plain_cnn  # noqa: E402
 import quality_vs_plain_cnn as qpc  # noqa: E402
 import quality_vs_resnet as qvr  # noqa: E402
@@ -457,3 +458,14 @@ def test_ensemble_audit_groups_by_decision_and_counts_a_rerun_once(tmp_path, cap
     delivered, = [row for row in summary if row["delivered"]]
     assert delivered["runs"] == 1 and delivered["data"] == "lt"
     assert "| lt | 60 |" in capsys.readouterr().out
+
+
+def test_epoch_choice_rules_pick_from_the_validation_scores_alone():
+    val = [0.5, 0.9, 0.4, 0.9, 0.7, 0.6]
+    assert epoch_choice.choose_epoch("first_best", val) == 1
+    assert epoch_choice.choose_epoch("last_best", val) == 3
+    assert epoch_choice.choose_epoch("second_half", val) == 3        # epochs 4-6 only
+    assert epoch_choice.choose_epoch("second_half", [0.9, 0.8, 0.1, 0.2]) == 3
+    assert epoch_choice.choose_epoch("last", val) == 5
+    with pytest.raises(ValueError):
+        epoch_choice.choose_epoch("median", val)
