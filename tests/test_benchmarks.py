@@ -19,6 +19,7 @@ import ablation  # noqa: E402
 import common  # noqa: E402
 import ensemble_audit  # noqa: E402
 import epoch_choice  # noqa: E402
+import head_choice  # noqa: E402
 import plain_cnn  # noqa: E402
 import quality_vs_plain_cnn as qpc  # noqa: E402
 import quality_vs_resnet as qvr  # noqa: E402
@@ -469,3 +470,26 @@ def test_epoch_choice_rules_pick_from_the_validation_scores_alone():
     assert epoch_choice.choose_epoch("last", val) == 5
     with pytest.raises(ValueError):
         epoch_choice.choose_epoch("median", val)
+
+
+def test_head_choice_pairs_the_heads_by_seed_per_epoch_count():
+    rows = [{"data": "lt", "epochs": 8, "seed": 0, "head": "pool", "macro_f1": 0.70},
+            {"data": "lt", "epochs": 8, "seed": 0, "head": "flatten", "macro_f1": 0.76},
+            {"data": "lt", "epochs": 8, "seed": 1, "head": "pool", "macro_f1": 0.72},
+            {"data": "lt", "epochs": 8, "seed": 1, "head": "flatten", "macro_f1": 0.71},
+            {"data": "lt", "epochs": 8, "seed": 2, "head": "pool", "macro_f1": 0.90},      # no flatten run: unpaired
+            {"data": "lt", "epochs": 40, "seed": 0, "head": "pool", "macro_f1": 0.80},
+            {"data": "lt", "epochs": 40, "seed": 0, "head": "flatten", "macro_f1": 0.78}]
+    short, long = head_choice.summarize(rows)
+    assert (short["epochs"], short["seeds"], short["flatten_led"]) == (8, 2, 1)
+    assert short["flatten_minus_pool"] == pytest.approx((0.06 - 0.01) / 2)
+    assert short["pool"] == pytest.approx((0.70 + 0.72 + 0.90) / 3)
+    assert (long["epochs"], long["flatten_led"]) == (40, 0) and long["flatten_minus_pool"] == pytest.approx(-0.02)
+
+
+def test_head_choice_trains_both_heads_on_digits(tmp_path, capsys):
+    assert head_choice.main(["--data", "digits", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "head_choice.json").read_text())
+    assert [r["head"] for r in saved["rows"]] == ["pool", "flatten"]
+    assert all(0.0 <= r["macro_f1"] <= 1.0 and r["seconds"] > 0 for r in saved["rows"])
+    assert "| digits | 1 | 1 |" in capsys.readouterr().out

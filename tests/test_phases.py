@@ -11,6 +11,7 @@ from automl_pipeline.phases import architecture, common, first_model
 from automl_pipeline.training.tensors import random_subset
 from automl_pipeline.data import load_dataset, make_splits
 from automl_pipeline.pipeline import _to_run_data
+from automl_pipeline.search_space import NetworkSpec, build_network
 from tests.data_builders import phase_context, random_run_data
 
 
@@ -43,6 +44,19 @@ def test_a_first_model_on_a_small_subset_learns(digits, one_torch_thread):
                                                lambda: 1e9, log=lambda s: None)
     assert result.epochs_done == 3 and batch == 16
     assert candidate.val_macro_f1 > 0.3
+
+
+def test_a_network_trained_briefly_gets_the_flattening_head(digits, one_torch_thread):
+    spec = common.first_model_spec(digits)
+    assert spec.head == "pool"
+    assert common.with_head_for(spec, common.FLATTEN_HEAD_BELOW_EPOCHS - 1).head == "flatten"
+    assert common.with_head_for(spec, common.FLATTEN_HEAD_BELOW_EPOCHS) == spec
+    # a first model planned for a few epochs (2 s left at ~0.5 s per epoch) trains and delivers the flattening head
+    data = dataclasses.replace(digits, train=random_subset(digits.train, 200, 0))
+    candidate, _ = first_model.train_first_model(data, lambda: 2.0, seed=0, log=lambda s: None, probe_epoch_s=0.5)
+    assert candidate.architecture["head"] == "flatten" and candidate.epochs < common.FLATTEN_HEAD_BELOW_EPOCHS
+    network = build_network(NetworkSpec.from_json(candidate.architecture))
+    network.load_state_dict(candidate.state_dict)          # the delivered weights fit the spec the report keeps
 
 
 # --------------------------------------------------------------------------- DARTS planning

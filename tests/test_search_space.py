@@ -107,11 +107,30 @@ def _spec(side=8, n_cells=3, in_channels=1, base=8, genotype=DEFAULT_GENOTYPE, *
                        n_cells=n_cells, base_channels=base, **kw)
 
 
-@pytest.mark.parametrize("side", [8, 28])
+@pytest.mark.parametrize("head", ["pool", "flatten"])
+@pytest.mark.parametrize("side,stem_pool", [(8, False), (28, False), (28, True), (32, True), (3, False)])
 @pytest.mark.parametrize("n_cells", range(1, 7))
-def test_network_logits_shape(side, n_cells):
-    net = build_network(_spec(side=side, n_cells=n_cells, in_channels=3, base=4))
+def test_network_logits_shape(side, stem_pool, n_cells, head):
+    net = build_network(_spec(side=side, n_cells=n_cells, in_channels=3, base=4, stem_pool=stem_pool, head=head))
     assert net(torch.randn(2, 3, side, side)).shape == (2, 5)
+
+
+def test_flatten_head_sees_every_position_of_the_last_map():
+    # 28 px, stem pool -> 14, reductions -> 7 -> 4: the head reads 4 x 4 positions of the last cell's 32 channels
+    flat = build_network(_spec(side=28, base=8, stem_pool=True, head="flatten"))
+    pooled = build_network(_spec(side=28, base=8, stem_pool=True, head="pool"))
+    assert flat.head.in_features == 32 * 4 * 4 and pooled.head.in_features == 32
+    # no reduction at 8 px: the head reads all 8 x 8 positions
+    assert build_network(_spec(side=8, n_cells=1, base=8, head="flatten")).head.in_features == 8 * 8 * 8
+
+
+def test_head_json_roundtrip_old_json_and_bad_head():
+    spec = _spec(side=28, head="flatten")
+    assert NetworkSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    old = {k: v for k, v in spec.to_json().items() if k != "head"}
+    assert NetworkSpec.from_json(old).head == "pool"        # specs written before the field
+    with pytest.raises(ValueError, match="head"):
+        _spec(head="mlp")
 
 
 def test_network_feature_map_never_below_two():

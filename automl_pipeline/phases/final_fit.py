@@ -15,7 +15,7 @@ from automl_pipeline.bohb.space import DEFAULT_CELL
 from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
-                                           timed_epoch, train_candidate)
+                                           timed_epoch, train_candidate, with_head_for)
 from automl_pipeline.phases import bagging, ensemble, evidence
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
@@ -125,6 +125,7 @@ def run(ctx: RunContext, darts: DartsResult | None, bohb: BohbResult | None) -> 
                 return max(0.0, phase.remaining() - ENSEMBLE_RESERVE_S)
 
             epoch_s = timed_epoch(build_network(spec), ctx.data, config_for(1))
+            spec = with_head_for(spec, epochs_that_fit(time_left(), epoch_s))
             facts = fold_facts(ctx, time_left(), epoch_s)
             folds, why = bag_folds(facts) if ctx.options.bagging == "auto" else (1, "bagging is off (search options)")
             ctx.report["bagging"] = {"folds": folds, "reason": why}

@@ -10,7 +10,7 @@ import numpy as np
 
 from automl_pipeline.delivery import Candidate
 from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, model_candidate,
-                                           timed_epoch, train_candidate)
+                                           timed_epoch, train_candidate, with_head_for)
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
 from automl_pipeline.search_space import build_network
@@ -74,7 +74,8 @@ def train_first_model(data: RunData, time_left: TimeLeft, *, seed: int, log: Cal
         epoch_s = timed_epoch(model, data, config(1, batch_size))
         data, epoch_s = shrink_to_fit(data, epoch_s, time_left(), seed=seed, what="first model", log=log)
     epochs = epochs_that_fit(time_left(), epoch_s)
-    log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs of batch {batch_size} planned")
+    spec = with_head_for(spec, epochs)
+    log(f"first model: ~{epoch_s:.2f}s/epoch, {epochs} epochs of batch {batch_size} planned, {spec.head} head")
     candidate, result = train_candidate("first_model", spec, config(epochs, batch_size), data, time_left, log=log,
                                         description="first model")
     trained = [row["seconds"] for row in result.history if not row["partial"]]

@@ -15,8 +15,10 @@ Layout rules (shared with the DARTS supernet):
   cell, so 3 cells with base 32 have widths 32/64/128 (the poster's channels).
   The width is the cell's output channels: each of the len(concat) nodes gets
   `node_channels(width, len(concat)) = max(2, width // len(concat))` channels.
-- Head: global average pool -> Linear(n_classes) logits. (The poster's 64-32-16 MLP head with dropout
-  learned far slower on short budgets: phases/common.py first_model_spec.)
+- Head (`NetworkSpec.head`): "pool" global-average-pools the last cell's map -> Linear(n_classes) logits (the
+  default, and what specs written before the field have); "flatten" flattens the map instead, so the head reads
+  every position: it learns faster and ends worse (the run's rule: phases/common.py with_head_for). (The
+  poster's 64-32-16 MLP head with dropout learned far slower on short budgets: phases/common.py first_model_spec.)
 - Stages (`cell_stages`): stage 0 = the cells before the first reduction cell, stage 1 = from the first
   reduction cell up to the second, stage 2 = from the second reduction cell on (a reduction cell belongs to
   the stage it opens). A spec may give one genotype per stage (`NetworkSpec.stage_genotypes`); each cell is
@@ -38,6 +40,7 @@ from automl_pipeline.search_space.genotype import Genotype, validate_genotype
 
 STEM_POOL_MIN_SIDE = 16
 N_STAGES = 3          # at most two reduction cells -> stages 0, 1, 2
+HEADS = ("flatten", "pool")
 
 
 def default_stem_pool(image_side: int) -> bool:
@@ -80,6 +83,14 @@ def cells_side(image_side: int, stem_pool: bool) -> int:
     return -(-image_side // 2) if stem_pool else image_side
 
 
+def output_side(image_side: int, stem_pool: bool, layout: tuple[bool, ...]) -> int:
+    """The spatial side of the last cell's output."""
+    side = cells_side(image_side, stem_pool)
+    for reduction in layout:
+        side = -(-side // 2) if reduction else side
+    return side
+
+
 def stack_cells(in_channels: int, base_channels: int, n_cells: int, image_side: int,
                 make_cell: Callable[[int, int, int, bool, bool], nn.Module], *, stem_pool: bool = False
                 ) -> tuple[nn.Sequential, tuple[bool, ...], nn.ModuleList, int]:
@@ -112,6 +123,7 @@ class NetworkSpec:
     genotype: the cell of every position, or with `stage_genotypes` the cell of stage 0.
     stage_genotypes: () or one genotype per stage (N_STAGES of them, see `cell_stages`); when given,
       stage_genotypes[0] == genotype.
+    head: one of HEADS (module docstring); "pool" where a spec's JSON has none.
     stage_cells: () or the stage genotypes' names (BOHB's pool names, `bohb.worker.genotype_pool`), one per
       stage; labels for the report, the network is built from the genotypes.
     """
@@ -125,9 +137,12 @@ class NetworkSpec:
     stem_pool: bool = False
     stage_genotypes: tuple[Genotype, ...] = ()
     stage_cells: tuple[str, ...] = ()
+    head: str = "pool"
 
     def __post_init__(self):
         validate_genotype(self.genotype)
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.in_channels < 1 or self.n_classes < 2 or self.image_side < 1:
             raise ValueError(f"bad shapes in {self}")
         if self.n_cells < 1 or self.base_channels < 1:
@@ -177,12 +192,13 @@ class NetworkSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "NetworkSpec":
-        """Inverse of to_json; reads JSON of earlier versions too (no stem_pool, no stage keys)."""
+        """Inverse of to_json; reads JSON of earlier versions too (no stem_pool, no stage keys, no head)."""
         d = {k: v for k, v in d.items() if k != "cell_stack"}
         d["genotype"] = Genotype.from_json(d["genotype"])
         d["stem_pool"] = bool(d.get("stem_pool", False))
         d["stage_genotypes"] = tuple(Genotype.from_json(g) for g in d.get("stage_genotypes", ()))
         d["stage_cells"] = tuple(d.get("stage_cells", ()))
+        d["head"] = str(d.get("head", "pool"))
         return cls(**d)
 
 
@@ -201,8 +217,11 @@ class Network(nn.Module):
         self.stem, self.layout, self.cells, C_p = stack_cells(spec.in_channels, spec.base_channels, spec.n_cells,
                                                               spec.image_side, make_cell, stem_pool=spec.stem_pool)
         self.stages = cell_stages(self.layout)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(C_p, spec.n_classes)
+        if spec.head == "pool":
+            self.pool, features = nn.AdaptiveAvgPool2d(1), C_p
+        else:
+            self.pool, features = nn.Identity(), C_p * output_side(spec.image_side, spec.stem_pool, self.layout) ** 2
+        self.head = nn.Linear(features, spec.n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
