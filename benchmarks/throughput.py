@@ -13,7 +13,7 @@ Side by side on the same machine, on synthetic 28x28x1 and 32x32x3 data (10 clas
       {n_cells 3, base_channels 32}: a pooling stem on sides >= 16, DEFAULT_GENOTYPE, a linear head);
   (3) `bohb c<n>/b<w>`: the extremes BOHB can draw (n_cells 2 and 5 x base_channels 16 and 32, default cell);
 all trained by the real `train_model` loop with one TrainConfig, the pipeline's
-phases.common.default_train_config (AdamW, one-cycle, augmentation, focal loss, batch `--batch` = 128, no
+phases.common.default_train_config (AdamW, one-cycle, augmentation, its default loss, batch `--batch` = 128, no
 validation), and reported as images/s, seconds per epoch of EPOCH_IMAGES = 50,000 training images
 (CIFAR-10 sized) and images/s as a multiple of the plain CNN's on the same data and precision;
   (4) the DARTS search step of each proxy in phases.architecture.DARTS_PROXIES (phases.architecture.darts_config(proxy, side,
@@ -149,7 +149,7 @@ def networks(side: int, channels: int) -> list[tuple[str, dict, callable]]:
 def train_once(model, data: TensorData, batch: int, precision: str, channels_last: bool, *,
                epochs_only: bool = False) -> float:
     """Seconds of one train_model epoch over all of `data` with the pipeline's default TrainConfig
-    (phases.common.default_train_config, ours: focal loss), no validation: the whole call, or with
+    (phases.common.default_train_config, ours: its default loss), no validation: the whole call, or with
     `epochs_only` the epoch's own time (history "seconds": the batches up to the epoch's loss read,
     a device sync; without train_model's set-up and final state copy, as the run's
     train_images_per_s and plain_cnn.py's count it)."""
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     md = [(f"device: {machine_info(str(device)).get('device_name')}, torch {torch.__version__}, "
            f"threads {threads}, {steps} timed steps after {warmup} warm-up; train_model with "
-           f"phases.common.default_train_config (AdamW, one-cycle, augmentation, focal loss); "
+           f"phases.common.default_train_config (AdamW, one-cycle, augmentation, its default loss); "
            f"s / epoch of 50k = seconds per {EPOCH_IMAGES:,} training images"), "",
           named_table(rows, TRAIN_COLUMNS)]
     if darts_rows:

@@ -59,6 +59,37 @@ def test_a_network_trained_briefly_gets_the_flattening_head(digits, one_torch_th
     network.load_state_dict(candidate.state_dict)          # the delivered weights fit the spec the report keeps
 
 
+def test_the_final_fit_offers_its_last_epoch_beside_its_best(digits, one_torch_thread, monkeypatch):
+    from automl_pipeline.phases import final_fit
+    data = dataclasses.replace(digits, train=random_subset(digits.train, 200, 0))
+    spec = common.first_model_spec(data)
+    torch.manual_seed(1)
+    other = {k: v.clone() for k, v in build_network(spec).state_dict().items()}   # untrained: far from the best
+    real_train_model = common.train_model
+
+    def train_model_whose_last_epoch_was_other(*args, **kwargs):
+        result = real_train_model(*args, **kwargs)
+        return dataclasses.replace(result, last_state_dict=other)
+    monkeypatch.setattr(common, "train_model", train_model_whose_last_epoch_was_other)
+    config_for = lambda epochs: common.default_train_config(epochs=2, batch_size=32, seed=0)   # noqa: E731
+    clock = {"left": 1e9}
+
+    def rounds():
+        return final_fit.fit_for_the_time_left("default_network", "final fit", spec, config_for, data,
+                                               lambda: clock["left"], epoch_s=1e8, log=lambda s: None)
+    fit = rounds()
+    best, last = next(fit), next(fit)
+    assert (best.description, last.description) == ("final fit", "final fit (last epoch)")
+    assert all(torch.equal(last.state_dict[k], v) for k, v in other.items())
+    assert last.val_macro_f1 < best.val_macro_f1 and last.source == best.source
+    assert last.val_probs.shape == best.val_probs.shape and last.test_probs is not None
+    # no time left for the extra prediction pass once the round is done: only the best weights
+    fit = rounds()
+    assert next(fit).description == "final fit"
+    clock["left"] = 0.0
+    assert list(fit) == []
+
+
 # --------------------------------------------------------------------------- DARTS planning
 
 def _step_costs(costs: dict):

@@ -81,6 +81,23 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
     return candidate, result
 
 
+def last_epoch_candidate(source: str, spec: NetworkSpec, config: TrainConfig, result: TrainResult, data: RunData, *,
+                         description: str) -> Candidate | None:
+    """The last epoch's weights of a finished training as a candidate of its own ("<description> (last epoch)"),
+    or None when train_model kept none (the last epoch was the best, or was not evaluated). Free beside the best
+    epoch's: no training, one prediction pass; the ensemble may mix the two. Where the validation split is small
+    the best epoch by validation is often a noisy spike and the last one better on held-out (RESULTS.md "Which
+    epoch's weights")."""
+    if result.last_state_dict is None:
+        return None
+    model = build_network(spec).to(data.device)
+    model.load_state_dict(result.last_state_dict)
+    candidate = model_candidate(source, model, data, flip_tta=config.flip, description=f"{description} (last epoch)",
+                                architecture=spec.to_json(), config=config.to_json())
+    candidate.epochs, candidate.train_s = result.epochs_done, result.seconds
+    return candidate
+
+
 def model_candidate(source: str, model: torch.nn.Module, data: RunData, *, flip_tta: bool, description: str,
                     architecture: dict, config: dict) -> Candidate:
     """A trained model as a candidate: its probabilities on validation, held-out test and the predicted

@@ -5,6 +5,7 @@ else as one model (retrained or fine-tuned when a round ends early)."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable
 
 import numpy as np
@@ -14,8 +15,9 @@ from automl_pipeline.bohb.results import top_rung
 from automl_pipeline.bohb.space import DEFAULT_CELL
 from automl_pipeline.bohb.worker import config_cells
 from automl_pipeline.darts import DartsResult
-from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec, network_spec,
-                                           timed_epoch, train_candidate, with_head_for)
+from automl_pipeline.phases.common import (RunData, TimeLeft, default_train_config, first_model_spec,
+                                           last_epoch_candidate, network_spec, timed_epoch, train_candidate,
+                                           with_head_for)
 from automl_pipeline.phases import bagging, ensemble, evidence
 from automl_pipeline.phases.context import RunContext, phase_failed
 from automl_pipeline.search_options import SearchOptions
@@ -31,6 +33,9 @@ INCUMBENT_OVER_CHANCE = 1.5
 # The final fit retrains with the measured epoch time while that at least doubles the epochs.
 MAX_FINAL_ROUNDS = 3
 MIN_FINE_TUNE_EPOCHS = 1
+# A round's last-epoch weights become a candidate (phases.common.last_epoch_candidate) when the time left holds
+# this many times the seconds its best weights' prediction pass took.
+LAST_EPOCH_PREDICT_SAFETY = 2.0
 # BOHB's next-best top-rung configurations that may each get a bag of their own (phases/bagging.py).
 TOP_RUNG_CONTENDERS = bagging.MAX_ROUNDS - 1
 
@@ -80,7 +85,8 @@ def _bohb_choice(config: dict, data: RunData, darts: DartsResult | None, seed: i
 
 def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, config_for: Callable[[int], TrainConfig],
                           data: RunData, time_left: TimeLeft, *, epoch_s: float, log: Callable[[str], None]):
-    """Train `spec` with as many epochs as fit; yield each finished candidate.
+    """Train `spec` with as many epochs as fit; yield each finished candidate, and after it, when its last
+    epoch was not its best, that epoch's weights as another (phases.common.last_epoch_candidate).
 
     The epoch count comes from `epoch_s`, a timed probe (timed_epoch). When a round ends early (the probe overestimated,
     e.g. on a machine whose load dropped), the time left is used, for up to MAX_FINAL_ROUNDS rounds:
@@ -100,9 +106,15 @@ def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, conf
         else:
             return
         log(f"{name}: ~{epoch_s:.2f}s/epoch, {config.epochs} epochs planned")
+        started = time.perf_counter()
         candidate, result = train_candidate(source, spec, config, data, time_left, log=log, description=name,
                                             init_state=init_state)
+        predict_s = max(0.0, time.perf_counter() - started - result.seconds)
         yield candidate
+        if time_left() >= LAST_EPOCH_PREDICT_SAFETY * predict_s:
+            last = last_epoch_candidate(source, spec, config, result, data, description=name)
+            if last is not None:
+                yield last
         if best is None or candidate.val_macro_f1 > best.val_macro_f1:
             best = candidate
         if result.stopped_by_deadline or result.epochs_done == 0:

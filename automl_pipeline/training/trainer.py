@@ -109,6 +109,8 @@ class TrainResult:
       val_accuracy (None when not evaluated), seconds, batches, partial, batch_size,
       beta / beta_end (the surrogate beta of the epoch's first / last step; 0.0 when off).
     state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
+    last_state_dict: CPU copy of the last epoch's weights when that epoch was evaluated at beta 0 and is not
+      the best one, else None: a second candidate from the same training (phases/final_fit.py).
     batch_size: the batch size in use at the end (smaller than configured after out-of-memory
       halvings); oom_halvings: how many times it was halved.
     """
@@ -122,6 +124,7 @@ class TrainResult:
     state_dict: dict = field(repr=False)
     batch_size: int = 0
     oom_halvings: int = 0
+    last_state_dict: dict | None = field(default=None, repr=False)
 
 
 def surrogate_beta(beta0: float, t: int, zero_at: float) -> float:
@@ -464,10 +467,15 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
         if stopped:
             break
 
+    last = history[-1] if history else None
+    keep_last = (best.state is not None and last is not None and last["val_macro_f1"] is not None
+                 and last["beta_end"] == 0 and last["epoch"] != best.epoch)
+    last_state = _cpu_state(model) if keep_last else None
     state = _finish(model, steps, best, was_training)
     return TrainResult(epochs_done=epochs_done, best_val_macro_f1=float(best.f1), best_epoch=best.epoch,
                        history=history, seconds=time.perf_counter() - start, stopped_by_deadline=stopped,
-                       state_dict=state, batch_size=steps.batch_size, oom_halvings=steps.oom_halvings)
+                       state_dict=state, batch_size=steps.batch_size, oom_halvings=steps.oom_halvings,
+                       last_state_dict=last_state)
 
 
 def _finish(model: nn.Module, steps: _Steps, best: _Best, was_training: bool) -> dict:
