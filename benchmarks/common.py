@@ -286,6 +286,21 @@ def fashion_npz(*, imbalance_ratio: float = 1.0, n_train: int = 5000, n_test: in
     return path if code == 0 and path.is_file() else None
 
 
+def run_data_on_one_thread(data_path: Path | None, seed: int):
+    """The run's data for `seed` (its loader at the CPU's 32 px cap, its splits) as the phases' RunData on the CPU,
+    with torch on one thread and seeded: what the in-process training benchmarks train on."""
+    import torch
+
+    from automl_pipeline.data import load_dataset, make_splits
+    from automl_pipeline.pipeline import _to_run_data
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(data_path, max_side=32)
+    data = _to_run_data(dataset, make_splits(dataset, seed=seed), torch.device("cpu"))
+    torch.manual_seed(seed)
+    return data
+
+
 def ensure_bench_on_path() -> None:
     bench = str(BENCH_DIR)
     if bench not in sys.path:

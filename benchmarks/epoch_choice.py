@@ -48,19 +48,12 @@ def choose_epoch(rule: str, val_scores: list[float]) -> int:
 
 def curves(data_path: Path | None, seed: int, epochs: int) -> tuple[list[float], list[float]]:
     """(validation macro-F1, held-out macro-F1) after each epoch of the default network's final fit."""
-    import torch
-
-    from automl_pipeline.data import load_dataset, make_splits
     from automl_pipeline.phases.common import default_train_config, first_model_spec
-    from automl_pipeline.pipeline import _to_run_data
     from automl_pipeline.search_space import build_network
     from automl_pipeline.training import predict_proba, train_model
     from automl_pipeline.training.metrics import macro_f1
 
-    torch.set_num_threads(1)
-    dataset = load_dataset(data_path, max_side=32)
-    data = _to_run_data(dataset, make_splits(dataset, seed=seed), torch.device("cpu"))
-    torch.manual_seed(seed)
+    data = common.run_data_on_one_thread(data_path, seed)
     model = build_network(first_model_spec(data))
     test_labels = data.test.y.numpy()
     val_scores, test_scores = [], []
@@ -84,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-cache", type=Path, default=quality.DATA_CACHE)
     args = parser.parse_args(argv)
     rows = []
-    for name in args.data:
-        available, path = quality.prepare_data(name, args.data_cache)
-        if not available:
-            print(f"{name}: data not available, skipped", file=sys.stderr)
-            continue
+    for name, path in quality.available_data(args.data, args.data_cache):
         for seed in args.seeds:
             val_scores, test_scores = curves(path, seed, args.epochs)
             row = {"data": name, "seed": seed, "epochs": args.epochs, "val": val_scores, "test": test_scores}

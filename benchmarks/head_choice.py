@@ -33,19 +33,12 @@ def train_and_score(data_path: Path | None, seed: int, epochs: int, head: str) -
     """{macro_f1 (held-out, best-by-validation weights), val_macro_f1, seconds} of one training."""
     import dataclasses
 
-    import torch
-
-    from automl_pipeline.data import load_dataset, make_splits
     from automl_pipeline.phases.common import default_train_config, first_model_spec
-    from automl_pipeline.pipeline import _to_run_data
     from automl_pipeline.search_space import build_network
     from automl_pipeline.training import predict_proba, train_model
     from automl_pipeline.training.metrics import macro_f1
 
-    torch.set_num_threads(1)
-    dataset = load_dataset(data_path, max_side=32)
-    data = _to_run_data(dataset, make_splits(dataset, seed=seed), torch.device("cpu"))
-    torch.manual_seed(seed)
+    data = common.run_data_on_one_thread(data_path, seed)
     model = build_network(dataclasses.replace(first_model_spec(data), head=head))
     config = default_train_config(epochs=epochs, batch_size=data.batch_size, seed=seed)
     start = time.perf_counter()
@@ -84,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.epochs) < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     rows = []
-    for name in args.data:
-        available, path = quality.prepare_data(name, args.data_cache)
-        if not available:
-            print(f"{name}: data not available, skipped", file=sys.stderr)
-            continue
+    for name, path in quality.available_data(args.data, args.data_cache):
         for epochs in args.epochs:
             for seed in args.seeds:
                 for head in HEADS:

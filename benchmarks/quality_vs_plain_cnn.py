@@ -249,6 +249,17 @@ def prepare_data(name: str, cache_dir: Path) -> tuple[bool, Path | None]:
     return path is not None, path
 
 
+def available_data(names: Sequence[str], cache_dir: Path):
+    """(name, data path or None for digits) of each named data set that prepare_data can give; a message on
+    stderr for each it cannot."""
+    for name in names:
+        available, path = prepare_data(name, cache_dir)
+        if available:
+            yield name, path
+        else:
+            print(f"{name}: data not available, skipped", file=sys.stderr)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Quality per second: ours vs a plain CNN at equal wall clock.")
     parser.add_argument("--data", nargs="+", choices=list(DATASETS), required=True)
