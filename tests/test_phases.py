@@ -83,6 +83,7 @@ def test_the_final_fit_offers_its_last_epoch_beside_its_best(digits, one_torch_t
     assert all(torch.equal(last.state_dict[k], v) for k, v in other.items())
     assert last.val_macro_f1 < best.val_macro_f1 and last.source == best.source
     assert last.val_probs.shape == best.val_probs.shape and last.test_probs is not None
+    assert (last.epochs, last.train_s, last.train_images_per_s) == (best.epochs, best.train_s, best.train_images_per_s)
     # no time left for the extra prediction pass once the round is done: only the best weights
     fit = rounds()
     assert next(fit).description == "final fit"

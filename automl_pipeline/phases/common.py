@@ -76,13 +76,18 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
     result = train_model(model, data.train, data.val, config, time_left=time_left,
                          n_classes=data.n_classes, on_epoch=on_epoch)
     model.load_state_dict(result.state_dict)
-    images_seen = sum(row["batches"] * row["batch_size"] for row in result.history)
-    train_s = sum(row["seconds"] for row in result.history)
     candidate = model_candidate(source, model, data, flip_tta=config.flip, description=description,
                                 architecture=spec.to_json(), config=config.to_json())
+    _note_training(candidate, result)
+    return candidate, result
+
+
+def _note_training(candidate: Candidate, result: TrainResult) -> None:
+    """The candidate's epochs, training seconds and training images per second (validation passes included)."""
+    images_seen = sum(row["batches"] * row["batch_size"] for row in result.history)
+    train_s = sum(row["seconds"] for row in result.history)
     candidate.train_images_per_s = images_seen / train_s if train_s > 0 else 0.0
     candidate.epochs, candidate.train_s = result.epochs_done, result.seconds
-    return candidate, result
 
 
 def last_epoch_candidate(source: str, spec: NetworkSpec, config: TrainConfig, result: TrainResult, data: RunData, *,
@@ -98,7 +103,7 @@ def last_epoch_candidate(source: str, spec: NetworkSpec, config: TrainConfig, re
     model.load_state_dict(result.last_state_dict)
     candidate = model_candidate(source, model, data, flip_tta=config.flip, description=f"{description} (last epoch)",
                                 architecture=spec.to_json(), config=config.to_json())
-    candidate.epochs, candidate.train_s = result.epochs_done, result.seconds
+    _note_training(candidate, result)
     return candidate
 
 
