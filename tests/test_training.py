@@ -361,16 +361,21 @@ def test_last_epoch_weights_are_kept_beside_the_best_when_they_differ():
         seen[entry["epoch"]] = {k: v.clone() for k, v in model.state_dict().items()}
 
     result = train_model(model, train, val, quick_config(epochs=5), time_left=forever, n_classes=3,
-                         on_epoch=break_after_epoch_3)
+                         on_epoch=break_after_epoch_3, keep_last=True)
     assert result.best_epoch <= 3 and result.last_state_dict is not None
     for k, v in seen[5].items():               # the weights at the end of epoch 5, not the best epoch's
         assert torch.equal(v, result.last_state_dict[k])
     assert any(not torch.equal(v, result.state_dict[k]) for k, v in result.last_state_dict.items())
     # one epoch: the last is the best, nothing more to keep; without validation there is no best to differ from
-    one = train_model(TinyCNN(), train, val, quick_config(epochs=1), time_left=forever, n_classes=3)
+    one = train_model(TinyCNN(), train, val, quick_config(epochs=1), time_left=forever, n_classes=3, keep_last=True)
     assert one.best_epoch == 1 and one.last_state_dict is None
-    blind = train_model(TinyCNN(), train, None, quick_config(epochs=2), time_left=forever, n_classes=3)
+    blind = train_model(TinyCNN(), train, None, quick_config(epochs=2), time_left=forever, n_classes=3, keep_last=True)
     assert blind.last_state_dict is None
+    # not asked for: no copy, even where the last epoch is not the best
+    model.broken = False
+    unasked = train_model(model, train, val, quick_config(epochs=5), time_left=forever, n_classes=3,
+                          on_epoch=break_after_epoch_3)
+    assert unasked.best_epoch < 5 and unasked.last_state_dict is None
 
 
 def test_without_val_keeps_last_state():

@@ -58,7 +58,7 @@ def timed_epoch(model: torch.nn.Module, data: RunData, config: TrainConfig) -> f
 
 def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: RunData,
                     time_left: TimeLeft, *, log: Callable[[str], None], description: str | None = None,
-                    init_state: dict | None = None) -> tuple[Candidate, TrainResult]:
+                    init_state: dict | None = None, keep_last: bool = False) -> tuple[Candidate, TrainResult]:
     """Build `spec` (from `init_state` when given), train it with `config` until done or out of
     time, and predict with its best weights. source: the report's `final.source` name;
     description: the words for logs and report.md (default: source)."""
@@ -74,7 +74,7 @@ def train_candidate(source: str, spec: NetworkSpec, config: TrainConfig, data: R
             + ("-" if score is None else f"{score:.4f}"))
 
     result = train_model(model, data.train, data.val, config, time_left=time_left,
-                         n_classes=data.n_classes, on_epoch=on_epoch)
+                         n_classes=data.n_classes, on_epoch=on_epoch, keep_last=keep_last)
     model.load_state_dict(result.state_dict)
     candidate = model_candidate(source, model, data, flip_tta=config.flip, description=description,
                                 architecture=spec.to_json(), config=config.to_json())

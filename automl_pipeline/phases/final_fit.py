@@ -108,7 +108,7 @@ def fit_for_the_time_left(source: str, description: str, spec: NetworkSpec, conf
         log(f"{name}: ~{epoch_s:.2f}s/epoch, {config.epochs} epochs planned")
         started = time.perf_counter()
         candidate, result = train_candidate(source, spec, config, data, time_left, log=log, description=name,
-                                            init_state=init_state)
+                                            init_state=init_state, keep_last=True)
         predict_s = max(0.0, time.perf_counter() - started - result.seconds)
         yield candidate
         if time_left() >= LAST_EPOCH_PREDICT_SAFETY * predict_s:

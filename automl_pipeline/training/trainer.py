@@ -109,8 +109,9 @@ class TrainResult:
       val_accuracy (None when not evaluated), seconds, batches, partial, batch_size,
       beta / beta_end (the surrogate beta of the epoch's first / last step; 0.0 when off).
     state_dict: CPU copy of the best-by-val weights when any evaluation ran, else the last.
-    last_state_dict: CPU copy of the last epoch's weights when that epoch was evaluated at beta 0 and is not
-      the best one, else None: a second candidate from the same training (phases/final_fit.py).
+    last_state_dict: with train_model's keep_last, a CPU copy of the last epoch's weights when that epoch was
+      evaluated at beta 0 and is not the best one, else None: a second candidate from the same training
+      (phases/final_fit.py).
     batch_size: the batch size in use at the end (smaller than configured after out-of-memory
       halvings); oom_halvings: how many times it was halved.
     """
@@ -395,7 +396,7 @@ class _Best:
 
 def train_model(model: nn.Module, train: TensorData, val: TensorData | None, config: TrainConfig, *,
                 time_left: Callable[[], float], n_classes: int,
-                on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                on_epoch: Callable[[dict], None] | None = None, keep_last: bool = False) -> TrainResult:
     """Train `model` in place on `train` (data and model on the same device) until
     config.epochs are done or the deadline says stop.
 
@@ -426,6 +427,8 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
       An epoch cut short is still evaluated if time_left() covers the validation estimate.
     - Non-finite loss (checked asynchronously every 20 batches and at each epoch end) raises
       FloatingPointError("loss became nan at epoch E").
+    - keep_last: also return the last epoch's weights when they are not the best (TrainResult.last_state_dict);
+      off, no copy is made (BOHB trials, bag folds and timing probes never read them).
     The model ends holding the returned state_dict, in its original train/eval mode.
     """
     counts = _class_counts(train, val, n_classes)
@@ -468,7 +471,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData | None, con
             break
 
     last = history[-1] if history else None
-    keep_last = (best.state is not None and last is not None and last["val_macro_f1"] is not None
+    keep_last = (keep_last and best.state is not None and last is not None and last["val_macro_f1"] is not None
                  and last["beta_end"] == 0 and last["epoch"] != best.epoch)
     last_state = _cpu_state(model) if keep_last else None
     state = _finish(model, steps, best, was_training)
